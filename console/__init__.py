@@ -1,0 +1,1 @@
+"""The Textual operator console; it attaches to a running server over the admin socket."""

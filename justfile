@@ -1,0 +1,51 @@
+# krt — run `just` to see the recipes.
+
+venv := ".venv"
+bin := venv / "bin"
+
+default:
+    @just --list
+
+# Create .venv and install krt with its test extras (idempotent; fast when nothing changed).
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x {{bin}}/python ]; then
+        # A pod image that ships a CUDA torch system-wide keeps using it inside the venv.
+        if python3 -c "import torch" 2>/dev/null; then
+            python3 -m venv --system-site-packages {{venv}}
+        else
+            python3 -m venv {{venv}}
+        fi
+    fi
+    stamp={{venv}}/.krt-installed
+    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
+    if ! {{bin}}/python -c "import torch" 2>/dev/null; then
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+            {{bin}}/pip install --quiet torch
+        else
+            # CPU machine: the CPU build (on local disk here), never the multi-GB CUDA wheel.
+            {{bin}}/pip install --quiet torch==2.13.0
+        fi
+    fi
+    {{bin}}/pip install --quiet -e '.[test]'
+    touch "$stamp"
+
+# Run the whole test suite (unit tests on the fake backend, integration tests on the real model).
+test *args: setup
+    {{bin}}/python -m pytest {{args}}
+
+# Lint, type-check and test.
+check: setup
+    {{bin}}/ruff check krt console tests
+    {{bin}}/ruff format --check krt console tests
+    {{bin}}/mypy
+    {{bin}}/python -m pytest
+
+# Speak TEXT into OUT (a WAV file) with the engine alone, e.g. just say "Hello there." out.wav
+say text out="out.wav" *args: setup
+    {{bin}}/krt say {{quote(text)}} -o {{quote(out)}} {{args}}
+
+# The engine floor: load time, first-segment latency, xRT and RSS per backend.
+bench-engine *args: setup
+    {{bin}}/krt bench engine {{args}}

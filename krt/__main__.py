@@ -1,0 +1,64 @@
+"""The ``krt`` command: one entry point, a subcommand per tool."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from krt.config import ConfigError, load_config
+from krt.errors import ModelUnavailableError, SpeechError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from krt import say
+    from krt.bench import engine_bench
+
+    parser = argparse.ArgumentParser(prog="krt", description="Realtime Kokoro-82M text-to-speech.")
+    parser.add_argument(
+        "--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default .env)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    say.add_arguments(commands.add_parser("say", help="speak text into a WAV file"))
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    engine_bench.add_arguments(
+        bench.add_parser("engine", help="the engine floor: load, first segment, xRT, RSS")
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(dotenv=args.env_file)
+    except ConfigError as exc:
+        print(f"krt: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.auth.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "say":
+            from krt import say
+
+            return say.run(args, config)
+        from krt.bench import engine_bench
+
+        return engine_bench.run(args, config)
+    except ModelUnavailableError as exc:
+        print(f"krt: model unavailable: {exc}", file=sys.stderr)
+        return 1
+    except SpeechError as exc:
+        print(f"krt: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Float audio from the model → the PCM16 chunks krt streams, without clicks or clipping.
+
+Kokoro's decoder output occasionally peaks above full scale (voice packs differ in
+loudness) and each segment starts and ends on whatever sample the vocoder left there,
+so raw concatenation clicks and hard clipping crackles. We shape every segment at its
+edges and pass samples through a soft limiter before quantising.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from krt import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
+
+FloatAudio = npt.NDArray[np.float32]
+
+LIMITER_KNEE = 0.9
+"""Below this magnitude samples pass untouched; above it they are bent smoothly under 1.0."""
+
+EDGE_FADE_SAMPLES = 96
+"""4 ms raised-cosine ramps at segment edges: inaudible on speech, enough to kill clicks."""
+
+
+def soft_limit(audio: FloatAudio) -> FloatAudio:
+    """Map any float signal into (-1, 1), identity below the knee, tanh-shaped above it.
+
+    Stateless per sample, so it can run on streamed chunks with no seams. NaN and inf
+    (a diverging model step) become silence rather than a full-scale burst.
+    """
+    clean = np.nan_to_num(audio.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    magnitude = np.abs(clean)
+    headroom = 1.0 - LIMITER_KNEE
+    bent = LIMITER_KNEE + headroom * np.tanh((magnitude - LIMITER_KNEE) / headroom)
+    limited = np.where(magnitude > LIMITER_KNEE, np.sign(clean) * bent, clean)
+    return limited.astype(np.float32)
+
+
+def to_pcm16(audio: FloatAudio) -> bytes:
+    """Limit and quantise to signed 16-bit little-endian, the wire format."""
+    scaled = np.round(soft_limit(audio) * 32767.0)
+    return scaled.astype("<i2").tobytes()
+
+
+def _ramp(length: int) -> FloatAudio:
+    return (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, length, dtype=np.float32))).astype(np.float32)
+
+
+def shape_segment(chunks: Iterable[FloatAudio], fade: int = EDGE_FADE_SAMPLES) -> Iterator[FloatAudio]:
+    """Fade a segment in and out while passing its chunks through as they arrive.
+
+    The last ``fade`` samples are held back until the backend's iterator ends, since only
+    then do we know they are the segment's tail; everything else leaves immediately, so
+    shaping adds no latency to the first audio.
+    """
+    held = np.zeros(0, dtype=np.float32)
+    started = False
+    for chunk in chunks:
+        audio = np.concatenate([held, np.asarray(chunk, dtype=np.float32).ravel()])
+        if not started and audio.size:
+            head = min(fade, audio.size)
+            audio[:head] *= _ramp(head)
+            started = True
+        if audio.size > fade:
+            yield audio[:-fade]
+            held = audio[-fade:]
+        else:
+            held = audio
+    if held.size:
+        yield held * _ramp(held.size)[::-1]
+
+
+class PcmChunker:
+    """Cut a stream of float audio into PCM16 chunks of exactly ``chunk_samples``.
+
+    Segments rarely end on a chunk boundary; the remainder is carried into the next
+    segment so every chunk but the very last has the configured size.
+    """
+
+    def __init__(self, chunk_samples: int) -> None:
+        if chunk_samples < 1:
+            raise ValueError("chunk_samples must be positive")
+        self.chunk_samples = chunk_samples
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def feed(self, audio: FloatAudio) -> Iterator[bytes]:
+        """PCM chunks now complete; the rest waits for more audio or ``flush``."""
+        self._pending = np.concatenate([self._pending, audio.astype(np.float32, copy=False)])
+        whole = self._pending.size // self.chunk_samples * self.chunk_samples
+        for start in range(0, whole, self.chunk_samples):
+            yield to_pcm16(self._pending[start : start + self.chunk_samples])
+        self._pending = self._pending[whole:]
+
+    def flush(self) -> Iterator[bytes]:
+        """The final, possibly short chunk."""
+        if self._pending.size:
+            yield to_pcm16(self._pending)
+        self._pending = np.zeros(0, dtype=np.float32)
+
+
+def chunk_samples_for(seconds: float) -> int:
+    return max(1, round(seconds * SAMPLE_RATE))
+
+
+def wav_bytes(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A complete mono 16-bit WAV file around raw PCM."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def write_wav(path: Path, pcm: bytes, sample_rate: int = SAMPLE_RATE) -> None:
+    path.write_bytes(wav_bytes(pcm, sample_rate))
+
+
+def pcm16_to_float(pcm: bytes) -> FloatAudio:
+    return (np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures; tests never assert wall-clock times."""

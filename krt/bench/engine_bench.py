@@ -1,0 +1,174 @@
+"""``krt bench engine``: the engine floor every server figure is measured against.
+
+Each backend is measured in a child process of its own, so its load time and resident
+memory are its own and not those of a backend loaded before it in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from krt import SAMPLE_RATE
+from krt.engine.pipeline import SpeechPipeline
+from krt.synth.loading import load_backend
+
+if TYPE_CHECKING:
+    from krt.config import Config
+
+SHORT_FIRST = "Sure, I can help with that."
+LONG_FIRST = (
+    "The quarterly report shows that revenue grew by twelve percent while operating costs "
+    "stayed flat across every region we track"
+)
+PARAGRAPH = (
+    "Thanks for calling. Your appointment with Dr. Smith is confirmed for Tuesday at 3:30 PM. "
+    "The visit costs $42.50, and you can pay at the front desk. If you need to reschedule, "
+    "just call us back at least a day in advance. Is there anything else I can help you with today?"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backends", default="onnx,torch", help="comma-separated: onnx, torch, fake")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median reported)")
+    parser.add_argument("--voice", default="female")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per backend")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+
+
+def _rss_mb() -> float:
+    """This process's current resident set, from /proc (ru_maxrss only gives the peak)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 1e6
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def first_audio_seconds(
+    pipeline: SpeechPipeline, text: str, voice: str, whole_segment: bool = False
+) -> float:
+    """Wall time from the request to the first audio chunk of its first segment.
+
+    ``whole_segment`` speaks ``text`` as one segment, bypassing the short-first-segment
+    cut, to show what the cut saves.
+    """
+    started = time.perf_counter()
+    plan = pipeline.plan(text, voice)
+    segment = text if whole_segment else plan.segments[0]
+    for _chunk in pipeline.render_segment(plan, segment):
+        return time.perf_counter() - started
+    raise RuntimeError("the engine produced no audio")
+
+
+def measure_backend(config: Config, voice: str, repeats: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    backend = load_backend(config)
+    pipeline = SpeechPipeline(backend, config)
+    pipeline.tokenize_segment("Warm up the phonemizer.")
+    load_s = time.perf_counter() - started
+    rss_loaded = _rss_mb()
+    first_audio_seconds(pipeline, SHORT_FIRST, voice)  # first inference pays for lazy init
+
+    def median_of(text: str, whole: bool) -> float:
+        return statistics.median(first_audio_seconds(pipeline, text, voice, whole) for _ in range(repeats))
+
+    plan = pipeline.plan(SHORT_FIRST, voice)
+    short_segment = plan.segments[0]
+    short_audio = sum(chunk.size for chunk in pipeline.render_segment(plan, short_segment)) / SAMPLE_RATE
+    long_audio = sum(chunk.size for chunk in pipeline.render_segment(plan, LONG_FIRST)) / SAMPLE_RATE
+    paragraph_started = time.perf_counter()
+    paragraph_bytes = sum(len(chunk) for chunk in pipeline.speak(PARAGRAPH, voice))
+    paragraph_wall = time.perf_counter() - paragraph_started
+    paragraph_audio = paragraph_bytes / 2 / SAMPLE_RATE
+    return {
+        "backend": backend.name,
+        "device": backend.device,
+        "source": backend.source,
+        "voice": pipeline.plan(SHORT_FIRST, voice).voice,
+        "load_s": round(load_s, 3),
+        "short_first_segment": short_segment,
+        "short_first_audio_s": round(short_audio, 3),
+        "short_first_latency_s": round(median_of(SHORT_FIRST, False), 3),
+        "long_first_words": len(LONG_FIRST.split()),
+        "long_first_audio_s": round(long_audio, 3),
+        "long_first_latency_s": round(median_of(LONG_FIRST, True), 3),
+        "paragraph_audio_s": round(paragraph_audio, 3),
+        "paragraph_wall_s": round(paragraph_wall, 3),
+        "paragraph_xrt": round(paragraph_audio / paragraph_wall, 2),
+        "rss_loaded_mb": round(rss_loaded, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def _in_child(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "krt",
+        "--env-file",
+        str(args.env_file),
+        "bench",
+        "engine",
+        "--in-process",
+        "--json",
+        "--backends",
+        backend,
+        "--repeats",
+        str(args.repeats),
+        "--voice",
+        args.voice,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"backend": backend, "error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+ROWS = [
+    ("source", "weights"),
+    ("load_s", "load (s)"),
+    ("short_first_latency_s", "first audio, short first segment (s)"),
+    ("short_first_audio_s", "  its audio (s)"),
+    ("long_first_latency_s", "first audio, long first segment (s)"),
+    ("long_first_audio_s", "  its audio (s)"),
+    ("paragraph_xrt", "paragraph xRT"),
+    ("paragraph_audio_s", "  paragraph audio (s)"),
+    ("rss_loaded_mb", "RSS loaded (MB)"),
+    ("peak_rss_mb", "peak RSS (MB)"),
+]
+
+
+def _print_table(results: list[dict[str, Any]]) -> None:
+    names = [f"{r['backend']} ({r.get('device', '?')})" for r in results]
+    print(f"{'':40}" + "".join(f"{name:>24}" for name in names))
+    for key, label in ROWS:
+        cells = "".join(f"{str(r.get(key, r.get('error', '-')))[-23:]:>24}" for r in results)
+        print(f"{label:40}{cells}")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    if args.in_process:
+        for name in backends:
+            chosen = attrs.evolve(config, model=attrs.evolve(config.model, backend=name))
+            print(json.dumps(measure_backend(chosen, args.voice, args.repeats)))
+        return 0
+    results = [_in_child(name, args) for name in backends]
+    if args.json:
+        for result in results:
+            print(json.dumps(result))
+    else:
+        _print_table(results)
+    return 1 if any("error" in r for r in results) else 0

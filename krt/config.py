@@ -1,0 +1,300 @@
+"""The whole of krt's configuration: one frozen tree, read once from env + ``.env``.
+
+Every knob is an attrs field whose metadata names its environment variable, so the
+names users type (the seed deployment's, kept verbatim) live next to the typed value
+the code reads, and a bad value can be reported by the variable's name. Environment
+variables win over ``.env``, as in every dotenv tool.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+BackendName = Literal["auto", "torch", "onnx", "fake"]
+LangCode = Literal["a", "b"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+OpusApplication = Literal["audio", "voip", "lowdelay"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A knob has a value krt cannot use; the message names the variable and what is allowed."""
+
+
+def knob(env: str, default: T, help: str, validator: Any = None) -> T:
+    """Declare one field of the tree: its variable, default and a one-line meaning."""
+    result: T = attrs.field(default=default, validator=validator, metadata={"env": env, "help": help})
+    return result
+
+
+def _between(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], float], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+
+    return check
+
+
+def _at_least(low: float) -> Callable[[Any, attrs.Attribute[Any], float], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+
+    return check
+
+
+def _regex(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from exc
+
+
+@attrs.frozen
+class AuthConfig:
+    api_key: str = knob("API_KEY", "", "When set, clients must present this key (query or Bearer).")
+    log_level: LogLevel = knob("LOG_LEVEL", "INFO", "Log level of the server and tools.")
+
+
+@attrs.frozen
+class ModelConfig:
+    backend: BackendName = knob(
+        "KRT_BACKEND", "auto", "Engine backend; auto = torch on CUDA, onnx on CPU. fake is for tests."
+    )
+    model_name: str = knob(
+        "MODEL_NAME", "hexgrad/Kokoro-82M", "Hugging Face repo used by torch when reachable."
+    )
+    model_dir: Path | None = knob(
+        "KRT_MODEL_DIR", None, "Local dir with kokoro-v1_0.pth, config.json, voices/*.pt (torch)."
+    )
+    onnx_model: Path | None = knob(
+        "KRT_ONNX_MODEL", None, "A Kokoro ONNX file to use instead of the packaged one."
+    )
+    voices_path: Path | None = knob(
+        "KRT_VOICES", None, "Voice packs: an .npz file or a dir of .pt/.npy packs."
+    )
+    cache_dir: Path = knob(
+        "KRT_CACHE_DIR", Path.home() / ".cache" / "krt", "Where joined and converted weights are kept."
+    )
+    lang_code: LangCode = knob("LANG_CODE", "a", "a = American English, b = British English.")
+    cpu_threads: int = knob("KRT_CPU_THREADS", 0, "Threads for CPU inference; 0 = all cores.", _at_least(0))
+    fake_compute_ratio: float = knob(
+        "KRT_FAKE_COMPUTE_RATIO",
+        0.0,
+        "fake backend only: seconds of compute per second of audio.",
+        _at_least(0),
+    )
+
+
+@attrs.frozen
+class VoiceConfig:
+    female: str = knob("DEFAULT_VOICE_FEMALE", "", "Voice id for 'female'; empty = the weight source's best.")
+    male: str = knob("DEFAULT_VOICE_MALE", "", "Voice id for 'male'; empty = the weight source's best.")
+    speed: float = knob(
+        "KOKORO_SPEED", 1.0, "Default speech speed; requests may override.", _between(0.5, 2.0)
+    )
+
+
+@attrs.frozen
+class SegmentConfig:
+    split_pattern: str = knob(
+        "KOKORO_SPLIT_PATTERN", r"(?<=[.!?…])\s+|\n+", "Regex that cuts text into segments.", _regex
+    )
+    first_max_words: int = knob(
+        "FIRST_SEGMENT_MAX_WORDS", 8, "The first segment has at most this many words.", _at_least(1)
+    )
+    first_boundaries: str = knob(
+        "FIRST_SEGMENT_BOUNDARIES", ",;:.!?—", "Characters that make a natural cut for the first segment."
+    )
+    first_require_boundary: bool = knob(
+        "FIRST_SEGMENT_REQUIRE_BOUNDARY", False, "Only cut the first segment at a boundary, never mid-clause."
+    )
+    max_utterance_words: int = knob(
+        "MAX_UTTERANCE_WORDS", 400, "A response with more words is refused as too_long.", _at_least(1)
+    )
+
+
+@attrs.frozen
+class StreamConfig:
+    chunk_seconds: float = knob(
+        "STREAM_CHUNK_SECONDS", 0.02, "PCM chunk size the engine hands out.", _between(0.005, 1.0)
+    )
+    prime_stream: bool = knob(
+        "PRIME_STREAM", False, "Send PRIME_BYTES of zeros first to defeat proxy buffering."
+    )
+    prime_bytes: int = knob("PRIME_BYTES", 960, "Size of the primer.", _at_least(0))
+    flush_idle_ms: int = knob(
+        "FLUSH_IDLE_MS", 160, "Incremental input is flushed after this idle time.", _at_least(0)
+    )
+
+
+@attrs.frozen
+class WebSocketConfig:
+    first_chunk_immediate: bool = knob("WS_FIRST_CHUNK_IMMEDIATE", True, "Send the first audio at once.")
+    buffer_bytes: int = knob(
+        "WS_BUFFER_BYTES", 960, "Flush buffered PCM once this many bytes wait.", _at_least(2)
+    )
+    flush_every: int = knob(
+        "WS_FLUSH_EVERY", 1, "Flush after this many engine chunks regardless.", _at_least(1)
+    )
+    send_timeout: float = knob(
+        "WS_SEND_TIMEOUT", 5.0, "Longest a single send may take (seconds).", _at_least(0.01)
+    )
+    long_send_log_ms: int = knob("WS_LONG_SEND_LOG_MS", 200, "Warn when a send takes longer.", _at_least(0))
+
+
+@attrs.frozen
+class AdmissionConfig:
+    max_concurrent_jobs: int = knob(
+        "MAX_CONCURRENT_JOBS", 4, "Streams synthesizing at once (scheduler active limit).", _at_least(1)
+    )
+    max_queued_requests: int = knob(
+        "MAX_QUEUED_REQUESTS", 16, "Requests allowed to wait behind the running ones.", _at_least(0)
+    )
+    queue_wait_sla_ms: int = knob(
+        "QUEUE_WAIT_SLA_MS", 4000, "Refuse with busy when the predicted wait exceeds this.", _at_least(0)
+    )
+    queue_maxsize: int = knob("QUEUE_MAXSIZE", 256, "Safety cap on internal engine jobs.", _at_least(1))
+
+
+@attrs.frozen
+class SchedulerConfig:
+    quantum_bytes: int = knob(
+        "SCHED_QUANTUM_BYTES", 48000, "PCM bytes a stream may produce per round-robin turn.", _at_least(2)
+    )
+    priority_quantum_bytes: int = knob(
+        "PRIORITY_QUANTUM_BYTES", 24000, "PCM bytes per turn for first segments.", _at_least(2)
+    )
+
+
+@attrs.frozen
+class DeviceConfig:
+    device: str = knob("KOKORO_DEVICE", "", "Torch device (cuda:0, cpu); empty = CUDA when available.")
+    gpu_memory_fraction: float = knob(
+        "KOKORO_GPU_MEMORY_FRACTION", 0.0, "Per-process CUDA memory cap; 0 = no cap.", _between(0.0, 1.0)
+    )
+
+
+@attrs.frozen
+class EncodingConfig:
+    opus_bitrate: int = knob("OPUS_BITRATE", 32000, "Bitrate of Ogg/Opus output.", _at_least(6000))
+    opus_application: OpusApplication = knob("OPUS_APPLICATION", "audio", "Opus encoder application.")
+
+
+@attrs.frozen
+class Config:
+    """Everything krt reads from its environment, validated, immutable after start."""
+
+    auth: AuthConfig = attrs.field(factory=AuthConfig)
+    model: ModelConfig = attrs.field(factory=ModelConfig)
+    voices: VoiceConfig = attrs.field(factory=VoiceConfig)
+    segments: SegmentConfig = attrs.field(factory=SegmentConfig)
+    stream: StreamConfig = attrs.field(factory=StreamConfig)
+    websocket: WebSocketConfig = attrs.field(factory=WebSocketConfig)
+    admission: AdmissionConfig = attrs.field(factory=AdmissionConfig)
+    scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig)
+    device: DeviceConfig = attrs.field(factory=DeviceConfig)
+    encoding: EncodingConfig = attrs.field(factory=EncodingConfig)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(raw: str, kind: Any) -> Any:
+    """Turn the text of one variable into the field's type, or raise ValueError saying why."""
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("must be a number") from None
+    if kind == Path | None:
+        return Path(text).expanduser() if text else None
+    if kind is Path:
+        return Path(text).expanduser()
+    if getattr(kind, "__origin__", None) is Literal:
+        allowed = get_args(kind)
+        for option in allowed:
+            if text.lower() == option.lower():
+                return option
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return raw
+
+
+def _build_group(group: Any, values: Mapping[str, str]) -> Any:
+    attrs.resolve_types(group)
+    kwargs: dict[str, Any] = {}
+    for field in attrs.fields(group):
+        env = field.metadata["env"]
+        if env not in values:
+            continue
+        raw = values[env]
+        try:
+            value = _parse(raw, field.type)
+            if field.validator is not None:
+                field.validator(None, field, value)
+        except ValueError as exc:
+            raise ConfigError(f"{env}={raw!r} is not allowed: {exc}") from None
+        kwargs[field.name] = value
+    return group(**kwargs)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` lines the way common dotenv tools do (comments, quotes, ``export``)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        stripped = stripped.removeprefix("export ").strip()
+        key, sep, value = stripped.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key.strip()] = value
+    return values
+
+
+def load_config(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Config:
+    """Read the tree from ``.env`` overlaid by the process environment; raise ConfigError on a bad value."""
+    values = read_dotenv(dotenv) if dotenv is not None else {}
+    values.update(os.environ if environ is None else environ)
+    groups: dict[str, Any] = {field.name: field.type for field in attrs.fields(attrs.resolve_types(Config))}
+    return Config(**{name: _build_group(group, values) for name, group in groups.items()})
+
+
+def iter_knobs() -> list[tuple[str, str, Any, str]]:
+    """(group, variable, default, meaning) for every knob, for docs and ``krt config``."""
+    rows = []
+    for group_field in attrs.fields(attrs.resolve_types(Config)):
+        group: Any = group_field.type
+        for field in attrs.fields(group):
+            rows.append((group_field.name, field.metadata["env"], field.default, field.metadata["help"]))
+    return rows

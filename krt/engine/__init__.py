@@ -1,0 +1,1 @@
+"""Turning text into audio: segmentation, the synthesis pipeline, and (later) scheduling."""

@@ -1,0 +1,108 @@
+"""Text → the segments the model speaks one at a time.
+
+Time to first audio is the time to synthesize the first segment, so the first one is
+kept short (``FIRST_SEGMENT_MAX_WORDS``), preferably cut at a natural pause so the
+prosody of the join sounds intended. The rest follow the split pattern (sentences by
+default), because Kokoro phrases a whole sentence better than pieces of it. A segment
+must also fit the model's context (510 phoneme tokens), which only the phonemizer can
+tell: ``split_in_two`` gives the pipeline the best place to halve an oversize piece.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from krt.config import SegmentConfig
+from krt.errors import SpeechError
+
+CLAUSE_PUNCTUATION = ",;:—–)]}"
+SENTENCE_PUNCTUATION = ".!?…"
+TRAILING_CLOSERS = "\"'”’»)]}"
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def _ends_with_boundary(word: str, boundaries: str) -> bool:
+    stripped = word.rstrip(TRAILING_CLOSERS)
+    return bool(stripped) and stripped[-1] in boundaries
+
+
+@attrs.frozen
+class Segmenter:
+    config: SegmentConfig
+    _pattern: re.Pattern[str] = attrs.field(init=False)
+
+    @_pattern.default
+    def _compile(self) -> re.Pattern[str]:
+        return re.compile(self.config.split_pattern)
+
+    def check_length(self, text: str) -> None:
+        """Refuse text that is empty or longer than ``MAX_UTTERANCE_WORDS``."""
+        words = count_words(text)
+        if words == 0:
+            raise SpeechError("invalid_input", "input has no words to speak")
+        if words > self.config.max_utterance_words:
+            raise SpeechError(
+                "too_long",
+                f"input has {words} words; the limit is {self.config.max_utterance_words} (MAX_UTTERANCE_WORDS)",
+            )
+
+    def split(self, text: str) -> list[str]:
+        """Segments in speaking order; the first one short, the rest by the split pattern."""
+        self.check_length(text)
+        pieces = [piece.strip() for piece in self._pattern.split(text) if piece and piece.strip()]
+        first, rest = self._cut_first(pieces[0])
+        return [first, *([rest] if rest else []), *pieces[1:]]
+
+    def _cut_first(self, piece: str) -> tuple[str, str]:
+        words = piece.split()
+        limit = self.config.first_max_words
+        if len(words) <= limit:
+            return piece, ""
+        boundaries = self.config.first_boundaries
+        cut = next(
+            (index for index in range(limit, 0, -1) if _ends_with_boundary(words[index - 1], boundaries)),
+            0,
+        )
+        if not cut:
+            if self.config.first_require_boundary:
+                cut = next(
+                    (
+                        i
+                        for i in range(limit + 1, len(words))
+                        if _ends_with_boundary(words[i - 1], boundaries)
+                    ),
+                    len(words),
+                )
+            else:
+                cut = limit
+        return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def split_in_two(text: str) -> tuple[str, str]:
+    """Halve a piece too long for the model's context at its most natural cut.
+
+    Prefers sentence ends, then clause punctuation, then any space, each time the one
+    nearest the middle so that both halves shrink; a single enormous "word" is cut by
+    characters as a last resort.
+    """
+    middle = len(text) / 2
+    words = text.split(" ")
+    if len(words) < 2:
+        half = max(1, len(text) // 2)
+        return text[:half], text[half:]
+    offsets = []
+    position = 0
+    for word in words[:-1]:
+        position += len(word) + 1
+        offsets.append((position, word))
+    for marks in (SENTENCE_PUNCTUATION, CLAUSE_PUNCTUATION, None):
+        candidates = [pos for pos, word in offsets if marks is None or _ends_with_boundary(word, marks)]
+        if candidates:
+            cut = min(candidates, key=lambda pos: abs(pos - middle))
+            return text[:cut].strip(), text[cut:].strip()
+    raise AssertionError("unreachable: a text with two words has a space")

@@ -1,0 +1,20 @@
+"""Errors a caller can act on, each carrying the protocol code the server will send."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorCode = Literal["too_long", "busy", "invalid_voice", "invalid_speed", "invalid_input", "synthesis_failed"]
+
+
+class SpeechError(Exception):
+    """A request krt will not or could not speak; ``code`` is the ``response.error`` code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model or its voices cannot be loaded; the message says what to install or set."""

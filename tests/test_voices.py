@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from krt.errors import ModelUnavailableError, SpeechError
+from krt.voices import VoiceCatalog, load_voice_packs, with_defaults
+
+
+def pack(value: float) -> np.ndarray:
+    data = np.zeros((510, 1, 256), dtype=np.float32)
+    data[:, 0, :] = value + np.arange(510, dtype=np.float32)[:, None]
+    return data
+
+
+@pytest.fixture
+def catalog() -> VoiceCatalog:
+    return with_defaults({"af_x": pack(0), "am_y": pack(1000), "bf_z": pack(2000)}, "", "", ("af_x", "am_y"))
+
+
+def test_logical_names_follow_the_defaults(catalog):
+    assert catalog.resolve("female") == "af_x"
+    assert catalog.resolve("male") == "am_y"
+    assert catalog.resolve(None) == "af_x"
+
+
+def test_configured_defaults_override_the_source_preference():
+    configured = with_defaults({"af_x": pack(0), "am_y": pack(1)}, "am_y", "af_x", ("af_x", "am_y"))
+    assert (configured.resolve("female"), configured.resolve("male")) == ("am_y", "af_x")
+
+
+def test_voice_ids_are_accepted_directly(catalog):
+    assert catalog.resolve("bf_z") == "bf_z"
+
+
+def test_unknown_voice_lists_the_available_ones(catalog):
+    with pytest.raises(SpeechError) as caught:
+        catalog.resolve("af_nobody")
+    assert caught.value.code == "invalid_voice"
+    for name in ("female", "male", "af_x", "am_y", "bf_z"):
+        assert name in caught.value.message
+
+
+def test_configured_default_that_does_not_exist_fails_at_load_naming_the_variable():
+    with pytest.raises(ModelUnavailableError, match="DEFAULT_VOICE_MALE"):
+        with_defaults({"af_x": pack(0)}, "", "am_missing", ("af_x", "am_y"))
+
+
+def test_style_row_follows_the_token_count(catalog):
+    assert catalog.style("am_y", 1)[0, 0] == 1000
+    assert catalog.style("am_y", 10)[0, 0] == 1009
+    assert catalog.style("am_y", 10).shape == (1, 256)
+    assert catalog.style("am_y", 5000)[0, 0] == 1509  # clamped to the last row
+
+
+def test_packs_load_from_npz_and_npy_dirs(tmp_path):
+    np.savez(tmp_path / "v.npz", one=pack(0), two=pack(1))
+    assert sorted(load_voice_packs(tmp_path / "v.npz")) == ["one", "two"]
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    np.save(folder / "three.npy", pack(3))
+    assert list(load_voice_packs(folder)) == ["three"]
+
+
+def test_bad_voice_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="no voice packs"):
+        load_voice_packs(tmp_path)
+    np.savez(tmp_path / "bad.npz", wrong=np.zeros((510, 3), dtype=np.float32))
+    with pytest.raises(ModelUnavailableError, match="shape"):
+        load_voice_packs(tmp_path / "bad.npz")
