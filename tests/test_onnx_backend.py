@@ -1,0 +1,73 @@
+"""The real Kokoro-82M int8 model on onnxruntime, with misaki G2P: real speech, checked by ASR."""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+import pytest
+
+from krt.errors import ModelUnavailableError
+from krt.synth import packaged
+from krt.synth.backend import MAX_TOKENS
+from krt.synth.onnx_backend import OnnxBackend
+from tests.speech_checks import (
+    MAX_MEAN_WORD_ERROR_RATE,
+    assert_sounds_like_speech,
+    mean_word_error_rate,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_defaults_follow_the_packaged_weights(onnx_pipeline):
+    voices = onnx_pipeline.backend.voices
+    assert (voices.female, voices.male) == ("jf_tebukuro", "jm_kumo")
+    assert "packaged" in onnx_pipeline.backend.source
+
+
+def test_speech_is_plausible_audible_and_unclipped(onnx_pipeline):
+    text = "Hello there. This is a short demonstration of the Kokoro engine."
+    for voice in ("female", "male"):
+        pcm = b"".join(onnx_pipeline.speak(text, voice))
+        assert_sounds_like_speech(pcm, words=len(text.split()))
+
+
+def test_speed_changes_duration(onnx_pipeline):
+    text = "We will be there in about ten minutes."
+    normal = sum(len(c) for c in onnx_pipeline.speak(text, speed=1.0))
+    fast = sum(len(c) for c in onnx_pipeline.speak(text, speed=2.0))
+    assert 0.35 < fast / normal < 0.7
+
+
+@pytest.mark.parametrize("voice", ["female", "male"])
+def test_default_voices_are_intelligible(onnx_pipeline, transcribe, voice):
+    wer = mean_word_error_rate(lambda text: b"".join(onnx_pipeline.speak(text, voice)), transcribe)
+    assert wer <= MAX_MEAN_WORD_ERROR_RATE[voice]
+
+
+def test_numbers_money_and_times_are_spoken(onnx_pipeline, transcribe):
+    heard = transcribe(b"".join(onnx_pipeline.speak("It costs $42.50 at 3:30 PM, in 2026.", "female")))
+    assert re.findall(r"\d+", heard) == ["42", "50", "3", "30", "2026"], heard
+
+
+def test_a_sentence_longer_than_the_context_is_split_to_fit(onnx_pipeline):
+    sentence = ", ".join(["the quick brown fox jumps over the lazy dog"] * 14) + "."
+    pieces = onnx_pipeline.tokenize_segment(sentence)
+    assert len(pieces) >= 2
+    assert all(0 < len(piece.tokens) <= MAX_TOKENS for piece in pieces)
+    assert " ".join(piece.text for piece in pieces) == sentence
+
+
+def test_missing_onnx_file_is_a_clear_startup_error(real_config, tmp_path):
+    config = attrs.evolve(
+        real_config, model=attrs.evolve(real_config.model, onnx_model=tmp_path / "nope.onnx")
+    )
+    with pytest.raises(ModelUnavailableError, match="KRT_ONNX_MODEL"):
+        OnnxBackend(config)
+
+
+def test_corrupt_cached_model_is_joined_again(tmp_path):
+    cached = packaged.packaged_onnx_model(tmp_path)
+    cached.write_bytes(b"not a model")
+    assert packaged.packaged_onnx_model(tmp_path).stat().st_size > 90_000_000
