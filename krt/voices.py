@@ -8,6 +8,7 @@ that loaded the weights and the defaults follow it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,34 @@ StylePack = npt.NDArray[np.float32]
 LOGICAL_VOICES = ("female", "male")
 
 
+BLEND_PART = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
+
+
+def parse_blend(spec: str) -> list[tuple[str, float]]:
+    """``a(2)+b(1)`` → [(a, 2/3), (b, 1/3)]; a plain name is a blend of one.
+
+    The syntax is Kokoro-FastAPI's, which voice-agent builders already know. Kokoro
+    itself blends voices by averaging their packs, which is what weights mean here.
+    """
+    parts: list[tuple[str, float]] = []
+    for chunk in spec.split("+"):
+        match = BLEND_PART.match(chunk)
+        if match is None:
+            raise ValueError(f"{chunk.strip()!r} is not NAME or NAME(WEIGHT)")
+        weight = float(match.group(2)) if match.group(2) else 1.0
+        parts.append((match.group(1), weight))
+    total = sum(weight for _name, weight in parts)
+    if total <= 0:
+        raise ValueError("blend weights must add up to more than zero")
+    return [(name, weight / total) for name, weight in parts]
+
+
 @attrs.frozen
 class VoiceCatalog:
-    """The voices a backend can speak, and what ``female``/``male`` mean for it."""
+    """The voices a backend can speak, and what ``female``/``male`` mean for it.
+
+    A voice is a pack name or a blend of packs (``jm_kumo(4)+jf_tebukuro(1)``).
+    """
 
     packs: Mapping[str, StylePack]
     female: str
@@ -36,35 +62,48 @@ class VoiceCatalog:
 
     def __attrs_post_init__(self) -> None:
         for role, voice in (("female", self.female), ("male", self.male)):
-            if voice not in self.packs:
+            try:
+                self._check(voice)
+            except SpeechError as exc:
                 raise ModelUnavailableError(
-                    f"the {role} voice {voice!r} is not among the loaded voices "
-                    f"({', '.join(sorted(self.packs))}); set DEFAULT_VOICE_{role.upper()}"
-                )
+                    f"DEFAULT_VOICE_{role.upper()}={voice!r} cannot be used: {exc.message}"
+                ) from None
 
     @property
     def names(self) -> list[str]:
         return sorted(self.packs)
 
+    def _check(self, voice: str) -> str:
+        try:
+            parts = parse_blend(voice)
+        except ValueError as exc:
+            raise SpeechError("invalid_voice", f"bad voice {voice!r}: {exc}") from None
+        unknown = [name for name, _weight in parts if name not in self.packs]
+        if unknown:
+            raise SpeechError(
+                "invalid_voice",
+                f"unknown voice {unknown[0]!r}; use female, male, one of: {', '.join(self.names)}, "
+                "or a blend such as name(2)+name(1)",
+            )
+        return voice
+
     def resolve(self, requested: str | None) -> str:
-        """A concrete voice id for ``female``/``male``/an id; SpeechError lists the valid ones."""
+        """The voice for ``female``/``male``/a name/a blend; SpeechError lists the valid ones."""
         name = (requested or "female").strip()
         if name == "female":
             return self.female
         if name == "male":
             return self.male
-        if name in self.packs:
-            return name
-        raise SpeechError(
-            "invalid_voice",
-            f"unknown voice {name!r}; use female, male or one of: {', '.join(self.names)}",
-        )
+        return self._check(name)
 
     def style(self, voice: str, token_count: int) -> npt.NDArray[np.float32]:
-        """The (1, 256) style row Kokoro expects: row ``token_count - 1`` of the pack."""
-        pack = self.packs[voice]
-        row = min(max(token_count, 1), pack.shape[0]) - 1
-        return np.asarray(pack[row], dtype=np.float32).reshape(1, -1)
+        """The (1, 256) style row Kokoro expects: row ``token_count - 1`` of the (blended) pack."""
+        mixed = np.zeros(256, dtype=np.float32)
+        for name, weight in parse_blend(voice):
+            pack = self.packs[name]
+            row = min(max(token_count, 1), pack.shape[0]) - 1
+            mixed += weight * np.asarray(pack[row], dtype=np.float32).reshape(-1)
+        return mixed.reshape(1, -1)
 
 
 def with_defaults(

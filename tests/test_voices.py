@@ -33,6 +33,24 @@ def test_voice_ids_are_accepted_directly(catalog):
     assert catalog.resolve("bf_z") == "bf_z"
 
 
+def test_blends_mix_packs_by_normalised_weight(catalog):
+    assert catalog.resolve("af_x(3)+am_y(1)") == "af_x(3)+am_y(1)"
+    assert catalog.style("af_x(3)+am_y(1)", 1)[0, 0] == pytest.approx(0.75 * 0 + 0.25 * 1000)
+    assert catalog.style("af_x+bf_z", 10)[0, 0] == pytest.approx((9 + 2009) / 2)
+
+
+@pytest.mark.parametrize("bad", ["af_x(2)+nobody(1)", "af_x(-1)", "af_x(0)", "af_x((", "+"])
+def test_bad_blends_are_invalid_voice(catalog, bad):
+    with pytest.raises(SpeechError) as caught:
+        catalog.resolve(bad)
+    assert caught.value.code == "invalid_voice"
+
+
+def test_a_blend_can_be_a_default():
+    blended = with_defaults({"af_x": pack(0), "am_y": pack(1)}, "", "am_y(4)+af_x(1)", ("af_x", "am_y"))
+    assert blended.resolve("male") == "am_y(4)+af_x(1)"
+
+
 def test_unknown_voice_lists_the_available_ones(catalog):
     with pytest.raises(SpeechError) as caught:
         catalog.resolve("af_nobody")

@@ -1,0 +1,88 @@
+"""Kokoro's PyTorch KModel with real weights and no hub: converted from the packaged export,
+or read from a local model directory laid out like the Hugging Face repo."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+
+from krt.engine.pipeline import SpeechPipeline
+from krt.errors import ModelUnavailableError
+from tests.speech_checks import (
+    MAX_MEAN_WORD_ERROR_RATE,
+    assert_sounds_like_speech,
+    mean_word_error_rate,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def torch_config(real_config):
+    return attrs.evolve(real_config, model=attrs.evolve(real_config.model, backend="torch"))
+
+
+@pytest.fixture(scope="module")
+def torch_pipeline(torch_config):
+    from krt.synth.torch_backend import TorchBackend
+
+    return SpeechPipeline(TorchBackend(torch_config), torch_config)
+
+
+def test_offline_torch_uses_the_converted_packaged_weights(torch_pipeline):
+    backend = torch_pipeline.backend
+    assert backend.device == "cpu"
+    assert "converted" in backend.source
+    assert (backend.voices.female, backend.voices.male) == ("jf_tebukuro", "jm_kumo(4)+jf_tebukuro(1)")
+
+
+def test_torch_speech_is_plausible(torch_pipeline):
+    text = "Hello there. This is the PyTorch model speaking."
+    assert_sounds_like_speech(b"".join(torch_pipeline.speak(text, "female")), words=len(text.split()))
+
+
+@pytest.mark.parametrize("voice", ["female", "male"])
+def test_torch_default_voices_are_intelligible(torch_pipeline, transcribe, voice):
+    wer = mean_word_error_rate(lambda text: b"".join(torch_pipeline.speak(text, voice)), transcribe)
+    assert wer <= MAX_MEAN_WORD_ERROR_RATE
+
+
+@pytest.fixture(scope="module")
+def local_model_dir(tmp_path_factory, torch_config):
+    """A directory shaped like hexgrad/Kokoro-82M, built from the packaged weights."""
+    import torch
+
+    from krt.synth import packaged
+    from krt.synth.kmodel_from_onnx import converted_checkpoint, kmodel_config
+
+    directory = tmp_path_factory.mktemp("kokoro-local")
+    onnx_path = packaged.packaged_onnx_model(torch_config.model.cache_dir)
+    (directory / "kokoro-v1_0.pth").symlink_to(converted_checkpoint(onnx_path, torch_config.model.cache_dir))
+    (directory / "config.json").write_text(json.dumps(kmodel_config(packaged.packaged_vocab())))
+    (directory / "voices").mkdir()
+    packs = packaged.packaged_voice_packs()
+    for hub_name, packaged_name in (("af_heart", "jf_alpha"), ("am_michael", "jm_kumo")):
+        torch.save(torch.from_numpy(packs[packaged_name]), directory / "voices" / f"{hub_name}.pt")
+    return directory
+
+
+def test_local_model_directory_is_preferred_and_uses_hub_voice_names(torch_config, local_model_dir):
+    from krt.synth.torch_backend import TorchBackend
+
+    config = attrs.evolve(torch_config, model=attrs.evolve(torch_config.model, model_dir=local_model_dir))
+    backend = TorchBackend(config)
+    assert "KRT_MODEL_DIR" in backend.source
+    assert (backend.voices.female, backend.voices.male) == ("af_heart", "am_michael")
+    pipeline = SpeechPipeline(backend, config)
+    assert_sounds_like_speech(b"".join(pipeline.speak("Loaded from a local folder.", "male")), words=4)
+
+
+def test_incomplete_local_directory_says_what_is_missing(torch_config, tmp_path):
+    from krt.synth.torch_backend import TorchBackend
+
+    (tmp_path / "config.json").write_text("{}")
+    config = attrs.evolve(torch_config, model=attrs.evolve(torch_config.model, model_dir=tmp_path))
+    with pytest.raises(ModelUnavailableError, match=r"kokoro-v1_0\.pth is missing"):
+        TorchBackend(config)
