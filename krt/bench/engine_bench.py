@@ -137,7 +137,6 @@ def _in_child(backend: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 ROWS = [
-    ("source", "weights"),
     ("load_s", "load (s)"),
     ("short_first_latency_s", "first audio, short first segment (s)"),
     ("short_first_audio_s", "  its audio (s)"),
@@ -156,6 +155,8 @@ def _print_table(results: list[dict[str, Any]]) -> None:
     for key, label in ROWS:
         cells = "".join(f"{str(r.get(key, r.get('error', '-')))[-23:]:>24}" for r in results)
         print(f"{label:40}{cells}")
+    for result in results:
+        print(f"{result['backend']} weights: {result.get('source', result.get('error', '?'))}")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
