@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from krt import say
+    from krt import metrics, say, serve
     from krt.bench import engine_bench
 
     parser = argparse.ArgumentParser(prog="krt", description="Realtime Kokoro-82M text-to-speech.")
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default .env)"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    serve.add_arguments(commands.add_parser("serve", help="run the realtime WebSocket server"))
     say.add_arguments(commands.add_parser("say", help="speak text into a WAV file"))
+    metrics.add_arguments(commands.add_parser("metrics", help="rolling summaries of logs/metrics.log"))
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     engine_bench.add_arguments(
         bench.add_parser("engine", help="the engine floor: load, first segment, xRT, RSS")
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "metrics":  # reads a log file only; a broken .env must not stop it
+        from krt import metrics
+
+        return metrics.run(args)
     try:
         config = load_config(dotenv=args.env_file)
     except ConfigError as exc:
@@ -45,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command == "serve":
+            from krt import serve
+
+            return serve.run(args, config)
         if args.command == "say":
             from krt import say
 

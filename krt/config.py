@@ -141,10 +141,10 @@ class StreamConfig:
 class WebSocketConfig:
     first_chunk_immediate: bool = knob("WS_FIRST_CHUNK_IMMEDIATE", True, "Send the first audio at once.")
     buffer_bytes: int = knob(
-        "WS_BUFFER_BYTES", 960, "Flush buffered PCM once this many bytes wait.", _at_least(2)
+        "WS_BUFFER_BYTES", 9600, "Flush buffered PCM once this many bytes wait.", _at_least(2)
     )
     flush_every: int = knob(
-        "WS_FLUSH_EVERY", 1, "Flush after this many engine chunks regardless.", _at_least(1)
+        "WS_FLUSH_EVERY", 10, "Flush after this many engine chunks regardless.", _at_least(1)
     )
     send_timeout: float = knob(
         "WS_SEND_TIMEOUT", 5.0, "Longest a single send may take (seconds).", _at_least(0.01)
@@ -191,6 +191,14 @@ class EncodingConfig:
 
 
 @attrs.frozen
+class ServerConfig:
+    drain_seconds: float = knob(
+        "KRT_DRAIN_SECONDS", 30.0, "On SIGTERM/SIGINT, how long in-flight responses may finish.", _at_least(0)
+    )
+    metrics_log: Path = knob("KRT_METRICS_LOG", Path("logs/metrics.log"), "One JSON line per response.")
+
+
+@attrs.frozen
 class Config:
     """Everything krt reads from its environment, validated, immutable after start."""
 
@@ -204,6 +212,7 @@ class Config:
     scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig)
     device: DeviceConfig = attrs.field(factory=DeviceConfig)
     encoding: EncodingConfig = attrs.field(factory=EncodingConfig)
+    server: ServerConfig = attrs.field(factory=ServerConfig)
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -71,3 +71,13 @@ def transcribe():
         return " ".join(segment.text.strip() for segment in segments)
 
     return run
+
+
+@pytest.fixture
+async def harness(nursery, tmp_path):
+    """A real server factory on loopback (see tests/server_harness.py), cleaned up after."""
+    from tests.server_harness import Harness
+
+    running = Harness(nursery, tmp_path)
+    yield running
+    await running.aclose()

@@ -22,7 +22,7 @@ from krt.g2p import Phonemizer, tokenize
 from krt.synth.backend import MAX_TOKENS, Backend
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
 
     from krt.config import Config
 
@@ -82,7 +82,7 @@ class SpeechPipeline:
         log.debug("segment of %d tokens split in two", len(tokens))
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
 
-    def render_segment(self, plan: SpeechPlan, text: str) -> Iterator[FloatAudio]:
+    def render_segment(self, plan: SpeechPlan, text: str) -> Generator[FloatAudio, None, None]:
         """Shaped float audio of one planned segment, chunk by chunk as the model yields it."""
         for piece in self.tokenize_segment(text):
             style = self.backend.voices.style(plan.voice, len(piece.tokens))

@@ -1,0 +1,319 @@
+"""The shared engine: one model thread, many streams, fair turns, admission in front.
+
+Every response becomes a *job*. Jobs are admitted up to ``MAX_CONCURRENT_JOBS`` active
+at once, up to ``MAX_QUEUED_REQUESTS`` more wait for a slot, and a job whose predicted
+wait for its first audio exceeds ``QUEUE_WAIT_SLA_MS`` is refused as ``busy`` right away
+(a voice agent would rather fall back than have its caller listen to silence). The
+prediction uses compute times measured on this machine, per character of text.
+
+The engine loop gives active jobs turns on the model thread. A job whose first segment
+has not started goes first (time to first audio is what a caller hears), and may produce
+``PRIORITY_QUANTUM_BYTES`` in its turn; the others take round-robin turns of
+``SCHED_QUANTUM_BYTES``. A turn never interrupts a backend mid-chunk; with backends that
+hand out one chunk per segment, a turn is one segment.
+
+Cancelling a job (barge-in, disconnect) only flags it: queued work is dropped at once,
+and a turn in progress on the model thread runs to its next chunk boundary, where the
+flag is checked, and its audio is thrown away. The model thread is never abandoned.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Generator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from krt.audio import FloatAudio
+from krt.engine.pipeline import SpeechPlan
+from krt.errors import SpeechError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from krt.config import AdmissionConfig, SchedulerConfig
+    from krt.engine.pipeline import SpeechPipeline
+
+log = logging.getLogger(__name__)
+
+JOB_BUFFER_CHUNKS = 8
+"""Chunks a job may have waiting for its session before it gets no more turns, so a
+slow client holds back only its own stream, never the engine."""
+
+INITIAL_SECONDS_PER_CHAR = 0.02
+"""Used until the first measured turn; warm-up replaces it before the server is ready."""
+
+
+@attrs.define(eq=False)
+class Job:
+    """One response's synthesis, from admission to its last chunk; iterate it for audio."""
+
+    plan: SpeechPlan
+    label: str
+    send: trio.MemorySendChannel[FloatAudio | SpeechError]
+    receive: trio.MemoryReceiveChannel[FloatAudio | SpeechError]
+    submitted_at: float
+    wake_engine: Callable[[], None]
+    next_segment: int = 0
+    current: Generator[FloatAudio, None, None] | None = None
+    canceled: bool = False
+    first_turn_at: float | None = None
+
+    @property
+    def waiting_for_first_segment(self) -> bool:
+        return self.next_segment == 0 and self.current is None
+
+    @property
+    def done(self) -> bool:
+        return self.next_segment >= len(self.plan.segments)
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """How long the job waited for its first turn on the model (None until it had one)."""
+        return None if self.first_turn_at is None else self.first_turn_at - self.submitted_at
+
+    def remaining_chars(self) -> int:
+        return sum(len(text) for text in self.plan.segments[self.next_segment :])
+
+    def has_room(self) -> bool:
+        return self.send.statistics().current_buffer_used < JOB_BUFFER_CHUNKS
+
+    def __aiter__(self) -> Job:
+        return self
+
+    async def __anext__(self) -> FloatAudio:
+        """The next chunk in order; raises the job's SpeechError if synthesis failed."""
+        try:
+            item = await self.receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        self.wake_engine()  # there is room again: the job may be due a turn
+        if isinstance(item, SpeechError):
+            raise item
+        return item
+
+
+@attrs.frozen
+class EngineStatistics:
+    active: int
+    """Jobs admitted and synthesizing."""
+    waiting: int
+    """Jobs admitted but waiting for an active slot."""
+    seconds_per_char: float
+    """Measured model compute per character of text (exponential average)."""
+    turns: int
+    """Model-thread turns taken since start."""
+    busy_rejections: int
+    """Requests refused because the predicted wait was too long or the queue was full."""
+
+
+@attrs.frozen
+class TurnResult:
+    chunks: list[FloatAudio]
+    chars: int
+    error: SpeechError | None
+
+
+class Engine:
+    """Owns the model thread; sessions open streams on it with ``stream``."""
+
+    def __init__(self, pipeline: SpeechPipeline, admission: AdmissionConfig, quanta: SchedulerConfig) -> None:
+        self.pipeline = pipeline
+        self.admission = admission
+        self.quanta = quanta
+        self.accepting = True
+        self._active: collections.deque[Job] = collections.deque()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._model_thread = trio.CapacityLimiter(1)
+        self._wakeup = trio.Event()
+        self._in_turn: Job | None = None
+        self._turn_started = 0.0
+        self._turn_estimate = 0.0
+        self._seconds_per_char = INITIAL_SECONDS_PER_CHAR
+        self._turns = 0
+        self._busy = 0
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            len(self._active), len(self._waiting), self._seconds_per_char, self._turns, self._busy
+        )
+
+    # -- admission ---------------------------------------------------------------------
+
+    def predicted_wait(self) -> float:
+        """Seconds until a job submitted now would start its first segment.
+
+        With a free slot, it waits for the rest of the turn in progress and the first
+        segments already queued (they share its priority). Without one, it also waits for
+        a slot: the active jobs share the model, so the first to finish needs about its
+        remaining work times their number, and each job already waiting takes a slot first.
+        """
+        per_char = self._seconds_per_char
+        wait = per_char * sum(
+            len(job.plan.segments[0]) for job in self._active if job.waiting_for_first_segment
+        )
+        if self._in_turn is not None:
+            wait += max(0.0, self._turn_estimate - (time.perf_counter() - self._turn_started))
+        if len(self._active) < self.admission.max_concurrent_jobs:
+            return wait
+        shortest = min(job.remaining_chars() for job in self._active) * per_char
+        return wait + shortest * len(self._active) * (len(self._waiting) + 1)
+
+    def _admit(self, job: Job) -> None:
+        if not self.accepting:
+            raise SpeechError("busy", "the server is draining and takes no new responses")
+        queued = len(self._active) + len(self._waiting)
+        slot_free = len(self._active) < self.admission.max_concurrent_jobs
+        if queued >= self.admission.queue_maxsize or (
+            not slot_free and len(self._waiting) >= self.admission.max_queued_requests
+        ):
+            self._busy += 1
+            raise SpeechError("busy", f"{queued} responses are already in the engine; try again shortly")
+        wait = self.predicted_wait()
+        if wait * 1000 > self.admission.queue_wait_sla_ms:
+            self._busy += 1
+            raise SpeechError(
+                "busy",
+                f"predicted wait {wait * 1000:.0f} ms exceeds QUEUE_WAIT_SLA_MS={self.admission.queue_wait_sla_ms}",
+            )
+        (self._active if slot_free else self._waiting).append(job)
+        self._wakeup.set()
+
+    def _release(self, job: Job) -> None:
+        job.canceled = True
+        for queue in (self._active, self._waiting):
+            if job in queue:
+                queue.remove(job)
+        while self._waiting and len(self._active) < self.admission.max_concurrent_jobs:
+            self._active.append(self._waiting.popleft())
+        self._wakeup.set()
+
+    @asynccontextmanager
+    async def stream(self, plan: SpeechPlan, label: str) -> AsyncIterator[Job]:
+        """Admit a job and yield it; iterate it for its audio, in order.
+
+        Raises SpeechError("busy") when refused. Leaving the block for any reason —
+        the last chunk read, a cancel scope, a disconnect — withdraws the job: nothing
+        more is computed for it and anything still in flight is discarded.
+        """
+        # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_CHUNKS
+        # wait, so it never holds more than that plus one quantum.
+        send, receive = trio.open_memory_channel[FloatAudio | SpeechError](math.inf)
+        job = Job(plan, label, send, receive, trio.current_time(), self._wakeup_soon)
+        self._admit(job)
+        try:
+            with receive:
+                yield job
+        finally:
+            self._release(job)
+            send.close()
+
+    def _wakeup_soon(self) -> None:
+        self._wakeup.set()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _pick(self) -> Job | None:
+        ready = [job for job in self._active if not job.canceled and job.has_room()]
+        for job in ready:
+            if job.waiting_for_first_segment:
+                return job
+        if not ready:
+            return None
+        job = ready[0]
+        self._active.remove(job)
+        self._active.append(job)
+        return job
+
+    def _turn(self, job: Job) -> TurnResult:
+        """Runs on the model thread: produce up to one quantum of this job's audio.
+
+        The cancel flag is read between chunks, the finest step a backend offers.
+        """
+        first = job.waiting_for_first_segment
+        quantum = self.quanta.priority_quantum_bytes if first else self.quanta.quantum_bytes
+        chunks: list[FloatAudio] = []
+        produced = chars = 0
+        try:
+            while produced < quantum and not job.canceled and not job.done:
+                if job.current is None:
+                    text = job.plan.segments[job.next_segment]
+                    job.current = self.pipeline.render_segment(job.plan, text)
+                    chars += len(text)
+                chunk = next(job.current, None)
+                if chunk is None:
+                    job.current = None
+                    job.next_segment += 1
+                    continue
+                chunks.append(chunk)
+                produced += 2 * chunk.size
+        except SpeechError as exc:
+            return TurnResult(chunks, chars, exc)
+        finally:
+            if job.canceled and job.current is not None:
+                job.current.close()
+                job.current = None
+        return TurnResult(chunks, chars, None)
+
+    def _estimate_turn(self, job: Job) -> float:
+        if job.current is not None or job.done:
+            return 0.0
+        return len(job.plan.segments[job.next_segment]) * self._seconds_per_char
+
+    def _measure(self, chars: int, seconds: float) -> None:
+        if chars > 0 and seconds > 0:
+            self._seconds_per_char = 0.7 * self._seconds_per_char + 0.3 * (seconds / chars)
+
+    async def warm_up(self, text: str = "Warming up the model, one moment please.") -> None:
+        """One synthesis before the server says it is ready: loads lazy state, measures speed."""
+        plan = self.pipeline.plan(text)
+
+        def synthesize() -> float:
+            started = time.perf_counter()
+            for segment in plan.segments:
+                for _chunk in self.pipeline.render_segment(plan, segment):
+                    pass
+            return time.perf_counter() - started
+
+        seconds = await trio.to_thread.run_sync(synthesize, limiter=self._model_thread)
+        chars = sum(len(segment) for segment in plan.segments)
+        self._seconds_per_char = seconds / chars
+        log.info("engine warm: %.3f s for %d characters", seconds, chars)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The engine loop; runs until cancelled (a turn in progress is finished first)."""
+        task_status.started()
+        while True:
+            job = self._pick()
+            if job is None:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            if job.first_turn_at is None:
+                job.first_turn_at = trio.current_time()
+            self._in_turn = job
+            started = self._turn_started = time.perf_counter()
+            self._turn_estimate = self._estimate_turn(job)
+            try:
+                result = await trio.to_thread.run_sync(self._turn, job, limiter=self._model_thread)
+            finally:
+                self._in_turn = None
+            self._turns += 1
+            self._measure(result.chars, time.perf_counter() - started)
+            if job.canceled:
+                continue
+            for chunk in result.chunks:
+                job.send.send_nowait(chunk)
+            if result.error is not None:
+                job.send.send_nowait(result.error)
+                job.send.close()
+                self._release(job)
+            elif job.done:
+                job.send.close()
+                self._release(job)

@@ -1,0 +1,336 @@
+"""Per-response metrics: one JSON line per response, and ``krt metrics`` rolling summaries.
+
+The log is JSON Lines so that it can be appended to cheaply, tailed, grepped and read
+back even when the server died mid-write: a torn or foreign line costs that line only.
+Field names and order follow the seed deployment's ``logs/metrics.log`` (``ts, request_id,
+ttfb_ms, wall_s, audio_s, rtf, xrt, kbps, canceled``) with ``voice, backend, queue_ms``
+after them, so tools written for the seed's log keep working on ours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from krt import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable, Sequence
+
+DEFAULT_LOG_PATH = Path("logs/metrics.log")
+DEFAULT_PERIODS = "30m,1h,6h,24h,3d"
+PCM16_BYTES_PER_SECOND = SAMPLE_RATE * 2
+"""Bytes per second of the audio we send (PCM16, mono): what ``kbps`` is computed from."""
+
+_PERIOD_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _finite_non_negative(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """Reject NaN, infinities and negative numbers: they would poison every later summary."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@attrs.frozen
+class ResponseRecord:
+    """What one response cost and delivered; the derived rates are computed, never stored twice."""
+
+    ts: float = attrs.field(validator=_finite_non_negative)
+    """Unix time when the response ended (finished or canceled)."""
+    request_id: str
+    ttfb_ms: float | None = attrs.field(validator=_finite_non_negative)
+    """None when no audio was produced (canceled before the first audio)."""
+    wall_s: float = attrs.field(validator=_finite_non_negative)
+    """From receiving ``response.create`` to the end."""
+    audio_s: float = attrs.field(validator=_finite_non_negative)
+    """Seconds of audio sent."""
+    canceled: bool
+    voice: str
+    backend: str
+    queue_ms: float = attrs.field(validator=_finite_non_negative)
+    """Time waiting for the engine before the response's first segment started."""
+
+    @property
+    def rtf(self) -> float | None:
+        """Wall time per second of audio; undefined (None) when no audio was sent."""
+        return _ratio(self.wall_s, self.audio_s)
+
+    @property
+    def xrt(self) -> float | None:
+        """Seconds of audio per second of wall time; None only for a zero wall time."""
+        return _ratio(self.audio_s, self.wall_s)
+
+    @property
+    def kbps(self) -> float | None:
+        """Average bitrate of the PCM16 we sent over the response's wall time."""
+        return _ratio(self.audio_s * PCM16_BYTES_PER_SECOND * 8 / 1000, self.wall_s)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The log line's fields, in the seed's order, derived ones computed before rounding."""
+        return {
+            "ts": round(self.ts, 3),
+            "request_id": self.request_id,
+            "ttfb_ms": _rounded(self.ttfb_ms, 1),
+            "wall_s": round(self.wall_s, 3),
+            "audio_s": round(self.audio_s, 3),
+            "rtf": _rounded(self.rtf, 3),
+            "xrt": _rounded(self.xrt, 3),
+            "kbps": _rounded(self.kbps, 1),
+            "canceled": self.canceled,
+            "voice": self.voice,
+            "backend": self.backend,
+            "queue_ms": round(self.queue_ms, 1),
+        }
+
+
+class MetricsLog:
+    """Appends one JSON line per response to a file.
+
+    ``append`` is a plain blocking write, and the server calls it from its event loop:
+    one line of ~250 bytes per response, into the page cache, takes microseconds, far less
+    than handing it to a worker thread would. The file is opened per line (``O_APPEND``, one
+    ``write``) so a log removed or rotated under a running server is simply recreated, and
+    two processes sharing the file (local disk) append whole lines. Not locked: call it
+    from one thread at a time. A failing write raises ``OSError``; whether a metrics
+    failure may end a response is the caller's decision.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: ResponseRecord) -> None:
+        line = json.dumps(record.log_fields(), allow_nan=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(line)
+
+
+@attrs.frozen
+class LoadedRecords:
+    """A log's readable records, and how many lines were not, so the CLI can say so."""
+
+    records: list[dict[str, Any]]
+    skipped: int
+    """Non-blank lines that were not a JSON object with a numeric ``ts``."""
+
+
+def load_records(path: Path) -> LoadedRecords:
+    """Read a metrics log, keeping every line that parses and counting those that do not.
+
+    A line torn by a crash, or written by something else, must not hide the rest of the
+    log from the summary, so a bad line is counted and skipped, never raised.
+    Raises ``FileNotFoundError`` (and other ``OSError``) for the file itself.
+    """
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    with path.open(encoding="utf-8", errors="replace") as log:
+        for line in log:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                skipped += 1
+                continue
+            if isinstance(record, dict) and _number(record, "ts") is not None:
+                records.append(record)
+            else:
+                skipped += 1
+    return LoadedRecords(records, skipped)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The readable records of a metrics log; see ``load_records`` for the skipped count."""
+    return load_records(path).records
+
+
+def _number(record: dict[str, Any], key: str) -> float | None:
+    """A finite number from a record read back from disk, whose fields nothing guarantees."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def parse_period(text: str) -> float:
+    """Seconds in a window such as ``30m``, ``1.5h`` or ``3d`` (units s, m, h, d)."""
+    match = _PERIOD_PATTERN.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(
+            f"invalid period {text!r}: expected a positive number followed by s, m, h or d (e.g. 30m, 6h, 3d)"
+        )
+    return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+
+
+def parse_periods(text: str) -> list[str]:
+    """Split a comma-separated ``--periods`` value, checking every entry before any work is done."""
+    periods = [part.strip() for part in text.split(",") if part.strip()]
+    if not periods:
+        raise ValueError(f"invalid periods {text!r}: give at least one, e.g. 30m,1h,6h")
+    for period in periods:
+        parse_period(period)
+    return periods
+
+
+@attrs.frozen
+class PeriodSummary:
+    """One rolling window's figures; None where the window has nothing to measure."""
+
+    period: str
+    count: int
+    canceled: int
+    cancel_rate: float | None
+    ttfb_p50_ms: float | None
+    ttfb_p95_ms: float | None
+    ttfb_p99_ms: float | None
+    mean_xrt: float | None
+    audio_s: float
+
+
+def _summarize_window(period: str, records: list[dict[str, Any]]) -> PeriodSummary:
+    canceled = sum(1 for record in records if record.get("canceled") is True)
+    ttfbs = [ttfb for record in records if (ttfb := _number(record, "ttfb_ms")) is not None]
+    p50, p95, p99 = (
+        (float(value) for value in np.percentile(ttfbs, [50, 95, 99], method="linear"))
+        if ttfbs
+        else (None, None, None)
+    )
+    xrts = []
+    for record in records:
+        audio_s, wall_s = _number(record, "audio_s") or 0.0, _number(record, "wall_s") or 0.0
+        if record.get("canceled") is not True and audio_s > 0 and wall_s > 0:
+            xrts.append(audio_s / wall_s)
+    return PeriodSummary(
+        period=period,
+        count=len(records),
+        canceled=canceled,
+        cancel_rate=canceled / len(records) if records else None,
+        ttfb_p50_ms=p50,
+        ttfb_p95_ms=p95,
+        ttfb_p99_ms=p99,
+        mean_xrt=sum(xrts) / len(xrts) if xrts else None,
+        audio_s=sum(_number(record, "audio_s") or 0.0 for record in records),
+    )
+
+
+def summarize(records: Iterable[dict[str, Any]], periods: Sequence[str], now: float) -> list[PeriodSummary]:
+    """One summary per period over the records whose ``ts`` lies in ``[now - period, now]``.
+
+    ``now`` is a parameter so that a summary is a pure function of the log; records with
+    no numeric ``ts`` belong to no window. Raises ``ValueError`` for a bad period.
+    """
+    timed = [(ts, record) for record in records if (ts := _number(record, "ts")) is not None]
+    summaries = []
+    for period in periods:
+        start = now - parse_period(period)
+        window = [record for ts, record in timed if start <= ts <= now]
+        summaries.append(_summarize_window(period, window))
+    return summaries
+
+
+_COLUMNS = [field.name for field in attrs.fields(PeriodSummary)]
+"""The table's headers are the JSON keys, so both outputs read the same."""
+
+
+def _cell(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def format_summary(summaries: list[PeriodSummary]) -> str:
+    """An aligned text table, one row per period, ``-`` where a value does not exist."""
+    rows = [list(_COLUMNS)]
+    for summary in summaries:
+        rows.append(
+            [
+                summary.period,
+                str(summary.count),
+                str(summary.canceled),
+                _cell(None if summary.cancel_rate is None else summary.cancel_rate * 100, "{:.1f}%"),
+                _cell(summary.ttfb_p50_ms, "{:.1f}"),
+                _cell(summary.ttfb_p95_ms, "{:.1f}"),
+                _cell(summary.ttfb_p99_ms, "{:.1f}"),
+                _cell(summary.mean_xrt, "{:.2f}"),
+                _cell(summary.audio_s if summary.count else None, "{:.1f}"),
+            ]
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _rounded_fields(summary: PeriodSummary) -> dict[str, Any]:
+    """A summary for ``--json``, rounded like the log lines so that it reads as measured."""
+    fields = attrs.asdict(summary)
+    for name, digits in [("cancel_rate", 4), ("mean_xrt", 3), ("audio_s", 3)]:
+        fields[name] = _rounded(fields[name], digits)
+    for name in ("ttfb_p50_ms", "ttfb_p95_ms", "ttfb_p99_ms"):
+        fields[name] = _rounded(fields[name], 1)
+    return fields
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--periods",
+        default=DEFAULT_PERIODS,
+        help=f"comma-separated windows, units s/m/h/d (default {DEFAULT_PERIODS})",
+    )
+    parser.add_argument(
+        "--log", type=Path, default=DEFAULT_LOG_PATH, help=f"metrics log to read (default {DEFAULT_LOG_PATH})"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per period instead of a table"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``krt metrics``: summarize the log over each period ending now.
+
+    A missing log is not an error (a fresh server has answered nothing yet): it says so on
+    stderr and prints the empty table, so scripts reading stdout still get every period.
+    """
+    try:
+        periods = parse_periods(args.periods)
+    except ValueError as exc:
+        print(f"krt metrics: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_records(args.log)
+    except FileNotFoundError:
+        print(f"krt metrics: no metrics log at {args.log} yet; nothing to summarize", file=sys.stderr)
+        loaded = LoadedRecords([], 0)
+    except OSError as exc:
+        print(f"krt metrics: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if loaded.skipped:
+        print(f"krt metrics: skipped {loaded.skipped} unreadable line(s) in {args.log}", file=sys.stderr)
+    summaries = summarize(loaded.records, periods, now=time.time())
+    if args.json:
+        for summary in summaries:
+            print(json.dumps(_rounded_fields(summary)))
+    else:
+        print(format_summary(summaries))
+    return 0

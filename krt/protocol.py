@@ -1,0 +1,445 @@
+"""The wire schema of ``/v1/audio/speech/stream/ws``: events both ways, decode and encode.
+
+Everything a client can send is turned into typed, frozen events in one place,
+:func:`decode_client_event`, so the session never sees a raw dict and every malformed
+frame becomes the same :class:`ProtocolError` (and so the same ``error`` event) whatever
+went wrong. The module is pure: no trio, no I/O, so it is shared by the server, krt's own
+client tool and the tests.
+
+Unknown extra keys are ignored on purpose, at every level: OpenAI-Realtime-shaped
+clients send ``event_id``, ``modalities`` and the like, and rejecting them would break
+those clients for no gain. Values are checked strictly instead: cattrs' default hooks
+would turn ``"input": 5`` into ``"5"`` and ``"speed": true`` into ``1.0``, which would
+speak a number nobody wrote rather than tell the client its mistake.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import typing
+from operator import attrgetter
+from typing import Any, ClassVar, Literal, NoReturn, cast
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+from cattrs.strategies import configure_tagged_union
+
+ProtocolErrorCode = Literal[
+    "binary_frame", "oversized", "invalid_json", "unknown_event", "missing_field", "invalid_field"
+]
+AudioFormat = Literal["pcm", "opus"]
+
+
+class ProtocolError(Exception):
+    """A client frame krt cannot read; answered with an ``error`` event, never a close.
+
+    A bad event must not end a healthy session (a voice agent would lose its call over
+    one typo), so this carries everything the ``error`` event needs and nothing more.
+    """
+
+    def __init__(self, code: ProtocolErrorCode, message: str, event_type: str | None = None) -> None:
+        super().__init__(message)
+        self.code: ProtocolErrorCode = code
+        self.message = message
+        self.event_type = event_type
+        """The client's ``type`` when it could be read, so the client can match the error."""
+
+    def to_event(self) -> ErrorEvent:
+        return ErrorEvent(ErrorDetail("invalid_request_error", self.code, self.message, self.event_type))
+
+
+# --- client -> server -------------------------------------------------------------------
+
+
+@attrs.frozen
+class AudioSettings:
+    format: AudioFormat | None = None
+    sample_rate: int | None = None
+
+
+@attrs.frozen
+class SessionSettings:
+    """A partial update: a field left out (or null) keeps the session's current value."""
+
+    voice: str | None = None
+    speed: float | None = None
+    audio: AudioSettings | None = None
+
+
+@attrs.frozen
+class SessionUpdate:
+    TYPE: ClassVar[str] = "session.update"
+    session: SessionSettings
+
+
+@attrs.frozen
+class ResponseCreate:
+    """One utterance; without ``response_id`` the session makes one up."""
+
+    TYPE: ClassVar[str] = "response.create"
+    input: str
+    response_id: str | None = None
+    voice: str | None = None
+    speed: float | None = None
+
+
+@attrs.frozen
+class InputAppend:
+    TYPE: ClassVar[str] = "input.append"
+    text: str
+
+
+@attrs.frozen
+class InputCommit:
+    TYPE: ClassVar[str] = "input.commit"
+
+
+@attrs.frozen
+class ResponseCancel:
+    """Names its response as ``response`` (the seed's key) or ``response_id``.
+
+    Both spellings are accepted because clients built against ``response.create``
+    naturally reuse ``response_id``; ``response`` wins when both are given.
+    """
+
+    TYPE: ClassVar[str] = "response.cancel"
+    response: str | None = None
+    response_id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.response is None and self.response_id is None:
+            raise ValueError("response.cancel needs 'response' or 'response_id'")
+
+    @property
+    def target(self) -> str:
+        return cast("str", self.response if self.response is not None else self.response_id)
+
+
+@attrs.frozen
+class Barge:
+    TYPE: ClassVar[str] = "barge"
+
+
+@attrs.frozen
+class SessionEnd:
+    TYPE: ClassVar[str] = "session.end"
+
+
+ClientEvent = SessionUpdate | ResponseCreate | InputAppend | InputCommit | ResponseCancel | Barge | SessionEnd
+
+# --- server -> client -------------------------------------------------------------------
+
+
+@attrs.frozen
+class EffectiveAudio:
+    format: str
+    sample_rate: int
+
+
+@attrs.frozen
+class EffectiveSession:
+    """The whole session after an update, so a client never has to merge partial echoes."""
+
+    voice: str
+    speed: float
+    audio: EffectiveAudio
+
+
+@attrs.frozen
+class SessionUpdated:
+    TYPE: ClassVar[str] = "session.updated"
+    session: EffectiveSession
+
+
+@attrs.frozen
+class ResponseCreated:
+    TYPE: ClassVar[str] = "response.created"
+    response: str
+
+
+@attrs.frozen
+class OutputAudioDelta:
+    """Base64 PCM16; hot paths use :func:`encode_audio_delta`, which skips this object."""
+
+    TYPE: ClassVar[str] = "response.output_audio.delta"
+    response: str
+    delta: str
+
+
+@attrs.frozen
+class ResponseCompleted:
+    TYPE: ClassVar[str] = "response.completed"
+    response: str
+
+
+@attrs.frozen
+class ResponseCanceled:
+    """The last frame of its response: nothing of that response may follow it."""
+
+    TYPE: ClassVar[str] = "response.canceled"
+    response: str
+
+
+@attrs.frozen
+class ResponseError:
+    """One response failed (``too_long``, ``busy``, …); the session carries on."""
+
+    TYPE: ClassVar[str] = "response.error"
+    response: str
+    code: str
+    message: str
+
+
+@attrs.frozen
+class ErrorDetail:
+    type: str
+    code: str
+    message: str
+    event_type: str | None = None
+
+
+@attrs.frozen
+class ErrorEvent:
+    """A connection-level error (a frame krt could not read); the connection stays open."""
+
+    TYPE: ClassVar[str] = "error"
+    error: ErrorDetail
+
+
+ServerEvent = (
+    SessionUpdated
+    | ResponseCreated
+    | OutputAudioDelta
+    | ResponseCompleted
+    | ResponseCanceled
+    | ResponseError
+    | ErrorEvent
+)
+
+CLIENT_EVENT_TYPES: frozenset[str] = frozenset(cl.TYPE for cl in typing.get_args(ClientEvent))
+SERVER_EVENT_TYPES: frozenset[str] = frozenset(cl.TYPE for cl in typing.get_args(ServerEvent))
+
+# --- the converter ----------------------------------------------------------------------
+# Hooks must be registered before configure_tagged_union: it captures each member's hook
+# when it is called.
+
+
+class _FieldRequirementError(ValueError):
+    """A strict hook's refusal, worded to follow "field 'x' " in the client's message."""
+
+
+def _structure_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise _FieldRequirementError("must be a string")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A JSON escape such as "\ud800" would otherwise blow up much later,
+            # inside G2P or a log line, far from the client that sent it.
+            raise _FieldRequirementError("must be valid Unicode (it has a lone surrogate)") from None
+    return value
+
+
+def _structure_int(value: object, _: type) -> int:
+    if type(value) is not int:  # bool is an int subclass and must not pass
+        raise _FieldRequirementError("must be an integer")
+    return value
+
+
+def _structure_float(value: object, _: type) -> float:
+    # JSON has one number type, so 1 is as good a speed as 1.0; true is not.
+    if type(value) not in (int, float) or not math.isfinite(number := float(cast("float", value))):
+        raise _FieldRequirementError("must be a finite number")
+    return number
+
+
+def _structure_object_factory(cl: type) -> Any:
+    """Only JSON objects become events: cattrs alone would read ``[]`` as an empty one."""
+    structure_fields: Any = make_dict_structure_fn(cl, _converter)
+
+    def structure_object(value: object, _: type) -> Any:
+        if not isinstance(value, dict):
+            raise _FieldRequirementError("must be an object")
+        return structure_fields(value, cl)
+
+    return structure_object
+
+
+def _is_literal(tp: object) -> bool:
+    return typing.get_origin(tp) is Literal
+
+
+def _structure_literal_factory(tp: object) -> Any:
+    """Word Literal refusals like the others (cattrs' own says "not in literal typing...").
+
+    krt's literals are all strings, hence the plain ``str`` check.
+    """
+    choices = typing.get_args(tp)
+    requirement = "must be one of " + ", ".join(json.dumps(choice) for choice in choices)
+
+    def structure_literal(value: object, _: type) -> object:
+        if type(value) is not str or value not in choices:
+            raise _FieldRequirementError(requirement)
+        return value
+
+    return structure_literal
+
+
+_converter = cattrs.Converter(omit_if_default=True)
+_converter.register_structure_hook(str, _structure_str)
+_converter.register_structure_hook(int, _structure_int)
+_converter.register_structure_hook(float, _structure_float)
+_converter.register_structure_hook_factory(attrs.has, _structure_object_factory)
+_converter.register_structure_hook_factory(_is_literal, _structure_literal_factory)
+_structure_response_cancel_fields = _structure_object_factory(ResponseCancel)
+
+
+def _structure_response_cancel(value: object, cl: type) -> ResponseCancel:
+    # A bare KeyError naming both spellings reads as a missing field in _failures, which
+    # is what the client got wrong; the post-init ValueError would only say "invalid".
+    if isinstance(value, dict) and value.get("response") is None and value.get("response_id") is None:
+        raise KeyError("response", "response_id")
+    return cast("ResponseCancel", _structure_response_cancel_fields(value, cl))
+
+
+_converter.register_structure_hook(ResponseCancel, _structure_response_cancel)
+configure_tagged_union(ClientEvent, _converter, tag_generator=attrgetter("TYPE"), tag_name="type")
+configure_tagged_union(ServerEvent, _converter, tag_generator=attrgetter("TYPE"), tag_name="type")
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def decode_client_event(message: str | bytes, max_bytes: int) -> ClientEvent:
+    """The one boundary client input crosses; anything wrong with it is a ProtocolError.
+
+    ``max_bytes`` is measured in UTF-8 bytes, as on the wire, so a text of many-byte
+    characters cannot slip past a limit meant to bound memory and parse time.
+    """
+    if not isinstance(message, str):
+        raise ProtocolError(
+            "binary_frame", "binary frames are not accepted; send each event as a JSON text frame"
+        )
+    if len(message) > max_bytes or len(message.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ProtocolError("oversized", f"the message is larger than the limit of {max_bytes} bytes")
+    obj = _parse_object(message)
+    event_type = _read_type(obj, CLIENT_EVENT_TYPES)
+    return cast("ClientEvent", _structure(obj, ClientEvent, event_type))
+
+
+def decode_server_event(message: str) -> ServerEvent:
+    """Read a server frame (for krt's client tool and tests); junk raises ValueError."""
+    try:
+        obj = _parse_object(message)
+        event_type = _read_type(obj, SERVER_EVENT_TYPES)
+        return cast("ServerEvent", _structure(obj, ServerEvent, event_type))
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from exc
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_object(message: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deep enough to recurse out
+        raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_json", f"an event must be a JSON object, not {_json_kind(obj)}")
+    return obj
+
+
+def _read_type(obj: dict[str, Any], known: frozenset[str]) -> str:
+    """Check the tag up front so an unknown type gets a message listing the known ones."""
+    tag = obj.get("type")
+    if isinstance(tag, str) and tag in known:
+        return tag
+    choices = ", ".join(sorted(known))
+    if tag is None:
+        raise ProtocolError("unknown_event", f"the event has no 'type'; known types: {choices}")
+    if not isinstance(tag, str):
+        raise ProtocolError("unknown_event", f"'type' must be a string; known types: {choices}")
+    raise ProtocolError("unknown_event", f"unknown event type {_preview(tag)}; known types: {choices}", tag)
+
+
+def _structure(obj: dict[str, Any], union: object, event_type: str) -> object:
+    try:
+        return _converter.structure(obj, cast("type[object]", union))
+    except (cattrs.BaseValidationError, KeyError, ValueError, TypeError) as exc:
+        failures = list(_failures(exc, (), obj))
+        message = f"{event_type}: " + "; ".join(sentence for _, sentence in failures)
+        raise ProtocolError(failures[0][0], message, event_type) from exc
+
+
+def _failures(
+    exc: BaseException, path: tuple[str, ...], obj: dict[str, Any]
+) -> typing.Iterator[tuple[ProtocolErrorCode, str]]:
+    """Walk cattrs' nested exception groups, naming each bad field by its dotted path."""
+    if isinstance(exc, cattrs.ClassValidationError):
+        with_notes, without_notes = exc.group_exceptions()
+        for error, note in with_notes:
+            yield from _failures(error, (*path, note.name), obj)
+        for unnoted in without_notes:
+            yield from _failures(unnoted, path, obj)
+    elif isinstance(exc, KeyError):
+        # cattrs' KeyErrors arrive noted, so the path already ends in the field;
+        # response.cancel's arrives bare, at the top, naming the keys it wanted.
+        names = [".".join(path)] if path else [str(key) for key in exc.args]
+        alternatives = "".join(f" (or '{name}')" for name in names[1:])
+        yield "missing_field", f"missing required field '{names[0]}'{alternatives}"
+    else:
+        requirement = str(exc) if isinstance(exc, _FieldRequirementError) else f"is invalid ({exc})"
+        value: object = obj
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        shown = (
+            _json_kind(value) if isinstance(value, dict | list) else f"{_json_kind(value)} {_preview(value)}"
+        )
+        subject = f"field '{'.'.join(path)}'" if path else "the event"
+        yield "invalid_field", f"{subject} {requirement} (got {shown})"
+
+
+_JSON_KINDS = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string"}
+
+
+def _json_kind(value: object) -> str:
+    return _JSON_KINDS.get(type(value)) or ("array" if isinstance(value, list) else "object")
+
+
+def _preview(value: object, limit: int = 40) -> str:
+    """Quote a client value without echoing a whole paragraph back."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+Event = ClientEvent | ServerEvent
+
+
+def encode(event: Event) -> str:
+    """Compact JSON with ``type`` first (people read these frames in logs), no null options.
+
+    Client events encode too, for krt's client tool; :func:`decode_client_event` reads
+    back exactly what this writes.
+    """
+    return json.dumps(
+        {"type": event.TYPE, **_converter.unstructure(event)}, separators=(",", ":"), allow_nan=False
+    )
+
+
+_AUDIO_DELTA_HEAD = '{"type":"' + OutputAudioDelta.TYPE + '","response":'
+
+
+def encode_audio_delta(response_id: str, pcm: bytes) -> str:
+    """``encode(OutputAudioDelta(response_id, b64(pcm)))`` without the object and dict.
+
+    Audio frames are almost all of the traffic; the base64 alphabet needs no JSON
+    escaping, so only the id goes through json.dumps (for quotes and non-ASCII).
+    """
+    return f'{_AUDIO_DELTA_HEAD}{json.dumps(response_id)},"delta":"{base64.b64encode(pcm).decode("ascii")}"}}'

@@ -1,0 +1,105 @@
+"""``krt serve``: listen at once, load and warm the model, serve, drain on SIGTERM/SIGINT.
+
+The port answers from the first moment (``/readyz`` says 503 while the model loads),
+so an orchestrator can tell "starting" from "dead". A signal starts a drain: readiness
+turns 503, new responses are refused as ``busy``, responses in flight may finish for
+``KRT_DRAIN_SECONDS``, then the process exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator  # noqa: TC003
+from typing import TYPE_CHECKING
+
+import trio
+
+from krt.engine.pipeline import SpeechPipeline
+from krt.engine.scheduler import Engine
+from krt.metrics import MetricsLog
+from krt.server import ServerState, serve
+from krt.synth.loading import load_backend
+
+if TYPE_CHECKING:
+    import argparse
+
+    from krt.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)"
+    )
+
+
+async def start_engine(state: ServerState, nursery: trio.Nursery) -> None:
+    """Load the backend off the event loop, warm it, start the engine loop, then say ready."""
+    config = state.config
+
+    def build() -> SpeechPipeline:
+        backend = load_backend(config)
+        pipeline = SpeechPipeline(backend, config)
+        log.info("backend %s on %s: %s", backend.name, backend.device, backend.source)
+        return pipeline
+
+    pipeline = await trio.to_thread.run_sync(build)
+    engine = Engine(pipeline, config.admission, config.scheduler)
+    await engine.warm_up()
+    await nursery.start(engine.run)
+    state.engine = engine
+    state.ready = True
+    log.info("ready")
+
+
+async def drain_on_signal(state: ServerState, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info(
+                "%s: draining (%d responses in flight)", signal.Signals(signum).name, state.in_flight.count
+            )
+            state.draining = True
+            if state.engine is not None:
+                state.engine.accepting = False
+            break
+        with trio.move_on_after(state.config.server.drain_seconds):
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
+                if state.in_flight.count:
+                    await state.in_flight.zero.wait()
+                waiting.cancel_scope.cancel()
+    log.info("drained; exiting")
+    scope.cancel(reason="drained")
+
+
+async def _cancel_on_next_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for _signum in signals:
+        log.warning("second signal: exiting without waiting")
+        scope.cancel()
+        return
+
+
+async def main(
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[tuple[int, ServerState]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until cancelled or drained; ``started`` gets (port, state) once ready."""
+    state = ServerState(config, None, MetricsLog(config.server.metrics_log))
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve, state, host, port)
+        if handle_signals:
+            nursery.start_soon(drain_on_signal, state, nursery.cancel_scope)
+        await start_engine(state, nursery)
+        task_status.started((bound, state))
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    trio.run(main, config, args.host, args.port)
+    return 0

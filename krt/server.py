@@ -1,0 +1,241 @@
+"""One listening port: ``/healthz``, ``/readyz`` and the WebSocket route.
+
+Each TCP connection's request head is parsed with h11 first, so plain HTTP (health
+probes, a browser, a scanner) gets a proper answer — 404 for unknown paths, 426 for a
+plain GET on the WebSocket route, 401 for a wrong key — before anything is upgraded.
+Only then are the bytes already read replayed into trio-websocket, which performs the
+handshake and owns the connection from there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import h11
+import trio
+import trio_websocket
+
+from krt.config import Config
+from krt.engine.scheduler import Engine
+from krt.metrics import MetricsLog
+from krt.session import InFlight, Session
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/v1/audio/speech/stream/ws"
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_TIMEOUT = 10.0
+MAX_WS_MESSAGE_BYTES = 1024 * 1024
+"""trio-websocket closes the socket (1009) past this; smaller oversize frames get an
+``error`` event from the session instead, and the session goes on."""
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first hands back bytes already read from the socket."""
+
+    def __init__(self, prefix: bytes, stream: trio.abc.Stream) -> None:
+        self._prefix = prefix
+        self._stream = stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@attrs.define
+class ServerState:
+    """What the HTTP routes report and what a drain flips."""
+
+    config: Config
+    engine: Engine | None
+    metrics: MetricsLog
+    ready: bool = False
+    draining: bool = False
+    in_flight: InFlight = attrs.field(factory=InFlight)
+    sessions: int = 0
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        if self.engine is None:
+            return 503, {"ready": False, "draining": self.draining, "loading": True}
+        backend = self.engine.pipeline.backend
+        ok = self.ready and not self.draining
+        body: dict[str, object] = {
+            "ready": ok,
+            "draining": self.draining,
+            "backend": backend.name,
+            "device": backend.device,
+            "weights": backend.source,
+            "voices": {
+                "female": backend.voices.female,
+                "male": backend.voices.male,
+                "all": backend.voices.names,
+            },
+        }
+        return (200 if ok else 503), body
+
+
+async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
+    """Read until the request head is complete; return it with every byte read so far."""
+    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    received = bytearray()
+    while True:
+        event = connection.next_event()
+        if isinstance(event, h11.Request):
+            return event, bytes(received)
+        if event is not h11.NEED_DATA:
+            return None, bytes(received)
+        data = bytes(await stream.receive_some(4096))
+        if not data:
+            return None, bytes(received)
+        received += data
+        connection.receive_data(data)
+
+
+async def _respond(
+    stream: trio.abc.Stream,
+    status: int,
+    body: dict[str, object],
+    headers: list[tuple[str, str]] | None = None,
+) -> None:
+    payload = (json.dumps(body) + "\n").encode()
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    head += [f"{name}: {value}" for name, value in (headers or [])]
+    head += ["Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close", "", ""]
+    await stream.send_all("\r\n".join(head).encode() + payload)
+
+
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    400: "Bad Request",
+    426: "Upgrade Required",
+    503: "Service Unavailable",
+}
+
+
+def _header(request: h11.Request, name: bytes) -> str:
+    for key, value in request.headers:
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def presented_key(request: h11.Request) -> str:
+    """The API key from ``?api_key=`` or ``Authorization: Bearer``; empty when absent."""
+    query = parse_qs(urlsplit(request.target.decode("latin-1")).query)
+    if query.get("api_key"):
+        return query["api_key"][0]
+    scheme, _, token = _header(request, b"authorization").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def authorized(request: h11.Request, api_key: str) -> bool:
+    """Constant-time comparison, so response timing does not leak how much of a key matched."""
+    if not api_key:
+        return True
+    return hmac.compare_digest(presented_key(request).encode(), api_key.encode())
+
+
+async def handle_connection(stream: trio.abc.Stream, state: ServerState) -> None:
+    peer = _peer_of(stream)
+    try:
+        with trio.move_on_after(HEAD_TIMEOUT):
+            request, received = await _read_head(stream)
+        if request is None:
+            return
+        path = urlsplit(request.target.decode("latin-1")).path
+        if path in ("/healthz", "/readyz"):
+            if request.method not in (b"GET", b"HEAD"):
+                await _respond(stream, 405, {"error": "method not allowed"}, [("Allow", "GET")])
+            elif path == "/healthz":
+                await _respond(stream, 200, {"status": "ok"})
+            else:
+                status, body = state.readiness()
+                await _respond(stream, status, body)
+            return
+        if path != WS_PATH:
+            await _respond(
+                stream, 404, {"error": f"no route {path}", "routes": ["/healthz", "/readyz", WS_PATH]}
+            )
+            return
+        if _header(request, b"upgrade").lower() != "websocket":
+            await _respond(stream, 426, {"error": "this route speaks WebSocket"}, [("Upgrade", "websocket")])
+            return
+        if state.engine is None:
+            await _respond(stream, 503, {"error": "the model is still loading"}, [("Retry-After", "5")])
+            return
+        if not authorized(request, state.config.auth.api_key):
+            log.warning("%s: refused WebSocket upgrade: missing or wrong API key", peer)
+            await _respond(
+                stream,
+                401,
+                {"error": "missing or wrong API key"},
+                [("WWW-Authenticate", 'Bearer realm="krt"')],
+            )
+            return
+        await _serve_websocket(ReplayStream(received, stream), state, peer)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as exc:
+        log.debug("%s: connection dropped: %r", peer, exc)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _serve_websocket(stream: trio.abc.Stream, state: ServerState, peer: str) -> None:
+    engine = state.engine
+    assert engine is not None, "checked by the caller"
+    async with trio.open_nursery() as nursery:
+        request = await trio_websocket.wrap_server_stream(
+            nursery, stream, max_message_size=MAX_WS_MESSAGE_BYTES
+        )
+        ws = await request.accept()
+        state.sessions += 1
+        log.info("%s: session open (%d active)", peer, state.sessions)
+        try:
+            await Session(ws, engine, state.config, state.metrics, state.in_flight, peer).run()
+        finally:
+            state.sessions -= 1
+            log.info("%s: session closed (%d active)", peer, state.sessions)
+            nursery.cancel_scope.cancel()
+
+
+def _peer_of(stream: trio.abc.Stream) -> str:
+    socket_stream = getattr(stream, "socket", None)
+    try:
+        host, port, *_ = socket_stream.getpeername() if socket_stream is not None else ("?", 0)
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def serve(
+    state: ServerState, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Listen and serve until cancelled; ``task_status.started`` gets the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("listening on %s:%d (ws route %s)", host, bound, WS_PATH)
+    async with trio.open_nursery() as nursery:
+        task_status.started(bound)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await handle_connection(stream, state)
+
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)

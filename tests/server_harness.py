@@ -1,0 +1,106 @@
+"""A real krt server on a loopback port, in the test's own Trio run, and a small client.
+
+The server is the production code path (h11 front door, trio-websocket, sessions, the
+engine loop and its model thread) with the fake backend, so tests are fast and exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from trio_websocket import WebSocketConnection, connect_websocket_url
+
+from krt.serve import main
+from krt.server import ServerState
+from tests.conftest import make_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+WS_PATH = "/v1/audio/speech/stream/ws"
+
+
+@attrs.frozen
+class RunningServer:
+    port: int
+    state: ServerState
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{WS_PATH}"
+
+
+async def start_server(nursery: trio.Nursery, tmp_path: Path, **env: str) -> RunningServer:
+    """Start krt on 127.0.0.1, any free port, fake backend unless ``env`` says otherwise."""
+    settings = {"KRT_BACKEND": "fake", "KRT_METRICS_LOG": str(tmp_path / "metrics.log"), **env}
+    port, state = await nursery.start(
+        lambda task_status: main(
+            make_config(**settings), "127.0.0.1", 0, handle_signals=False, task_status=task_status
+        )
+    )
+    return RunningServer(port, state)
+
+
+class Client:
+    """A WebSocket client that speaks krt's JSON events and collects audio per response."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.audio: dict[str, bytearray] = {}
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, nursery: trio.Nursery, url: str) -> Client:
+        return cls(await connect_websocket_url(nursery, url))
+
+    async def send(self, type_: str, **fields: Any) -> None:
+        await self.ws.send_message(json.dumps({"type": type_, **fields}))
+
+    async def receive(self) -> dict[str, Any]:
+        """The next event; audio deltas are also accumulated in ``self.audio``."""
+        event: dict[str, Any] = json.loads(await self.ws.get_message())
+        self.events.append(event)
+        if event["type"] == "response.output_audio.delta":
+            self.audio.setdefault(event["response"], bytearray()).extend(base64.b64decode(event["delta"]))
+        return event
+
+    async def receive_until(self, type_: str, response: str | None = None) -> dict[str, Any]:
+        """Read events until one of ``type_`` (for ``response``, if given) arrives."""
+        while True:
+            event = await self.receive()
+            if event["type"] == type_ and (response is None or event.get("response") == response):
+                return event
+
+    async def aclose(self) -> None:
+        await self.ws.aclose()
+
+
+class Harness:
+    """Servers and clients for one test; every client is closed cleanly at teardown."""
+
+    def __init__(self, nursery: trio.Nursery, tmp_path: Path) -> None:
+        self.nursery = nursery
+        self.tmp_path = tmp_path
+        self.clients: list[Client] = []
+
+    async def server(self, **env: str) -> RunningServer:
+        return await start_server(self.nursery, self.tmp_path, **env)
+
+    async def client(self, server: RunningServer) -> Client:
+        client = await Client.connect(self.nursery, server.url)
+        self.clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            with trio.move_on_after(2):
+                await client.aclose()
+            # After a close initiated by the server, trio-websocket's client waits for the
+            # server's TCP close before closing its own socket; a test that ends first
+            # would leak it. Closing an already closed stream is a no-op.
+            await trio.aclose_forcefully(client.ws._stream)
