@@ -49,3 +49,11 @@ say text out="out.wav" *args: setup
 # The engine floor: load time, first-segment latency, xRT and RSS per backend.
 bench-engine *args: setup
     {{bin}}/krt bench engine {{args}}
+
+# Run the realtime server (default 0.0.0.0:8000; reads .env), e.g. just serve --port 9000
+serve *args: setup
+    {{bin}}/krt serve {{args}}
+
+# Rolling summaries of logs/metrics.log, e.g. just metrics --periods 1h,24h
+metrics *args: setup
+    {{bin}}/krt metrics {{args}}
