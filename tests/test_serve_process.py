@@ -1,0 +1,243 @@
+"""``krt serve`` as an orchestrator runs it: a real process, real signals, real exit codes.
+
+Each server is started with ``--port 0`` in a temporary working directory (so ``.env``
+and ``logs/`` land there); the test learns the port and readiness from the process's own
+log lines on stderr, never by sleeping. Every process is killed in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from krt.metrics import read_records
+from tests.server_harness import WS_PATH, Client
+from tests.speech_checks import assert_sounds_like_speech
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
+
+pytestmark = pytest.mark.trio
+
+STARTUP_SECONDS = 30
+DRAIN_TEXT = (
+    "The first sentence is here. A second one follows it. Then a third arrives. And a fourth ends it."
+)
+LONG_TEXT = " ".join(f"Sentence number {n} keeps this response going for a while." for n in range(1, 13))
+
+
+class ServerProcess:
+    """A running ``krt serve`` and the lines it has logged so far."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.port = 0
+        self._grew = trio.Event()
+        self._ended = False
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{WS_PATH}"
+
+    async def pump_stderr(self) -> None:
+        """Collect stderr line by line until the process closes it (keeps the pipe drained)."""
+        assert self.process.stderr is not None
+        pending = b""
+        async for data in self.process.stderr:
+            *complete, pending = (pending + data).split(b"\n")
+            self.lines += [line.decode(errors="replace") for line in complete]
+            self._grew.set()
+            self._grew = trio.Event()
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+        self._ended = True
+        self._grew.set()
+
+    async def wait_for_line(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """The first line from index ``start`` on that matches; fails if stderr ends first."""
+        regex = re.compile(pattern)
+        seen = start
+        while True:
+            for line in self.lines[seen:]:
+                if match := regex.search(line):
+                    return match
+            seen = max(seen, len(self.lines))
+            if self._ended:
+                raise AssertionError(f"krt serve never logged {pattern!r}; its log:\n" + self.log)
+            await self._grew.wait()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+async def start_krt(nursery, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[ServerProcess]]]:
+    """Start ``krt serve`` with extra environment; returns once it has logged ``ready``."""
+    servers: list[ServerProcess] = []
+
+    async def start(startup_seconds: float = STARTUP_SECONDS, **env: str) -> ServerProcess:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "krt", "serve", "--host", "127.0.0.1", "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={
+                **os.environ,
+                "LOG_LEVEL": "INFO",
+                "API_KEY": "",
+                "KRT_METRICS_LOG": "logs/metrics.log",
+                **env,
+            },
+            cwd=tmp_path,
+        )
+        server = ServerProcess(process)
+        servers.append(server)
+        nursery.start_soon(server.pump_stderr)
+        with trio.fail_after(startup_seconds):
+            listening = await server.wait_for_line(r"krt\.server: listening on 127\.0\.0\.1:(\d+)")
+            server.port = int(listening[1])
+            await server.wait_for_line(r"krt\.serve: ready$")
+        return server
+
+    try:
+        yield start
+    finally:
+        with trio.CancelScope(shield=True):
+            for server in servers:
+                if server.process.returncode is None:
+                    server.process.kill()
+                await server.process.wait()
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict]:
+    """A raw ``GET``; the status code and the JSON body."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        response = bytearray()
+        while data := await stream.receive_some(65536):
+            response += data
+    head, _, body = bytes(response).partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+@asynccontextmanager
+async def connect(server: ServerProcess) -> AsyncIterator[Client]:
+    """A client on the server's WebSocket route; its socket is closed whatever happens.
+
+    trio-websocket 0.12.2 leaves the TCP socket open when the peer drops the connection
+    without a close handshake (as a server that exits does), hence the forced close.
+    """
+    connection = None
+    try:
+        async with open_websocket_url(server.url) as ws:
+            connection = ws
+            yield Client(ws)
+    finally:
+        if connection is not None:
+            await trio.aclose_forcefully(connection._stream)
+
+
+async def terminate(server: ServerProcess) -> None:
+    """Send SIGTERM and return once the server has logged that it is draining."""
+    mark = len(server.lines)
+    server.process.send_signal(signal.SIGTERM)
+    await server.wait_for_line(r"SIGTERM: draining", start=mark)
+
+
+async def test_sigterm_drains_in_flight_audio_refuses_new_work_and_exits_0(
+    start_krt, fake_pipeline, tmp_path
+):
+    drain_seconds = 15.0
+    expected = b"".join(fake_pipeline.speak(DRAIN_TEXT))  # the same fake model, without a server
+    assert len(expected) / 48000 > 5.0  # ≈ 2.5 s of work at KRT_FAKE_COMPUTE_RATIO=0.5
+    with trio.fail_after(STARTUP_SECONDS + drain_seconds):
+        server = await start_krt(
+            KRT_BACKEND="fake", KRT_FAKE_COMPUTE_RATIO="0.5", KRT_DRAIN_SECONDS=str(drain_seconds)
+        )
+        assert (await http_get(server.port, "/readyz"))[0] == 200
+        async with connect(server) as client:
+            await client.send("response.create", response_id="r1", input=DRAIN_TEXT)
+            await client.receive_until("response.output_audio.delta", "r1")
+
+            signalled = trio.current_time()
+            await terminate(server)
+            status, body = await http_get(server.port, "/readyz")
+            assert (status, body["ready"], body["draining"]) == (503, False, True)
+
+            await client.send("response.create", response_id="r2", input="Too late for this one.")
+            refused = await client.receive_until("response.error", "r2")
+            assert refused["code"] == "busy"
+
+            await client.receive_until("response.completed", "r1")
+            assert bytes(client.audio["r1"]) == expected
+            assert "r2" not in client.audio
+            assert not [e for e in client.events if e["type"] == "response.error" and e["response"] == "r1"]
+
+            with trio.fail_after(drain_seconds):
+                assert await server.process.wait() == 0, server.log
+        assert trio.current_time() - signalled < drain_seconds
+        assert "Traceback" not in server.log
+        (record,) = read_records(tmp_path / "logs" / "metrics.log")  # r2 was never started
+        assert (record["request_id"], record["canceled"]) == ("r1", False)
+        assert record["audio_s"] == pytest.approx(len(expected) / 48000)
+
+
+async def test_drain_deadline_cuts_a_long_response_and_still_exits_0(start_krt, tmp_path):
+    drain_seconds = 0.5
+    with trio.fail_after(STARTUP_SECONDS + 10):
+        server = await start_krt(
+            KRT_BACKEND="fake", KRT_FAKE_COMPUTE_RATIO="0.5", KRT_DRAIN_SECONDS=str(drain_seconds)
+        )
+        async with connect(server) as client:
+            await client.send("response.create", response_id="long", input=LONG_TEXT)
+            await client.receive_until("response.output_audio.delta", "long")  # ≈ 15 s of work ahead
+
+            signalled = trio.current_time()
+            await terminate(server)
+            with trio.fail_after(drain_seconds + 3):
+                assert await server.process.wait() == 0, server.log
+            elapsed = trio.current_time() - signalled
+            assert elapsed < drain_seconds + 3
+
+            with pytest.raises(ConnectionClosed):  # the socket ends; the client is not left hanging
+                await client.receive_until("response.completed", "long")
+        assert "Traceback" not in server.log
+        (record,) = read_records(tmp_path / "logs" / "metrics.log")  # cut short by the exit: canceled
+        assert (record["request_id"], record["canceled"]) == ("long", True)
+
+
+@pytest.mark.integration
+async def test_real_model_streams_speech_end_to_end(start_krt, model_cache_dir):
+    """One server start on the packaged int8 Kokoro weights (joined into the cache on first use)."""
+    text = "Hello there. This is krt speaking from a real model."
+    with trio.fail_after(120):
+        server = await start_krt(
+            startup_seconds=90,
+            KRT_BACKEND="onnx",
+            KRT_CPU_THREADS="2",
+            KRT_CACHE_DIR=str(model_cache_dir),
+        )
+        status, ready = await http_get(server.port, "/readyz")
+        assert status == 200
+        assert ready["backend"] == "onnx"
+        async with connect(server) as client:
+            await client.send("response.create", response_id="hello", input=text, voice="female")
+            await client.receive_until("response.completed", "hello")
+        kinds = [event["type"] for event in client.events]
+        assert kinds[0] == "response.created"
+        assert kinds.index("response.output_audio.delta") < kinds.index("response.completed")
+        assert "response.error" not in kinds
+        assert_sounds_like_speech(bytes(client.audio["hello"]), words=10)

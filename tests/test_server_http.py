@@ -1,0 +1,214 @@
+"""Plain HTTP and the handshake on the server's one port: probes, wrong requests, auth.
+
+Requests are raw bytes on a TCP socket, the way a load balancer's probe, a browser or a
+port scanner would arrive, against the real server (fake model) on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
+
+from tests.server_harness import WS_PATH, Client, RunningServer, start_server
+
+pytestmark = pytest.mark.trio
+
+API_KEY = "krt-test-key-7f3a9c1e5b"
+
+
+async def http_exchange(port: int, raw: bytes) -> bytes:
+    """Send ``raw`` and return every byte the server sends until it closes the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = bytearray()
+    async with stream:
+        try:
+            await stream.send_all(raw)
+            while data := await stream.receive_some(65536):
+                received += data
+        except trio.BrokenResourceError:  # a reset is a close too
+            pass
+    return bytes(received)
+
+
+async def http_get(port: int, path: str, method: str = "GET", headers: str = "") -> tuple[int, dict, bytes]:
+    """One request; the status, the headers (lower-cased names) and the body."""
+    raw = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: 0\r\n\r\n"
+    response = await http_exchange(port, raw.encode())
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    version, status, _reason = status_line.split(" ", 2)
+    assert version == "HTTP/1.1"
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    assert int(fields["content-length"]) == len(body)
+    return int(status), fields, body
+
+
+@pytest.fixture
+async def server(nursery, tmp_path) -> RunningServer:
+    return await start_server(nursery, tmp_path)
+
+
+@pytest.fixture
+async def keyed_server(nursery, tmp_path) -> RunningServer:
+    return await start_server(nursery, tmp_path, API_KEY=API_KEY)
+
+
+async def test_healthz_answers_200(server):
+    with trio.fail_after(10):
+        status, headers, body = await http_get(server.port, "/healthz")
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"status": "ok"}
+
+
+async def test_readyz_names_backend_device_and_voices(server):
+    with trio.fail_after(10):
+        status, _headers, body = await http_get(server.port, "/readyz")
+        assert status == 200
+        ready = json.loads(body)
+        assert ready["ready"] is True
+        assert ready["draining"] is False
+        assert ready["backend"] == "fake"
+        assert ready["device"] == "cpu"
+        assert ready["voices"]["female"] == "fake_female"
+        assert ready["voices"]["male"] == "fake_male"
+        assert sorted(ready["voices"]["all"]) == ["fake_female", "fake_male"]
+
+
+async def test_readyz_says_503_while_draining(server):
+    with trio.fail_after(10):
+        server.state.draining = True
+        status, _headers, body = await http_get(server.port, "/readyz")
+        assert status == 503
+        assert json.loads(body)["draining"] is True
+        status, _headers, _body = await http_get(server.port, "/healthz")
+        assert status == 200  # alive, just not taking new work
+
+
+async def test_unknown_path_is_404(server):
+    with trio.fail_after(10):
+        status, _headers, body = await http_get(server.port, "/v1/audio/speech")
+        assert status == 404
+        assert WS_PATH in json.loads(body)["routes"]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_post_to_a_probe_is_405(server, path):
+    with trio.fail_after(10):
+        status, headers, _body = await http_get(server.port, path, method="POST")
+        assert status == 405
+        assert headers["allow"] == "GET"
+
+
+async def test_plain_get_on_the_websocket_route_is_426(server):
+    with trio.fail_after(10):
+        status, headers, _body = await http_get(server.port, WS_PATH)
+        assert status == 426
+        assert headers["upgrade"].lower() == "websocket"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(bytes.fromhex("160301002e0100002a0303") + bytes(32), id="tls-client-hello"),
+        pytest.param(b"\x00\xff\x13\x37 not http at all\r\n\r\n", id="binary"),
+        pytest.param(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", id="oversized-head"),
+    ],
+)
+async def test_garbage_is_dropped_and_the_server_goes_on(server, garbage):
+    with trio.fail_after(10):
+        answer = await http_exchange(server.port, garbage)  # returns only once the server closes
+        assert not answer.startswith(b"HTTP/1.1 2")
+        status, _headers, _body = await http_get(server.port, "/healthz")
+        assert status == 200
+
+
+# -- auth -------------------------------------------------------------------------------
+
+
+async def assert_refused_with_401(
+    server: RunningServer, query: str = "", headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """The handshake is answered 401 (never 101): trio-websocket raises ConnectionRejected.
+
+    The client runs on a stream the test owns, because ``open_websocket_url`` leaves its
+    socket unclosed when the server rejects the handshake (trio-websocket 0.12.2).
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        with pytest.RaisesGroup(ConnectionRejected) as refused:
+            async with trio.open_nursery() as nursery:
+                await wrap_client_stream(
+                    nursery, stream, f"127.0.0.1:{server.port}", WS_PATH + query, extra_headers=headers
+                )
+    rejection = refused.value.exceptions[0]
+    assert rejection.status_code == 401
+    assert (b"www-authenticate", b'Bearer realm="krt"') in rejection.headers
+
+
+async def speak_once(url: str, headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """Connect, speak one short response to completion, close; the audio received."""
+    async with open_websocket_url(url, extra_headers=headers) as ws:
+        client = Client(ws)
+        await client.send("response.create", response_id="r1", input="Hello there.")
+        await client.receive_until("response.completed", "r1")
+        return bytes(client.audio["r1"])
+
+
+async def test_missing_key_is_refused_with_401_before_the_upgrade(keyed_server):
+    with trio.fail_after(10):
+        await assert_refused_with_401(keyed_server)
+        assert keyed_server.state.sessions == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        pytest.param("?api_key=not-the-key", None, id="query"),
+        pytest.param("", [(b"authorization", b"Bearer not-the-key")], id="bearer"),
+        pytest.param("", [(b"authorization", f"Basic {API_KEY}".encode())], id="not-bearer"),
+        pytest.param(f"?api_key={API_KEY[:-1]}", None, id="prefix-of-the-key"),
+    ],
+)
+async def test_wrong_key_is_refused_with_401(keyed_server, query, headers):
+    with trio.fail_after(10):
+        await assert_refused_with_401(keyed_server, query, headers)
+
+
+async def test_right_key_in_the_query_connects_and_speaks(keyed_server):
+    with trio.fail_after(10):
+        audio = await speak_once(f"{keyed_server.url}?api_key={API_KEY}")
+        assert len(audio) > 24000  # more than half a second of PCM16
+
+
+async def test_right_key_as_bearer_token_connects_and_speaks(keyed_server):
+    with trio.fail_after(10):
+        audio = await speak_once(keyed_server.url, [(b"authorization", f"Bearer {API_KEY}".encode())])
+        assert len(audio) > 24000
+
+
+async def test_no_key_is_needed_when_none_is_set(server):
+    with trio.fail_after(10):
+        assert await speak_once(server.url)
+
+
+async def test_the_key_never_reaches_the_log(keyed_server, caplog):
+    caplog.set_level(logging.DEBUG)
+    with trio.fail_after(10):
+        await speak_once(f"{keyed_server.url}?api_key={API_KEY}")
+        await speak_once(keyed_server.url, [(b"authorization", f"Bearer {API_KEY}".encode())])
+        await assert_refused_with_401(keyed_server, f"?api_key={API_KEY}x")
+        await assert_refused_with_401(keyed_server, "", [(b"authorization", f"Bearer {API_KEY}x".encode())])
+    # The test's own client logs the URL it dials; everything else is the server's.
+    server_lines = [r.getMessage() for r in caplog.records if not r.getMessage().startswith("Connecting to ")]
+    assert any("refused" in line for line in server_lines), "the refusals should be logged"
+    assert any("session open" in line for line in server_lines)
+    leaked = [line for line in server_lines if API_KEY in line]
+    assert not leaked
