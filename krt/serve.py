@@ -71,7 +71,8 @@ async def drain_on_signal(state: ServerState, scope: trio.CancelScope) -> None:
                 if state.in_flight.count:
                     await state.in_flight.zero.wait()
                 waiting.cancel_scope.cancel()
-    log.info("drained; exiting")
+    log.info("drained; closing %d sessions and exiting", state.sessions)
+    await state.close_sessions(1001)
     scope.cancel(reason="drained")
 
 

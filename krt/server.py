@@ -68,7 +68,18 @@ class ServerState:
     ready: bool = False
     draining: bool = False
     in_flight: InFlight = attrs.field(factory=InFlight)
-    sessions: int = 0
+    open_sessions: set[Session] = attrs.field(factory=set)
+
+    @property
+    def sessions(self) -> int:
+        return len(self.open_sessions)
+
+    async def close_sessions(self, code: int = 1001) -> None:
+        """Say goodbye to every client (1001, going away) before the process exits, so
+        a voice agent reconnects elsewhere instead of guessing at an abnormal closure."""
+        async with trio.open_nursery() as nursery:
+            for session in list(self.open_sessions):
+                nursery.start_soon(session.close, code)
 
     def readiness(self) -> tuple[int, dict[str, object]]:
         if self.engine is None:
@@ -206,12 +217,13 @@ async def _serve_websocket(stream: trio.abc.Stream, state: ServerState, peer: st
             nursery, stream, max_message_size=MAX_WS_MESSAGE_BYTES
         )
         ws = await request.accept()
-        state.sessions += 1
+        session = Session(ws, engine, state.config, state.metrics, state.in_flight, peer)
+        state.open_sessions.add(session)
         log.info("%s: session open (%d active)", peer, state.sessions)
         try:
-            await Session(ws, engine, state.config, state.metrics, state.in_flight, peer).run()
+            await session.run()
         finally:
-            state.sessions -= 1
+            state.open_sessions.discard(session)
             log.info("%s: session closed (%d active)", peer, state.sessions)
             nursery.cancel_scope.cancel()
 

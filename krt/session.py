@@ -158,6 +158,11 @@ class Session:
             for response in list(self._unaccounted):
                 self._forget(response)
 
+    async def close(self, code: int) -> None:
+        """Close the socket with ``code`` within a second, whatever the sender is doing."""
+        with trio.move_on_after(1):
+            await self.ws.aclose(code)
+
     # -- outgoing ----------------------------------------------------------------------
 
     async def _emit(

@@ -212,8 +212,9 @@ async def test_drain_deadline_cuts_a_long_response_and_still_exits_0(start_krt, 
             elapsed = trio.current_time() - signalled
             assert elapsed < drain_seconds + 3
 
-            with pytest.raises(ConnectionClosed):  # the socket ends; the client is not left hanging
+            with pytest.raises(ConnectionClosed) as closed:  # the client is told, not left hanging
                 await client.receive_until("response.completed", "long")
+            assert closed.value.reason.code == 1001  # going away: reconnect elsewhere
         assert "Traceback" not in server.log
         (record,) = read_records(tmp_path / "logs" / "metrics.log")  # cut short by the exit: canceled
         assert (record["request_id"], record["canceled"]) == ("long", True)

@@ -187,6 +187,11 @@ class Engine:
 
     def _release(self, job: Job) -> None:
         job.canceled = True
+        if job is not self._in_turn and job.current is not None:
+            # Paused between turns: close the segment now rather than whenever the job
+            # is garbage-collected, so a backend's per-segment state is freed at once.
+            job.current.close()
+            job.current = None
         for queue in (self._active, self._waiting):
             if job in queue:
                 queue.remove(job)
