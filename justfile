@@ -57,3 +57,19 @@ serve *args: setup
 # Rolling summaries of logs/metrics.log, e.g. just metrics --periods 1h,24h
 metrics *args: setup
     {{bin}}/krt metrics {{args}}
+
+# Start the server in the background, wait until /readyz is 200 (log: logs/server.log), e.g. just start --port 9000
+start *args: setup
+    bash scripts/start.sh {{args}}
+
+# Stop the background server: SIGTERM drain, SIGKILL after KRT_DRAIN_SECONDS+10 s.
+stop:
+    bash scripts/stop.sh
+
+# Follow the background server's log, e.g. just logs -n 200
+logs *args:
+    bash scripts/tail_bg_logs.sh {{args}}
+
+# Stop the server and clean up (scripts/purge_pod.sh --help), e.g. just purge --clean-files --dry-run
+purge *args:
+    bash scripts/purge_pod.sh {{args}}
