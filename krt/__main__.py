@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     from krt import metrics, say, serve
-    from krt.bench import engine_bench
+    from krt.bench import engine_bench, server_bench
 
     parser = argparse.ArgumentParser(prog="krt", description="Realtime Kokoro-82M text-to-speech.")
     parser.add_argument(
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     engine_bench.add_arguments(
         bench.add_parser("engine", help="the engine floor: load, first segment, xRT, RSS")
+    )
+    server_bench.add_arguments(
+        bench.add_parser("server", help="the real server in-process: TTFB/floor, barge-in, load sweep")
     )
     return parser
 
@@ -59,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from krt import say
 
             return say.run(args, config)
+        if args.bench == "server":
+            from krt.bench import server_bench
+
+            return server_bench.run(args, config)
         from krt.bench import engine_bench
 
         return engine_bench.run(args, config)

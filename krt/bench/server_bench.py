@@ -1,0 +1,295 @@
+"""``krt bench server``: what the server adds to the engine, and how it holds up under load.
+
+Everything runs in one process on one loaded model: the engine floor is measured on the
+pipeline first, then the real server (h11 front door, sessions, shared engine) is
+started on 127.0.0.1 around that same pipeline, and clients on real WebSockets measure
+TTFB, barge-in and a concurrency sweep. Loading the model once is what makes
+"TTFB / floor" a statement about the server: the same weights, threads and text, with
+and without the server in front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from krt.bench.engine_bench import PARAGRAPH, first_audio_seconds
+from krt.bench.load import (
+    LevelResult,
+    ResponseTrace,
+    percentile,
+    run_barge_in,
+    run_level,
+    summarize_barge_in,
+    summarize_level,
+)
+from krt.engine.pipeline import SpeechPipeline
+from krt.engine.scheduler import Engine
+from krt.metrics import MetricsLog
+from krt.server import WS_PATH, ServerState, serve
+from krt.synth.loading import load_backend
+
+if TYPE_CHECKING:
+    import argparse
+
+    from krt.config import Config
+
+TEXTS = (
+    "Sure, I can help with that. Could you tell me your order number?",
+    "Thanks for waiting. I found your reservation for two people on Friday at seven.",
+    "Got it. Your new delivery address is saved.",
+    "I'm sorry, that time slot is already taken. Would ten thirty work instead?",
+    "Your current balance is one hundred twenty dollars and forty cents.",
+    "Okay, I've canceled the subscription. You won't be charged again.",
+    "Let me check that for you. It looks like the package left our warehouse this morning.",
+    "Absolutely. I'll send a confirmation text to the number on file.",
+    "The store opens at nine and closes at six on weekdays. On Saturdays it closes at four.",
+    "Great, you're all set! Is there anything else I can do for you today?",
+    "I didn't quite catch that. Could you repeat the last part?",
+    "Your appointment is confirmed. Please arrive ten minutes early to fill out the forms.",
+)
+"""Short voice-agent replies, one to three sentences: what a call actually sends."""
+FLOOR_REPEATS = 3
+ENGINE_LOGGERS = ("krt.server", "krt.session", "krt.engine")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrency",
+        default="1,2,4",
+        help="comma-separated levels of the sweep (1 is always measured: TTFB/floor needs it)",
+    )
+    parser.add_argument("--n", type=int, default=12, help="responses per level, and barge-ins")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch", "fake"])
+    parser.add_argument("--voice", default="female")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+
+def _progress(message: str) -> None:
+    print(f"bench server: {message}", file=sys.stderr, flush=True)
+
+
+def measure_floor(pipeline: SpeechPipeline, texts: tuple[str, ...], voice: str) -> dict[str, float]:
+    """Median first-audio seconds of each text's first segment, on the engine alone."""
+    first_audio_seconds(pipeline, texts[0], voice)  # the first inference pays for lazy init
+    floors = {}
+    for index, text in enumerate(texts, start=1):
+        floors[text] = statistics.median(
+            first_audio_seconds(pipeline, text, voice) for _ in range(FLOOR_REPEATS)
+        )
+        _progress(f"engine floor {index}/{len(texts)}: {floors[text] * 1000:.0f} ms")
+    return floors
+
+
+async def serve_pipeline(
+    config: Config,
+    pipeline: SpeechPipeline,
+    *,
+    task_status: trio.TaskStatus[tuple[int, ServerState]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``krt serve`` on 127.0.0.1:0 around an already loaded pipeline, until cancelled.
+
+    ``serve.main`` loads its own backend; a second copy of the model would change the
+    memory and thread contention the floor was measured under, so this builds the same
+    server around ours.
+    """
+    state = ServerState(config, None, MetricsLog(config.server.metrics_log))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve, state, "127.0.0.1", 0)
+        engine = Engine(pipeline, config.admission, config.scheduler)
+        await engine.warm_up()  # also calibrates the admission's seconds-per-character
+        await nursery.start(engine.run)
+        state.engine = engine
+        state.ready = True
+        task_status.started((port, state))
+
+
+@attrs.frozen
+class BenchResult:
+    levels: tuple[LevelResult, ...]
+    barge_in: tuple[ResponseTrace, ...]
+    busy_rejections: int
+
+
+async def bench(
+    config: Config, pipeline: SpeechPipeline, levels: list[int], n: int, voice: str
+) -> BenchResult:
+    """Start the server, run the sweep and the barge-in, stop the server."""
+    async with trio.open_nursery() as nursery:
+        port, state = await nursery.start(serve_pipeline, config, pipeline)
+        url = f"ws://127.0.0.1:{port}{WS_PATH}"
+        results = []
+        for concurrency in levels:
+            finished = 0
+
+            def count(trace: ResponseTrace, concurrency: int = concurrency) -> None:
+                nonlocal finished
+                finished += 1
+                _progress(f"concurrency {concurrency}: {finished}/{n} ({trace.outcome or 'stuck'})")
+
+            results.append(
+                await run_level(
+                    url, TEXTS, concurrency, n, voice=voice, api_key=config.auth.api_key, on_done=count
+                )
+            )
+        _progress(f"barge-in: {n} responses cancelled at their first audio")
+        barge = await run_barge_in(url, PARAGRAPH, n, voice=voice, api_key=config.auth.api_key)
+        assert state.engine is not None
+        busy = state.engine.statistics().busy_rejections
+        nursery.cancel_scope.cancel(reason="benchmark done")
+    return BenchResult(tuple(results), tuple(barge), busy)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def report(
+    pipeline: SpeechPipeline, voice: str, floors: dict[str, float], result: BenchResult, wall: float
+) -> list[dict[str, Any]]:
+    """The run as JSON-ready records: floor, overhead, barge-in, one per level, run."""
+    backend = pipeline.backend
+    floor_values = list(floors.values())
+    floor = {
+        "kind": "engine_floor",
+        "backend": backend.name,
+        "device": backend.device,
+        "voice": pipeline.plan(TEXTS[0], voice).voice,
+        "texts": len(floors),
+        "floor_p50_ms": _ms(percentile(floor_values, 50)),
+        "floor_min_ms": _ms(min(floor_values)),
+        "floor_max_ms": _ms(max(floor_values)),
+    }
+    level_one = next(level for level in result.levels if level.concurrency == 1)
+    pairs = [(t.ttfb, floors[t.text]) for t in level_one.traces if t.ttfb is not None]
+    ratios = [ttfb / floor_s for ttfb, floor_s in pairs]
+    overhead = {
+        "kind": "overhead",
+        "concurrency": 1,
+        "ttfb_p50_ms": _ms(percentile([ttfb for ttfb, _ in pairs], 50)),
+        "ttfb_over_floor_p50": None if not ratios else round(percentile(ratios, 50) or 0.0, 3),
+        "ttfb_over_floor_max": None if not ratios else round(max(ratios), 3),
+        "extra_ms_p50": _ms(percentile([ttfb - floor_s for ttfb, floor_s in pairs], 50)),
+    }
+    barge = {"kind": "barge_in", **summarize_barge_in(result.barge_in)}
+    levels = [{"kind": "level", **summarize_level(level)} for level in result.levels]
+    run = {
+        "kind": "run",
+        "wall_s": round(wall, 1),
+        "engine_busy_rejections": result.busy_rejections,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),
+    }
+    return [floor, overhead, barge, *levels, run]
+
+
+COLUMNS = (
+    ("concurrency", "C", 3),
+    ("responses", "resp", 5),
+    ("ttfb_p50_ms", "TTFB p50 ms", 12),
+    ("ttfb_p95_ms", "TTFB p95 ms", 12),
+    ("aggregate_xrt", "agg xRT", 8),
+    ("stream_xrt", "stream xRT", 24),
+    ("fairness", "Jain", 6),
+    ("stalled_responses", "stalled", 8),
+    ("stall_s", "stall s", 8),
+    ("busy", "busy", 5),
+    ("errors", "errors", 7),
+    ("stuck", "stuck", 6),
+    ("leaked_bytes", "leaked B", 9),
+)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list):
+        return " ".join(f"{v:.2f}" for v in value)
+    return "-" if value is None else str(value)
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    floor, overhead, barge, *levels, run = records
+    print(
+        f"krt bench server: {floor['backend']} ({floor['device']}), voice {floor['voice']}, "
+        f"{levels[0]['responses']} responses per level"
+    )
+    print(
+        f"engine floor (first segment, engine alone, median of {FLOOR_REPEATS}): "
+        f"p50 {floor['floor_p50_ms']} ms, min {floor['floor_min_ms']}, max {floor['floor_max_ms']} "
+        f"over {floor['texts']} texts"
+    )
+    print(
+        f"concurrency 1: TTFB p50 {overhead['ttfb_p50_ms']} ms; TTFB/floor p50 "
+        f"{overhead['ttfb_over_floor_p50']} (max {overhead['ttfb_over_floor_max']}), "
+        f"server adds p50 {overhead['extra_ms_p50']} ms"
+    )
+    print(
+        f"barge-in ({barge['responses']} cancels at first audio, {barge['canceled']} canceled): "
+        f"cancel→canceled p50 {barge['cancel_p50_ms']} ms, p95 {barge['cancel_p95_ms']} ms, "
+        f"max {barge['cancel_max_ms']} ms; bytes leaked {barge['leaked_bytes']}, "
+        f"late events {barge['late_events']}, stuck {barge['stuck']}"
+    )
+    print()
+    print("".join(f"{title:>{width}}" for _, title, width in COLUMNS))
+    for level in levels:
+        print("".join(f"{_cell(level[key]):>{width}}" for key, _, width in COLUMNS))
+    print()
+    print(
+        f"stalled = responses where a real-time player starting at the first byte pauses; "
+        f"wall {run['wall_s']} s, peak RSS {run['peak_rss_mb']} MB, "
+        f"engine busy refusals {run['engine_busy_rejections']}"
+    )
+
+
+def _levels(text: str, n: int) -> list[int]:
+    try:
+        levels = sorted({1, *(int(part) for part in text.split(",") if part.strip())})
+    except ValueError:
+        raise SystemExit(f"krt bench server: --concurrency must be whole numbers, got {text!r}") from None
+    if levels[0] < 1 or levels[-1] > n:
+        raise SystemExit(f"krt bench server: each --concurrency must be between 1 and --n ({n})")
+    return levels
+
+
+def _quiet_server_logs() -> None:
+    """Per-session INFO lines would bury the progress; warnings (slow sends) still show."""
+    for name in ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """Exit 1 when the server misbehaved: leaked audio, late events or a stuck response."""
+    if args.n < 1:
+        raise SystemExit("krt bench server: --n must be at least 1")
+    levels = _levels(args.concurrency, args.n)
+    _quiet_server_logs()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="krt-bench-") as scratch:
+        # The bench's responses must not land in the operator's logs/metrics.log.
+        config = attrs.evolve(
+            config,
+            model=attrs.evolve(config.model, backend=args.backend),
+            server=attrs.evolve(config.server, metrics_log=Path(scratch) / "metrics.log"),
+        )
+        _progress(f"loading the {args.backend} backend")
+        pipeline = SpeechPipeline(load_backend(config), config)
+        floors = measure_floor(pipeline, TEXTS, args.voice)
+        result = trio.run(bench, config, pipeline, levels, args.n, args.voice)
+    records = report(pipeline, args.voice, floors, result, time.perf_counter() - started)
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+    else:
+        print_table(records)
+    faults = [r for r in records if r.get("leaked_bytes") or r.get("late_events") or r.get("stuck")]
+    return 1 if faults else 0
