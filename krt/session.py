@@ -12,7 +12,6 @@ can follow its ``response.canceled``.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from trio_websocket import ConnectionClosed
 from krt import SAMPLE_RATE, protocol
 from krt.audio import PcmChunker
 from krt.engine.pipeline import SpeechPlan
+from krt.engine.segmenter import split_sentences
 from krt.errors import SpeechError
 from krt.metrics import ResponseRecord
 
@@ -41,7 +41,6 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_PENDING_RESPONSES = 64
 """Responses one socket may have queued; more are refused as busy."""
 OUTBOX_ITEMS = 64
-SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
 
 
 @attrs.define(eq=False)
@@ -376,9 +375,7 @@ class Session:
     async def _append_input(self, text: str) -> None:
         self._input += text
         self._last_append = trio.current_time()
-        *complete, rest = (
-            SENTENCE_END.split(self._input) if SENTENCE_END.search(self._input) else [self._input]
-        )
+        *complete, rest = split_sentences(self._input)
         self._input = rest
         for sentence in complete:
             if sentence.strip():

@@ -154,9 +154,12 @@ class SpeechClient:
         *,
         keep_audio: bool = False,
         response_timeout: float = RESPONSE_TIMEOUT_S,
+        adopt_server_responses: bool = False,
     ) -> None:
         self.ws = ws
         self.keep_audio = keep_audio
+        self.adopt_server_responses = adopt_server_responses
+        """Track responses the server made from ``input.append`` text (TTFB from their creation)."""
         self.response_timeout = response_timeout
         """Longest wait for a frame a response owes us before it is reported stuck."""
         self.traces: dict[str, ResponseTrace] = {}
@@ -226,6 +229,10 @@ class SpeechClient:
         if isinstance(event, protocol.SessionUpdated):
             return
         trace = self.traces.get(event.response)
+        if trace is None and self.adopt_server_responses and isinstance(event, protocol.ResponseCreated):
+            trace = ResponseTrace(event.response, "", now, pcm=bytearray() if self.keep_audio else None)
+            self.traces[event.response] = trace
+            return
         if trace is None:
             self.stray_frames += 1
             return
@@ -296,7 +303,7 @@ class SpeechClient:
 
 @asynccontextmanager
 async def open_speech_client(
-    url: str, *, api_key: str = "", keep_audio: bool = False
+    url: str, *, api_key: str = "", keep_audio: bool = False, adopt_server_responses: bool = False
 ) -> AsyncIterator[SpeechClient]:
     """Connect (with the API key as a Bearer header when given) and close on exit.
 
@@ -310,7 +317,7 @@ async def open_speech_client(
         async with open_websocket_url(
             url, extra_headers=headers, connect_timeout=10, disconnect_timeout=5
         ) as ws:
-            yield SpeechClient(ws, keep_audio=keep_audio)
+            yield SpeechClient(ws, keep_audio=keep_audio, adopt_server_responses=adopt_server_responses)
     finally:
         if ws is not None:
             await trio.aclose_forcefully(ws._stream)

@@ -115,7 +115,6 @@ class EngineStatistics:
 
 @attrs.frozen
 class TurnResult:
-    chunks: list[FloatAudio]
     chars: int
     error: SpeechError | None
 
@@ -225,25 +224,32 @@ class Engine:
     # -- the loop ----------------------------------------------------------------------
 
     def _pick(self) -> Job | None:
+        """Whose turn it is: the oldest job still waiting for its first segment, else the
+        next in round-robin order among jobs with room for more audio."""
         ready = [job for job in self._active if not job.canceled and job.has_room()]
-        for job in ready:
-            if job.waiting_for_first_segment:
-                return job
         if not ready:
             return None
-        job = ready[0]
+        newcomer = next((job for job in ready if job.waiting_for_first_segment), None)
+        return newcomer if newcomer is not None else self._rotate(ready[0])
+
+    def _rotate(self, job: Job) -> Job:
         self._active.remove(job)
         self._active.append(job)
         return job
 
+    def _deliver(self, job: Job, chunk: FloatAudio) -> None:
+        """On the Trio thread, as soon as the model thread has a chunk: TTFB is not a turn."""
+        if not job.canceled:
+            job.send.send_nowait(chunk)
+
     def _turn(self, job: Job) -> TurnResult:
         """Runs on the model thread: produce up to one quantum of this job's audio.
 
-        The cancel flag is read between chunks, the finest step a backend offers.
+        Each chunk is handed to the Trio side the moment it exists; the cancel flag is
+        read between chunks, the finest step a backend offers.
         """
         first = job.waiting_for_first_segment
         quantum = self.quanta.priority_quantum_bytes if first else self.quanta.quantum_bytes
-        chunks: list[FloatAudio] = []
         produced = chars = 0
         try:
             while produced < quantum and not job.canceled and not job.done:
@@ -256,15 +262,15 @@ class Engine:
                     job.current = None
                     job.next_segment += 1
                     continue
-                chunks.append(chunk)
+                trio.from_thread.run_sync(self._deliver, job, chunk)
                 produced += 2 * chunk.size
         except SpeechError as exc:
-            return TurnResult(chunks, chars, exc)
+            return TurnResult(chars, exc)
         finally:
             if job.canceled and job.current is not None:
                 job.current.close()
                 job.current = None
-        return TurnResult(chunks, chars, None)
+        return TurnResult(chars, None)
 
     def _estimate_turn(self, job: Job) -> float:
         if job.current is not None or job.done:
@@ -315,8 +321,6 @@ class Engine:
             self._measure(result.chars, time.perf_counter() - started)
             if job.canceled:
                 continue
-            for chunk in result.chunks:
-                job.send.send_nowait(chunk)
             if result.error is not None:
                 job.send.send_nowait(result.error)
                 job.send.close()

@@ -17,9 +17,16 @@ import attrs
 from krt.config import SegmentConfig
 from krt.errors import SpeechError
 
+SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
+"""Whitespace after a sentence-ending mark (and any closing quote or bracket)."""
 CLAUSE_PUNCTUATION = ",;:—–)]}"
 SENTENCE_PUNCTUATION = ".!?…"
 TRAILING_CLOSERS = "\"'”’»)]}"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Complete sentences and, last, whatever follows the final sentence end (maybe "")."""
+    return SENTENCE_END.split(text)
 
 
 def count_words(text: str) -> int:
