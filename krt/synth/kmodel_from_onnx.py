@@ -14,7 +14,6 @@ weight that lands nowhere, is an error, never a silent random weight.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+
+from krt.synth.packaged import sha256_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -372,14 +373,6 @@ def convert(onnx_path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return checkpoint
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stamp(checkpoint_sha256: str, onnx_sha256: str) -> dict[str, Any]:
     return {
         "sha256": checkpoint_sha256,
@@ -408,7 +401,7 @@ def _cache_is_valid(target: Path, stamp_path: Path, onnx_sha256: str) -> bool:
     if stamp.get("source_onnx_sha256") != onnx_sha256 or stamp.get("converter_version") != CONVERTER_VERSION:
         log.info("cached %s was built from another ONNX file or converter; rebuilding", target)
         return False
-    if _sha256_of(target) != stamp.get("sha256"):
+    if sha256_of(target) != stamp.get("sha256"):
         log.warning("cached %s does not match its sha256; rebuilding", target)
         return False
     return True
@@ -434,7 +427,7 @@ def converted_checkpoint(onnx_path: Path, cache_dir: Path) -> Path:
     """
     target = cache_dir / CHECKPOINT_NAME
     stamp_path = target.with_name(target.name + STAMP_SUFFIX)
-    onnx_sha256 = _sha256_of(onnx_path)
+    onnx_sha256 = sha256_of(onnx_path)
     if _cache_is_valid(target, stamp_path, onnx_sha256):
         log.debug("using cached KModel checkpoint %s", target)
         return target
@@ -443,7 +436,7 @@ def converted_checkpoint(onnx_path: Path, cache_dir: Path) -> Path:
     # Saving through a handle keeps the temp file's name out of the archive, so one ONNX
     # file always yields the same bytes.
     _write_atomically(target, lambda handle: torch.save(checkpoint, handle))
-    stamp = _stamp(_sha256_of(target), onnx_sha256)
+    stamp = _stamp(sha256_of(target), onnx_sha256)
     _write_atomically(stamp_path, lambda handle: handle.write(json.dumps(stamp, indent=2).encode() + b"\n"))
     log.info("built KModel checkpoint %s from %s (sha256 %s)", target, onnx_path, stamp["sha256"])
     return target

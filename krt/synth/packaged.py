@@ -40,7 +40,8 @@ def _data_file(name: str) -> importlib.resources.abc.Traversable:
         raise PackagedWeightsError(f"the packaged Kokoro data is not installed: {INSTALL_HINT}") from exc
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hash a large file in 1 MiB blocks, never holding it in memory whole."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -56,7 +57,7 @@ def packaged_onnx_model(cache_dir: Path) -> Path:
     """
     target = cache_dir / JOINED_NAME
     if target.exists():
-        if _sha256_of(target) == EXPECTED_SHA256:
+        if sha256_of(target) == EXPECTED_SHA256:
             return target
         log.warning("cached %s has the wrong sha256; joining it again", target)
     cache_dir.mkdir(parents=True, exist_ok=True)
