@@ -73,3 +73,7 @@ logs *args:
 # Stop the server and clean up (scripts/purge_pod.sh --help), e.g. just purge --clean-files --dry-run
 purge *args:
     bash scripts/purge_pod.sh {{args}}
+
+# Concurrency sweep 1-8 against the running server (reads .env): table, bench-sweep.png, a recommendation, e.g. just bench --n 10
+bench *args: setup
+    {{bin}}/krt bench {{args}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -15,25 +16,35 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from krt import metrics, say, serve
-    from krt.bench import engine_bench, server_bench
+COMMANDS = {
+    "serve": ("krt.serve", "run the realtime WebSocket server"),
+    "say": ("krt.say", "speak text into a WAV file with the engine alone"),
+    "client": ("krt.tools.client", "speak through a running server into a WAV file"),
+    "warmup": ("krt.tools.warmup", "warm a running server up with a few responses"),
+    "tpm": ("krt.tools.tpm", "transactions per minute against a running server"),
+    "metrics": ("krt.metrics", "rolling summaries of logs/metrics.log"),
+}
+BENCHES = {
+    "engine": ("krt.bench.engine_bench", "the engine floor: load, first segment, xRT, RSS"),
+    "server": ("krt.bench.server_bench", "the real server in-process: TTFB/floor, barge-in, load levels"),
+}
+SWEEP = "krt.bench.sweep"
+"""``krt bench`` with no subcommand: load and concurrency sweeps against a running server."""
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krt", description="Realtime Kokoro-82M text-to-speech.")
     parser.add_argument(
         "--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default .env)"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve.add_arguments(commands.add_parser("serve", help="run the realtime WebSocket server"))
-    say.add_arguments(commands.add_parser("say", help="speak text into a WAV file"))
-    metrics.add_arguments(commands.add_parser("metrics", help="rolling summaries of logs/metrics.log"))
-    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    engine_bench.add_arguments(
-        bench.add_parser("engine", help="the engine floor: load, first segment, xRT, RSS")
-    )
-    server_bench.add_arguments(
-        bench.add_parser("server", help="the real server in-process: TTFB/floor, barge-in, load sweep")
-    )
+    for name, (module, summary) in COMMANDS.items():
+        importlib.import_module(module).add_arguments(commands.add_parser(name, help=summary))
+    bench = commands.add_parser("bench", help="benchmarks: a load sweep against a server, or engine/server")
+    importlib.import_module(SWEEP).add_arguments(bench)
+    kinds = bench.add_subparsers(dest="bench", required=False)
+    for name, (module, summary) in BENCHES.items():
+        importlib.import_module(module).add_arguments(kinds.add_parser(name, help=summary))
     return parser
 
 
@@ -53,28 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "bench":
+        module = BENCHES[args.bench][0] if args.bench else SWEEP
+    else:
+        module = COMMANDS[args.command][0]
     try:
-        if args.command == "serve":
-            from krt import serve
-
-            return serve.run(args, config)
-        if args.command == "say":
-            from krt import say
-
-            return say.run(args, config)
-        if args.bench == "server":
-            from krt.bench import server_bench
-
-            return server_bench.run(args, config)
-        from krt.bench import engine_bench
-
-        return engine_bench.run(args, config)
+        result: int = importlib.import_module(module).run(args, config)
     except ModelUnavailableError as exc:
         print(f"krt: model unavailable: {exc}", file=sys.stderr)
         return 1
     except SpeechError as exc:
         print(f"krt: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
+    return result
 
 
 if __name__ == "__main__":

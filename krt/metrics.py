@@ -205,6 +205,14 @@ class PeriodSummary:
     audio_s: float
 
 
+def _completed_xrt(record: dict[str, Any]) -> float | None:
+    """xRT of a response that ran to the end; a canceled one says nothing about speed."""
+    audio_s, wall_s = _number(record, "audio_s") or 0.0, _number(record, "wall_s") or 0.0
+    if record.get("canceled") is True or audio_s <= 0 or wall_s <= 0:
+        return None
+    return audio_s / wall_s
+
+
 def _summarize_window(period: str, records: list[dict[str, Any]]) -> PeriodSummary:
     canceled = sum(1 for record in records if record.get("canceled") is True)
     ttfbs = [ttfb for record in records if (ttfb := _number(record, "ttfb_ms")) is not None]
@@ -213,11 +221,7 @@ def _summarize_window(period: str, records: list[dict[str, Any]]) -> PeriodSumma
         if ttfbs
         else (None, None, None)
     )
-    xrts = []
-    for record in records:
-        audio_s, wall_s = _number(record, "audio_s") or 0.0, _number(record, "wall_s") or 0.0
-        if record.get("canceled") is not True and audio_s > 0 and wall_s > 0:
-            xrts.append(audio_s / wall_s)
+    xrts = [xrt for record in records if (xrt := _completed_xrt(record)) is not None]
     return PeriodSummary(
         period=period,
         count=len(records),
@@ -304,6 +308,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per period instead of a table"
     )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="also draw TTFB and xRT of each response over the longest period into a PNG",
+    )
+
+
+def plot_timeline(path: Path, records: Iterable[dict[str, Any]], period: str, now: float, log: Path) -> int:
+    """Draw the responses that ended in ``[now - period, now]``; returns how many there were.
+
+    The summaries hide when the latency rose; a point per response shows it. matplotlib
+    is imported only here, so ``krt metrics`` without ``--plot`` does not pay for it.
+    """
+    from krt.bench.plots import timeline_plot
+
+    start = now - parse_period(period)
+    window = [
+        (ts, record) for record in records if (ts := _number(record, "ts")) is not None and start <= ts <= now
+    ]
+    ttfb = [(ts, value) for ts, record in window if (value := _number(record, "ttfb_ms")) is not None]
+    xrt = [(ts, value) for ts, record in window if (value := _completed_xrt(record)) is not None]
+    timeline_plot(path, ttfb, xrt, title=f"krt metrics: {log}, last {period} ({len(window)} responses)")
+    return len(window)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -327,10 +355,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if loaded.skipped:
         print(f"krt metrics: skipped {loaded.skipped} unreadable line(s) in {args.log}", file=sys.stderr)
-    summaries = summarize(loaded.records, periods, now=time.time())
+    now = time.time()
+    summaries = summarize(loaded.records, periods, now=now)
     if args.json:
         for summary in summaries:
             print(json.dumps(_rounded_fields(summary)))
     else:
         print(format_summary(summaries))
+    if args.plot is not None:
+        longest = max(periods, key=parse_period)
+        try:
+            drawn = plot_timeline(args.plot, loaded.records, longest, now, args.log)
+        except OSError as exc:
+            print(f"krt metrics: cannot write the plot {args.plot}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(
+            f"krt metrics: plotted {drawn} response(s) of the last {longest} into {args.plot}",
+            file=sys.stderr,
+        )
     return 0

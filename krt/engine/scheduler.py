@@ -284,8 +284,10 @@ class Engine:
     async def warm_up(self, text: str = "Warming up the model, one moment please.") -> None:
         """Synthesize before the server says it is ready: the first call pays for lazy
         initialisation (seconds on CPU), so a second one measures the real speed."""
-        plan = self.pipeline.plan(text)
-        chars = sum(len(segment) for segment in plan.segments)
+        # Built directly, not through plan(): the warm-up must not depend on request limits
+        # such as MAX_UTTERANCE_WORDS.
+        plan = SpeechPlan(self.pipeline.backend.voices.female, self.pipeline.config.voices.speed, (text,))
+        chars = len(text)
 
         def synthesize() -> float:
             started = time.perf_counter()

@@ -1,0 +1,174 @@
+"""``krt client``: speak text through a running server into a WAV file, and show timings.
+
+It talks to the server the way a voice agent does: one WebSocket, the whole text as one
+response (``single``), each sentence as its own queued response (``sentences``), or a token
+stream of ``input.append`` pieces like an LLM's output (``--incremental``). With
+``--cancel-after MS`` it barges in, to hear and time a cut-off.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from krt import SAMPLE_RATE, protocol
+from krt.audio import write_wav
+from krt.bench.load import SpeechClient, open_speech_client
+from krt.engine.segmenter import split_sentences
+from krt.tools.target import Target, add_target_arguments, describe_connection_error, resolve_target
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import AsyncIterator, Sequence
+
+    from krt.bench.load import ResponseTrace
+    from krt.config import Config
+
+INCREMENTAL_PIECE_WORDS = 2
+INCREMENTAL_GAP_S = 0.03
+"""An LLM streaming ~60 tokens per second, in pieces of about two words."""
+
+
+class ToolError(Exception):
+    """A failure a tool reports in one line, without a traceback."""
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=["single", "sentences"],
+        default="single",
+        help="single: the text as one response; sentences: one response per sentence",
+    )
+    parser.add_argument("--voice", default="female", help="female, male, a voice id or a blend")
+    parser.add_argument("--speed", type=float, help="0.5–2.0 (default: the server's KOKORO_SPEED)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", help="text to speak (default: read stdin)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out.wav"), help="WAV file to write (default out.wav)"
+    )
+    add_mode_arguments(parser)
+    parser.add_argument("--incremental", action="store_true", help="stream the text as input.append pieces")
+    parser.add_argument(
+        "--cancel-after", type=float, metavar="MS", help="cancel (barge) this long after sending"
+    )
+    add_target_arguments(parser)
+
+
+def pieces_of(text: str, mode: str) -> list[str]:
+    """What to send as separate responses."""
+    if mode == "single":
+        return [text.strip()]
+    return [sentence.strip() for sentence in split_sentences(text) if sentence.strip()]
+
+
+@asynccontextmanager
+async def connected(target: Target, **options: bool) -> AsyncIterator[SpeechClient]:
+    """A SpeechClient on ``target``; a refused or failed connection becomes a ToolError."""
+    try:
+        async with open_speech_client(target.url, api_key=target.api_key, **options) as client:
+            yield client
+    except* Exception as group:
+        for exc in group.exceptions:
+            message = describe_connection_error(exc, target)
+            if message is not None:
+                raise ToolError(message) from None
+        raise
+
+
+async def send_incremental(client: SpeechClient, text: str) -> None:
+    words = text.split()
+    for start in range(0, len(words), INCREMENTAL_PIECE_WORDS):
+        piece = " ".join(words[start : start + INCREMENTAL_PIECE_WORDS])
+        await client.ws.send_message(
+            protocol.encode(protocol.InputAppend(("" if start == 0 else " ") + piece))
+        )
+        await trio.sleep(INCREMENTAL_GAP_S)
+    await client.ws.send_message(protocol.encode(protocol.InputCommit()))
+
+
+async def speak(
+    target: Target,
+    text: str,
+    mode: str,
+    voice: str,
+    speed: float | None,
+    incremental: bool = False,
+    cancel_after_ms: float | None = None,
+) -> list[ResponseTrace]:
+    """Speak ``text`` and return every response's trace, in the order they were created.
+
+    One task sends (responses or input pieces, then the barge if asked, then
+    ``session.end``); this one reads every frame until the server closes the socket, so
+    late frames of a canceled response would be seen and counted.
+    """
+    async with connected(target, keep_audio=True, adopt_server_responses=incremental) as client:
+
+        async def send_all() -> None:
+            started = trio.current_time()
+            if incremental:
+                settings = protocol.SessionSettings(voice=voice, speed=speed)
+                await client.ws.send_message(protocol.encode(protocol.SessionUpdate(settings)))
+                await send_incremental(client, text)
+            else:
+                for piece in pieces_of(text, mode):
+                    await client.create(piece, voice=voice, speed=speed)
+            if cancel_after_ms is not None:
+                await trio.sleep_until(started + cancel_after_ms / 1000)
+                for trace in client.traces.values():
+                    if not trace.finished:
+                        trace.cancel_sent_at = trio.current_time()
+                await client.ws.send_message(protocol.encode(protocol.Barge()))
+            await client.ws.send_message(protocol.encode(protocol.SessionEnd()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all)
+            with trio.move_on_after(client.response_timeout * max(1, len(text) // 200)):
+                await client.wait_until(lambda: client.closed)
+        return list(client.traces.values())
+
+
+def report(traces: Sequence[ResponseTrace]) -> str:
+    lines = [f"{'response':<40} {'outcome':<10} {'TTFB ms':>8} {'audio s':>8} {'wall s':>7} {'xRT':>6}"]
+    for trace in traces:
+        wall = (trace.ended_at - trace.sent_at) if trace.ended_at is not None else None
+        ttfb = f"{trace.ttfb * 1000:.0f}" if trace.ttfb is not None else "-"
+        xrt = f"{trace.audio_seconds / wall:.2f}" if wall else "-"
+        outcome = trace.outcome if trace.outcome != "error" else f"{trace.error_code}"
+        lines.append(
+            f"{trace.response_id[:40]:<40} {outcome or 'stuck':<10} {ttfb:>8} "
+            f"{trace.audio_seconds:>8.2f} {wall if wall is not None else float('nan'):>7.2f} {xrt:>6}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    text = args.text if args.text is not None else sys.stdin.read()
+    if not text.strip():
+        print("krt client: nothing to speak (give --text or pipe text in)", file=sys.stderr)
+        return 2
+    target = resolve_target(args, args.env_file)
+    try:
+        traces = trio.run(
+            speak, target, text, args.mode, args.voice, args.speed, args.incremental, args.cancel_after
+        )
+    except ToolError as exc:
+        print(f"krt client: {exc}", file=sys.stderr)
+        return 1
+    pcm = b"".join(bytes(trace.pcm or b"") for trace in traces)
+    write_wav(args.out, pcm)
+    print(report(traces))
+    print(f"wrote {args.out}: {len(pcm) / 2 / SAMPLE_RATE:.2f} s of audio from {target.describe()}")
+    failed = [t for t in traces if t.outcome == "error" or not t.finished]
+    for trace in failed:
+        print(
+            f"krt client: response {trace.response_id} failed: {trace.error_code or 'no answer'}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0

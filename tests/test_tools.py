@@ -1,0 +1,179 @@
+"""``krt client``, ``krt warmup`` and ``krt tpm`` against a real server on loopback (fake model)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import wave
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from krt.metrics import read_records
+
+if TYPE_CHECKING:
+    import subprocess
+
+pytestmark = pytest.mark.trio
+
+
+async def krt(*args: str, cwd, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI while this test's Trio loop keeps serving the in-process server."""
+    # The key must come from the test's .env or flags, never from the developer's shell.
+    environment = {**{k: v for k, v in os.environ.items() if k != "API_KEY"}, **env}
+    return await trio.run_process(
+        [sys.executable, "-m", "krt", "--env-file", str(cwd / ".env"), *args],
+        cwd=cwd,
+        env=environment,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+def wav_seconds(path) -> float:
+    with wave.open(str(path)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+        return wav.getnframes() / 24000
+
+
+async def test_client_writes_the_wav_and_reports_timings(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server()
+        done = await krt(
+            "client",
+            "--url",
+            server.url,
+            "--text",
+            "Hello there. This is a demo.",
+            "--out",
+            "hello.wav",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        out = done.stdout.decode()
+        assert "TTFB ms" in out and "completed" in out
+        assert wav_seconds(tmp_path / "hello.wav") > 1.0
+        [record] = read_records(tmp_path / "metrics.log")
+        assert record["audio_s"] == pytest.approx(wav_seconds(tmp_path / "hello.wav"), abs=0.01)
+
+
+async def test_client_sentences_mode_sends_one_response_per_sentence(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server()
+        done = await krt(
+            "client",
+            "--url",
+            server.url,
+            "--mode",
+            "sentences",
+            "--text",
+            "One. Two is here. And three!",
+            "--out",
+            "s.wav",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout.decode().count("completed") == 3
+        assert len(read_records(tmp_path / "metrics.log")) == 3
+
+
+async def test_client_incremental_streams_input_like_an_llm(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server(FLUSH_IDLE_MS="100")
+        done = await krt(
+            "client",
+            "--url",
+            server.url,
+            "--incremental",
+            "--out",
+            "inc.wav",
+            "--text",
+            "Streaming tokens work. They arrive a few words at a time",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout.decode().count("completed") == 2  # a sentence at once, the rest on commit
+        assert wav_seconds(tmp_path / "inc.wav") > 1.0
+
+
+async def test_client_cancel_after_barges_in(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server(KRT_FAKE_COMPUTE_RATIO="0.05")
+        text = " ".join(f"Sentence {n} keeps the model busy for a while." for n in range(12))
+        done = await krt(
+            "client",
+            "--url",
+            server.url,
+            "--text",
+            text,
+            "--cancel-after",
+            "300",
+            "--out",
+            "cut.wav",
+            cwd=tmp_path,
+        )
+        assert "canceled" in done.stdout.decode()
+        assert wav_seconds(tmp_path / "cut.wav") < 0.5 * 0.065 * len(text)
+
+
+async def test_client_reads_the_key_from_env_file_and_explains_a_refusal(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server(API_KEY="right-key")
+        port = server.port
+        (tmp_path / ".env").write_text(
+            f"API_KEY=wrong-key\nRUNPOD_TCP_HOST=127.0.0.1\nRUNPOD_TCP_PORT={port}\n"
+        )
+        refused = await krt("client", "--text", "Hi.", cwd=tmp_path)
+        assert refused.returncode == 1
+        assert "refused the API key" in refused.stderr.decode()
+        assert "Traceback" not in refused.stderr.decode()
+        (tmp_path / ".env").write_text(
+            f"API_KEY=right-key\nRUNPOD_TCP_HOST=127.0.0.1\nRUNPOD_TCP_PORT={port}\n"
+        )
+        accepted = await krt("client", "--text", "Hi.", "--out", "ok.wav", cwd=tmp_path)
+        assert accepted.returncode == 0, accepted.stderr.decode()
+
+
+async def test_client_explains_an_unreachable_server(tmp_path):
+    with trio.fail_after(30):
+        listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener[0].socket.getsockname()[1]
+        await listener[0].aclose()  # nothing listens there now
+        done = await krt("client", "--host", "127.0.0.1", "--port", str(port), "--text", "Hi.", cwd=tmp_path)
+        assert done.returncode == 1
+        assert "cannot reach the server" in done.stderr.decode()
+        assert "Traceback" not in done.stderr.decode()
+
+
+async def test_warmup_speaks_both_voices_and_saves_wavs(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server()
+        done = await krt("warmup", "--url", server.url, "--save", "warm", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr.decode()
+        saved = sorted((tmp_path / "warm").glob("*.wav"))
+        assert len(saved) == 6  # three texts, female and male
+        assert all(wav_seconds(path) > 0.5 for path in saved)
+        voices = {record["voice"] for record in read_records(tmp_path / "metrics.log")}
+        assert len(voices) == 2
+
+
+@pytest.mark.parametrize("mode", ["single", "sentences"])
+async def test_tpm_counts_completed_transactions(harness, tmp_path, mode):
+    from krt.bench.texts import AGENT_REPLIES
+    from krt.tools.client import pieces_of
+
+    with trio.fail_after(30):
+        server = await harness.server(KRT_FAKE_COMPUTE_RATIO="0.01")
+        done = await krt("tpm", "--url", server.url, "--mode", mode, "--duration", "2", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr.decode()
+        out = done.stdout.decode()
+        transactions = int(out.split("transactions: ")[1].split()[0])
+        assert transactions >= 2
+        completed = [r for r in read_records(tmp_path / "metrics.log") if not r["canceled"]]
+        sizes = [len(pieces_of(text, mode)) for text in AGENT_REPLIES]
+        counted = sum(sizes[n % len(sizes)] for n in range(transactions))
+        # every counted transaction's responses completed; at most one more partial one
+        assert counted <= len(completed) <= counted + max(sizes)
+        assert "TPM" in out
