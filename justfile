@@ -77,3 +77,16 @@ purge *args:
 # Concurrency sweep 1-8 against the running server (reads .env): table, bench-sweep.png, a recommendation, e.g. just bench --n 10
 bench *args: setup
     {{bin}}/krt bench {{args}}
+
+# Speak through the running server into a WAV, e.g. just client --text "Hello there." --out hello.wav --mode sentences
+client *args: setup
+    {{bin}}/krt client {{args}}
+
+# Warm the running server up (both voices), e.g. just warmup --mode sentences --save warmup/
+warmup *args: setup
+    {{bin}}/krt warmup {{args}}
+
+# Transactions per minute against the running server, e.g. just tpm --mode sentences --duration 120
+tpm *args: setup
+    {{bin}}/krt tpm {{args}}
+
