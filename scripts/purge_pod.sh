@@ -30,6 +30,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$ROOT/scripts/$(basename "${BASH_SOURCE[0]}")"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 usage() { sed -n '2,29s/^# \{0,1\}//p' "$SELF"; }
 
@@ -62,33 +64,12 @@ fi
 ENV_FILE="${KRT_ENV_FILE:-.env}"
 FAILED=0
 
-# The value of KEY: the environment first, else the last KEY=... line of the .env file.
-config_value() {
-    local key="$1" value=""
-    if [ -n "${!key+x}" ]; then
-        printf '%s' "${!key}"
-        return
-    fi
-    [ -f "$ENV_FILE" ] || return 0
-    value="$(sed -n -E "s/^[[:space:]]*(export[[:space:]]+)?${key}[[:space:]]*=[[:space:]]*//p" "$ENV_FILE" | tail -n 1)"
-    value="${value%%[[:space:]]#*}"
-    value="${value%"${value##*[![:space:]]}"}"
-    value="${value#[\"\']}"
-    value="${value%[\"\']}"
-    printf '%s' "$value"
-}
 expand_home() {
     case "$1" in
         "~") printf '%s' "$HOME" ;;
         \~/*) printf '%s/%s' "$HOME" "${1#\~/}" ;;
         *) printf '%s' "$1" ;;
     esac
-}
-alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
-    [ "$state" != "Z" ]
 }
 cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
 say() { if [ "$DRY_RUN" = 1 ]; then echo "[dry-run] would $*"; else echo "== $*"; fi; }

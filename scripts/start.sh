@@ -13,6 +13,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$ROOT/scripts/$(basename "${BASH_SOURCE[0]}")"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 usage() {
     sed -n '2,10s/^# \{0,1\}//p' "$SELF"
@@ -55,24 +57,6 @@ LOG_FILE="$LOG_DIR/server.log"
 PID_FILE="$LOG_DIR/server.pid"
 mkdir -p "$LOG_DIR"
 
-# A process counts as alive unless it is gone or a zombie (pid 1 may not reap it at once).
-alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
-    [ "$state" != "Z" ]
-}
-is_krt() {
-    local arg seen=0
-    [ -r "/proc/$1/cmdline" ] || return 1
-    while IFS= read -r -d '' arg; do
-        case "$arg" in
-            krt|*/krt) seen=1 ;;
-            serve) [ "$seen" = 1 ] && return 0 ;;
-        esac
-    done <"/proc/$1/cmdline"
-    return 1
-}
 
 if [ -f "$PID_FILE" ]; then
     old="$(tr -dc '0-9' <"$PID_FILE")"

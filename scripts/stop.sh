@@ -11,6 +11,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$ROOT/scripts/$(basename "${BASH_SOURCE[0]}")"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 case "${1:-}" in
     "") ;;
@@ -22,38 +24,6 @@ LOG_DIR="${KRT_LOG_DIR:-logs}"
 ENV_FILE="${KRT_ENV_FILE:-.env}"
 PID_FILE="$LOG_DIR/server.pid"
 
-# The value of KEY: the environment first, else the last KEY=... line of the .env file.
-config_value() {
-    local key="$1" value=""
-    if [ -n "${!key+x}" ]; then
-        printf '%s' "${!key}"
-        return
-    fi
-    [ -f "$ENV_FILE" ] || return 0
-    value="$(sed -n -E "s/^[[:space:]]*(export[[:space:]]+)?${key}[[:space:]]*=[[:space:]]*//p" "$ENV_FILE" | tail -n 1)"
-    value="${value%%[[:space:]]#*}"
-    value="${value%"${value##*[![:space:]]}"}"
-    value="${value#[\"\']}"
-    value="${value%[\"\']}"
-    printf '%s' "$value"
-}
-alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)"
-    [ "$state" != "Z" ]
-}
-is_krt() {
-    local arg seen=0
-    [ -r "/proc/$1/cmdline" ] || return 1
-    while IFS= read -r -d '' arg; do
-        case "$arg" in
-            krt|*/krt) seen=1 ;;
-            serve) [ "$seen" = 1 ] && return 0 ;;
-        esac
-    done <"/proc/$1/cmdline"
-    return 1
-}
 # Poll until PID is gone or SECONDS reaches the deadline; true when gone.
 wait_gone() {
     local pid="$1" deadline="$2"
