@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,6 +21,7 @@ from krt.server import ServerState
 from tests.conftest import make_config
 
 if TYPE_CHECKING:
+    import subprocess
     from pathlib import Path
 
 
@@ -104,3 +107,20 @@ class Harness:
             # server's TCP close before closing its own socket; a test that ends first
             # would leak it. Closing an already closed stream is a no-op.
             await trio.aclose_forcefully(client.ws._stream)
+
+
+async def run_krt(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``krt`` CLI while the calling test's Trio loop keeps serving its server.
+
+    The server address and key come from the test's ``.env`` or flags, never from the
+    developer's shell.
+    """
+    inherited = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "KRT_URL")}
+    return await trio.run_process(
+        [sys.executable, "-m", "krt", "--env-file", str(cwd / ".env"), *args],
+        cwd=cwd,
+        env={**inherited, **env},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )

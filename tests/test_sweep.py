@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -26,25 +24,12 @@ from krt.bench.sweep_report import format_table, recommend
 from krt.bench.texts import AGENT_REPLIES
 from krt.metrics import read_records
 from krt.tools.client import pieces_of
+from tests.server_harness import run_krt
 
 if TYPE_CHECKING:
-    import subprocess
     from pathlib import Path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-async def krt(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
-    """Run the CLI while this test's Trio loop keeps serving the in-process server."""
-    environment = {**os.environ, "API_KEY": "", "KRT_URL": "", **env}
-    return await trio.run_process(
-        [sys.executable, "-m", "krt", "--env-file", str(cwd / ".env"), *args],
-        cwd=cwd,
-        env=environment,
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -83,7 +68,7 @@ def level(concurrency: int, p95: float | None, **fields: object) -> dict[str, ob
 async def test_sweep_prints_a_row_per_level_recommends_and_draws(harness, tmp_path):
     with trio.fail_after(60):
         server = await harness.server()
-        done = await krt("bench", "--url", server.url, "--n", "6", "--sweep", "3,1,2", cwd=tmp_path)
+        done = await run_krt("bench", "--url", server.url, "--n", "6", "--sweep", "3,1,2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr.decode()
     out = done.stdout.decode()
     lines = out.splitlines()
@@ -101,7 +86,7 @@ async def test_sweep_prints_a_row_per_level_recommends_and_draws(harness, tmp_pa
 async def test_json_figures_are_consistent_in_single_mode(harness, tmp_path):
     with trio.fail_after(60):
         server = await harness.server()
-        done = await krt(
+        done = await run_krt(
             "bench", "--url", server.url, "--n", "7", "--concurrency", "2", "--json", cwd=tmp_path
         )
     assert done.returncode == 0, done.stderr.decode()
@@ -127,7 +112,7 @@ async def test_sentences_mode_sends_each_sentence_as_a_response(harness, tmp_pat
     n = 5
     with trio.fail_after(60):
         server = await harness.server()
-        done = await krt(
+        done = await run_krt(
             "bench", "--url", server.url, "--n", str(n), "--concurrency", "2", "--mode", "sentences", "--json",
             cwd=tmp_path,
         )  # fmt: skip
@@ -148,14 +133,14 @@ async def test_texts_file_is_spoken_and_a_bad_one_is_refused(harness, tmp_path):
     with trio.fail_after(60):
         server = await harness.server()
         common = ("bench", "--url", server.url, "--concurrency", "1", "--mode", "sentences", "--json")
-        done = await krt(*common, "--n", "3", "--texts", str(texts), cwd=tmp_path)
+        done = await run_krt(*common, "--n", "3", "--texts", str(texts), cwd=tmp_path)
         assert done.returncode == 0, done.stderr.decode()
         [only] = json.loads(done.stdout)["levels"]
         assert (only["texts"], only["responses"]) == (3, 4 + 1 + 4)  # the file's texts, cycled
         for bad, reason in [(tmp_path / "missing.txt", "cannot read"), (tmp_path / "empty.txt", "no texts")]:
             if bad.name == "empty.txt":
                 bad.write_text("\n  \n", encoding="utf-8")
-            refused = await krt(*common, "--texts", str(bad), cwd=tmp_path)
+            refused = await run_krt(*common, "--texts", str(bad), cwd=tmp_path)
             assert refused.returncode == 2
             assert reason in refused.stderr.decode() and "Traceback" not in refused.stderr.decode()
 
@@ -166,7 +151,7 @@ async def test_unreachable_server_is_one_clear_line(tmp_path):
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with trio.fail_after(30):
-        done = await krt("bench", "--host", "127.0.0.1", "--port", str(port), "--n", "2", cwd=tmp_path)
+        done = await run_krt("bench", "--host", "127.0.0.1", "--port", str(port), "--n", "2", cwd=tmp_path)
     err = done.stderr.decode()
     assert done.returncode == 1
     assert "cannot reach the server" in err and "Traceback" not in err
@@ -177,7 +162,7 @@ async def test_unreachable_server_is_one_clear_line(tmp_path):
 async def test_wrong_api_key_gets_the_401_message(harness, tmp_path):
     with trio.fail_after(30):
         server = await harness.server(API_KEY="right-key")
-        done = await krt("bench", "--url", server.url, "--api-key", "wrong", "--n", "2", cwd=tmp_path)
+        done = await run_krt("bench", "--url", server.url, "--api-key", "wrong", "--n", "2", cwd=tmp_path)
     err = done.stderr.decode()
     assert done.returncode == 1
     assert "refused the API key (HTTP 401)" in err and "Traceback" not in err
@@ -189,7 +174,7 @@ async def test_refused_responses_are_counted_and_fail_the_run(harness, tmp_path)
     texts.write_text(" ".join(["word"] * 30) + ".\n", encoding="utf-8")
     with trio.fail_after(30):
         server = await harness.server(MAX_UTTERANCE_WORDS="20")
-        done = await krt(
+        done = await run_krt(
             "bench", "--url", server.url, "--n", "4", "--concurrency", "2", "--texts", str(texts), "--json",
             cwd=tmp_path,
         )  # fmt: skip
