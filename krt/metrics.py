@@ -10,6 +10,7 @@ after them, so tools written for the seed's log keep working on ours.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
@@ -25,6 +26,8 @@ from krt import SAMPLE_RATE
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable, Sequence
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LOG_PATH = Path("logs/metrics.log")
 DEFAULT_PERIODS = "30m,1h,6h,24h,3d"
@@ -117,10 +120,14 @@ class MetricsLog:
         self.path = path
 
     def append(self, record: ResponseRecord) -> None:
+        """Write one line; a full disk or a bad path costs the line, never the response."""
         line = json.dumps(record.log_fields(), allow_nan=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as log:
-            log.write(line)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as log:
+                log.write(line)
+        except OSError as exc:
+            logger.warning("metrics line for %s not written to %s: %s", record.request_id, self.path, exc)
 
 
 @attrs.frozen

@@ -203,8 +203,11 @@ async def handle_connection(stream: trio.abc.Stream, state: ServerState) -> None
             )
             return
         await _serve_websocket(ReplayStream(received, stream), state, peer)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as exc:
-        log.debug("%s: connection dropped: %r", peer, exc)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as group:
+        log.debug("%s: connection dropped: %r", peer, group.exceptions)
+    except* Exception as group:
+        # Last resort: a bug in one connection's handling must never end the listener.
+        log.error("%s: connection failed", peer, exc_info=group)
     finally:
         await trio.aclose_forcefully(stream)
 

@@ -23,7 +23,7 @@ from trio_websocket import ConnectionClosed
 from krt import SAMPLE_RATE, protocol
 from krt.audio import PcmChunker
 from krt.engine.pipeline import SpeechPlan
-from krt.engine.segmenter import split_sentences
+from krt.engine.segmenter import count_words, cut_run_on, split_sentences
 from krt.errors import SpeechError
 from krt.metrics import ResponseRecord
 
@@ -41,6 +41,8 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_PENDING_RESPONSES = 64
 """Responses one socket may have queued; more are refused as busy."""
 OUTBOX_ITEMS = 64
+MAX_INCREMENTAL_WORDS = 40
+"""Buffered ``input.append`` text with no sentence end is spoken once it has this many words."""
 
 
 @attrs.define(eq=False)
@@ -142,20 +144,30 @@ class Session:
         """Serve the connection until the client leaves or ends the session.
 
         On ``session.end`` the queued responses are spoken and the socket closed with
-        1000; on a disconnect everything is cancelled at once, and every job the
-        session held is withdrawn from the engine by its own ``async with``.
+        1000; on a disconnect, a send timeout or a dead sender everything is cancelled
+        at once, and every job the session held is withdrawn from the engine by its own
+        ``async with``. Whatever ends one session never reaches the server.
         """
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender)
+                nursery.start_soon(self._send_then_stop, nursery.cancel_scope)
                 nursery.start_soon(self._synth)
                 nursery.start_soon(self._input_flusher)
                 if await self._reader():
                     await self._sender_done.wait()
                 nursery.cancel_scope.cancel(reason="session over")
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("%s: connection lost", self.peer)
         finally:
             for response in list(self._unaccounted):
                 self._forget(response)
+
+    async def _send_then_stop(self, session_scope: trio.CancelScope) -> None:
+        """Once the sender stops, for any reason, nothing else in the session can be heard."""
+        try:
+            await self._sender()
+        finally:
+            session_scope.cancel(reason="sender stopped")
 
     async def close(self, code: int) -> None:
         """Close the socket with ``code`` within a second, whatever the sender is doing."""
@@ -209,7 +221,8 @@ class Session:
                         break
                     if isinstance(item, Close):
                         await flush()
-                        await self.ws.aclose(item.code)
+                        with trio.move_on_after(1):  # a client that never reads must not hold us
+                            await self.ws.aclose(item.code)
                         break
                     if isinstance(item, EventOut):
                         await flush()
@@ -373,13 +386,22 @@ class Session:
     # -- incremental input -------------------------------------------------------------
 
     async def _append_input(self, text: str) -> None:
-        self._input += text
+        """Speak complete sentences at once; keep the rest for more text, idle or commit.
+
+        A stream that never ends a sentence is still cut once it holds
+        ``MAX_INCREMENTAL_WORDS`` words, at its last clause mark if it has one, so a
+        run-on LLM reply is spoken as it comes rather than refused as too long at the end.
+        """
         self._last_append = trio.current_time()
-        *complete, rest = split_sentences(self._input)
-        self._input = rest
+        *complete, rest = split_sentences(self._input + text)
+        if count_words(rest) >= MAX_INCREMENTAL_WORDS:
+            head, rest = cut_run_on(rest)
+            complete.append(head)
+        self._input = ""  # the flusher must not speak ``rest`` ahead of the sentences before it
         for sentence in complete:
             if sentence.strip():
                 await self._create(sentence.strip(), None, None, None)
+        self._input = rest + self._input
         if self._input.strip():
             self._input_arrived.set()
 

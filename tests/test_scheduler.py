@@ -342,25 +342,6 @@ async def test_a_full_engine_queue_refuses_busy_even_with_free_slots(nursery):
         assert engine.statistics().busy_rejections == 1
 
 
-async def test_a_draining_engine_refuses_busy(nursery):
-    with trio.fail_after(10):
-        config = engine_config()
-        backend = RecordingFake()
-        engine = await start_engine(nursery, config, backend)
-        plan = engine.pipeline.plan(sentences("alpha", 2))
-
-        engine.accepting = False
-        with pytest.raises(SpeechError) as refused:
-            await try_stream(engine, plan, "a")
-        assert refused.value.code == "busy"
-        assert engine.statistics().active == 0
-        assert backend.calls == []
-
-        engine.accepting = True
-        async with engine.stream(plan, "a") as job:
-            np.testing.assert_array_equal(await collect(job), expected_audio(config, plan))
-
-
 # -- the wait SLA -----------------------------------------------------------------------
 
 FORTY_CHARACTERS = "alpha one two three four five six seven."

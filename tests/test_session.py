@@ -319,3 +319,71 @@ async def test_metrics_line_per_finished_response(harness, tmp_path):
         assert record["request_id"] == "m1" and record["canceled"] is False
         assert record["audio_s"] == pytest.approx(len(client.audio["m1"]) / 48000, abs=0.01)
         assert 0 < record["ttfb_ms"] <= record["wall_s"] * 1000
+
+
+async def test_draining_refuses_new_responses_but_speaks_accepted_ones(harness):
+    with trio.fail_after(20):
+        server, client = await open_client(harness, KRT_FAKE_COMPUTE_RATIO="0.02")
+        for name in ("first", "second"):
+            await client.send("response.create", response_id=name, input="Already accepted. Two sentences.")
+        await client.receive_until("response.created", "second")
+        server.state.engine.accepting = False  # what SIGTERM does
+        await client.send("response.create", response_id="late", input="Too late now.")
+        refused = await client.receive_until("response.error")
+        assert (refused["response"], refused["code"]) == ("late", "busy")
+        await client.receive_until("response.completed", "second")
+        assert len(client.audio["first"]) == len(client.audio["second"]) > 0
+
+
+async def test_a_sender_that_dies_ends_only_its_own_session(harness):
+    """A client gone mid-stream, with responses still queued, must not take the server down."""
+    with trio.fail_after(20):
+        server, client = await open_client(harness, KRT_FAKE_COMPUTE_RATIO="0.02")
+        for n in range(3):
+            await client.send("response.create", response_id=f"r{n}", input=LONG_TEXT)
+        await client.receive_until("response.output_audio.delta", "r0")
+        await trio.aclose_forcefully(client.ws._stream)  # vanish without a close handshake
+        await trio.testing.wait_all_threads_completed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.state.sessions == 0 and server.state.in_flight.count == 0
+        survivor = await harness.client(server)
+        await survivor.send("response.create", response_id="after", input="Still serving.")
+        await survivor.receive_until("response.completed", "after")
+
+
+async def test_a_run_on_input_stream_is_spoken_as_it_comes(harness):
+    with trio.fail_after(20):
+        _server, client = await open_client(harness, FLUSH_IDLE_MS="600000")
+        for n in range(12):
+            await client.send("input.append", text=f" and then word{n} went on, without any end")
+        created = await client.receive_until("response.created")
+        await client.receive_until("response.completed", created["response"])
+        assert len(client.audio[created["response"]]) > 0
+
+
+async def test_an_unwritable_metrics_log_costs_the_line_not_the_response(harness, tmp_path):
+    with trio.fail_after(10):
+        (tmp_path / "a-directory").mkdir()
+        _server, client = await open_client(harness, KRT_METRICS_LOG=str(tmp_path / "a-directory"))
+        for name in ("one", "two"):
+            await client.send("response.create", response_id=name, input="Hello.")
+            await client.receive_until("response.completed", name)
+
+
+async def test_a_phonemizer_crash_fails_that_response_and_the_engine_goes_on(harness):
+    with trio.fail_after(10):
+        server, client = await open_client(harness)
+        pipeline = server.state.engine.pipeline
+        healthy = pipeline.phonemizer.phonemize
+
+        def phonemize(text):
+            if "boom" in text.lower():
+                raise IndexError("list index out of range")
+            return healthy(text)
+
+        pipeline.phonemizer.phonemize = phonemize
+        await client.send("response.create", response_id="bad", input="Boom goes the lexicon.")
+        error = await client.receive_until("response.error")
+        assert (error["response"], error["code"]) == ("bad", "synthesis_failed")
+        await client.send("response.create", response_id="good", input="Fine again.")
+        await client.receive_until("response.completed", "good")

@@ -83,15 +83,20 @@ class SpeechPipeline:
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
 
     def render_segment(self, plan: SpeechPlan, text: str) -> Generator[FloatAudio, None, None]:
-        """Shaped float audio of one planned segment, chunk by chunk as the model yields it."""
-        for piece in self.tokenize_segment(text):
-            style = self.backend.voices.style(plan.voice, len(piece.tokens))
-            try:
+        """Shaped float audio of one planned segment, chunk by chunk as the model yields it.
+
+        Any failure on the way (G2P, voice styling, the model) fails this response as
+        ``synthesis_failed``; it must never take the engine loop with it.
+        """
+        try:
+            for piece in self.tokenize_segment(text):
+                style = self.backend.voices.style(plan.voice, len(piece.tokens))
                 yield from shape_segment(self.backend.synthesize(piece.tokens, style, plan.speed))
-            except SpeechError:
-                raise
-            except Exception as exc:
-                raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
+        except SpeechError:
+            raise
+        except Exception as exc:
+            log.exception("synthesis failed on %r", text[:80])
+            raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
 
     def render(self, plan: SpeechPlan) -> Iterator[FloatAudio]:
         for text in plan.segments:

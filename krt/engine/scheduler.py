@@ -127,6 +127,8 @@ class Engine:
         self.admission = admission
         self.quanta = quanta
         self.accepting = True
+        """False while draining: sessions refuse *new* responses; ones already accepted
+        (``response.created`` sent) still run."""
         self._active: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
         self._model_thread = trio.CapacityLimiter(1)
@@ -165,8 +167,6 @@ class Engine:
         return wait + shortest * len(self._active) * (len(self._waiting) + 1)
 
     def _admit(self, job: Job) -> None:
-        if not self.accepting:
-            raise SpeechError("busy", "the server is draining and takes no new responses")
         queued = len(self._active) + len(self._waiting)
         slot_free = len(self._active) < self.admission.max_concurrent_jobs
         if queued >= self.admission.queue_maxsize or (
@@ -266,6 +266,9 @@ class Engine:
                 produced += 2 * chunk.size
         except SpeechError as exc:
             return TurnResult(chars, exc)
+        except Exception as exc:  # a backend bug fails this job, never the engine loop
+            log.exception("turn of %s failed", job.label)
+            return TurnResult(chars, SpeechError("synthesis_failed", f"synthesis failed: {exc}"))
         finally:
             if job.canceled and job.current is not None:
                 job.current.close()
