@@ -1,5 +1,9 @@
 # krt — run `just` to see the recipes.
 
+# Recipe arguments reach the command as "$@", each one intact (spaces and all).
+set positional-arguments := true
+set shell := ["bash", "-cu"]
+
 venv := ".venv"
 bin := venv / "bin"
 
@@ -33,7 +37,7 @@ setup:
 
 # Run the whole test suite (unit tests on the fake backend, integration tests on the real model).
 test *args: setup
-    {{bin}}/python -m pytest {{args}}
+    {{bin}}/python -m pytest "$@"
 
 # Lint, type-check and test.
 check: setup
@@ -44,23 +48,23 @@ check: setup
 
 # Speak TEXT into OUT (a WAV file) with the engine alone, e.g. just say "Hello there." out.wav
 say text out="out.wav" *args: setup
-    {{bin}}/krt say {{quote(text)}} -o {{quote(out)}} {{args}}
+    {{bin}}/krt say "$1" -o "$2" "${@:3}"
 
 # The engine floor: load time, first-segment latency, xRT and RSS per backend.
 bench-engine *args: setup
-    {{bin}}/krt bench engine {{args}}
+    {{bin}}/krt bench engine "$@"
 
 # Run the realtime server (default 0.0.0.0:8000; reads .env), e.g. just serve --port 9000
 serve *args: setup
-    {{bin}}/krt serve {{args}}
+    {{bin}}/krt serve "$@"
 
 # Rolling summaries of logs/metrics.log, e.g. just metrics --periods 1h,24h
 metrics *args: setup
-    {{bin}}/krt metrics {{args}}
+    {{bin}}/krt metrics "$@"
 
 # Start the server in the background, wait until /readyz is 200 (log: logs/server.log), e.g. just start --port 9000
 start *args: setup
-    bash scripts/start.sh {{args}}
+    bash scripts/start.sh "$@"
 
 # Stop the background server: SIGTERM drain, SIGKILL after KRT_DRAIN_SECONDS+10 s.
 stop:
@@ -68,25 +72,25 @@ stop:
 
 # Follow the background server's log, e.g. just logs -n 200
 logs *args:
-    bash scripts/tail_bg_logs.sh {{args}}
+    bash scripts/tail_bg_logs.sh "$@"
 
 # Stop the server and clean up (scripts/purge_pod.sh --help), e.g. just purge --clean-files --dry-run
 purge *args:
-    bash scripts/purge_pod.sh {{args}}
+    bash scripts/purge_pod.sh "$@"
 
 # Concurrency sweep 1-8 against the running server (reads .env): table, bench-sweep.png, a recommendation, e.g. just bench --n 10
 bench *args: setup
-    {{bin}}/krt bench {{args}}
+    {{bin}}/krt bench "$@"
 
 # Speak through the running server into a WAV, e.g. just client --text "Hello there." --out hello.wav --mode sentences
 client *args: setup
-    {{bin}}/krt client {{args}}
+    {{bin}}/krt client "$@"
 
 # Warm the running server up (both voices), e.g. just warmup --mode sentences --save warmup/
 warmup *args: setup
-    {{bin}}/krt warmup {{args}}
+    {{bin}}/krt warmup "$@"
 
 # Transactions per minute against the running server, e.g. just tpm --mode sentences --duration 120
 tpm *args: setup
-    {{bin}}/krt tpm {{args}}
+    {{bin}}/krt tpm "$@"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -310,7 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated windows, units s/m/h/d (default {DEFAULT_PERIODS})",
     )
     parser.add_argument(
-        "--log", type=Path, default=DEFAULT_LOG_PATH, help=f"metrics log to read (default {DEFAULT_LOG_PATH})"
+        "--log", type=Path, help=f"metrics log to read (default: KRT_METRICS_LOG, else {DEFAULT_LOG_PATH})"
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per period instead of a table"
@@ -341,6 +342,21 @@ def plot_timeline(path: Path, records: Iterable[dict[str, Any]], period: str, no
     return len(window)
 
 
+def configured_log_path(env_file: Path) -> Path:
+    """Where the server writes: ``KRT_METRICS_LOG`` from the environment or ``.env``.
+
+    Read without the full config on purpose: a typo in an unrelated knob must not keep an
+    operator from reading the metrics.
+    """
+    from krt.config import read_dotenv
+
+    try:
+        values = {**read_dotenv(env_file), **os.environ}
+    except ValueError:
+        values = dict(os.environ)
+    return Path(values.get("KRT_METRICS_LOG") or DEFAULT_LOG_PATH)
+
+
 def run(args: argparse.Namespace) -> int:
     """``krt metrics``: summarize the log over each period ending now.
 
@@ -352,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"krt metrics: {exc}", file=sys.stderr)
         return 2
+    if args.log is None:
+        args.log = configured_log_path(getattr(args, "env_file", Path(".env")))
     try:
         loaded = load_records(args.log)
     except FileNotFoundError:

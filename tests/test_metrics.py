@@ -18,6 +18,7 @@ from krt.metrics import (
     PeriodSummary,
     ResponseRecord,
     add_arguments,
+    configured_log_path,
     format_summary,
     load_records,
     parse_period,
@@ -319,9 +320,11 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_cli_defaults():
+def test_cli_defaults(tmp_path, monkeypatch):
     args = parse()
-    assert (args.periods, args.log, args.json) == (DEFAULT_PERIODS, DEFAULT_LOG_PATH, False)
+    assert (args.periods, args.log, args.json) == (DEFAULT_PERIODS, None, False)
+    monkeypatch.delenv("KRT_METRICS_LOG", raising=False)
+    assert configured_log_path(tmp_path / "no.env") == DEFAULT_LOG_PATH  # where the server writes by default
 
 
 def write_recent_log(path):

@@ -160,3 +160,38 @@ async def test_tpm_counts_completed_transactions(harness, tmp_path, mode):
         # every counted transaction's responses completed; at most one more partial one
         assert counted <= len(completed) <= counted + max(sizes)
         assert "TPM" in out
+
+
+async def test_tpm_explains_an_unreachable_server_in_one_line(tmp_path):
+    with trio.fail_after(30):
+        listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener[0].socket.getsockname()[1]
+        await listener[0].aclose()
+        done = await run_krt("tpm", "--port", str(port), "--duration", "1", cwd=tmp_path)
+        assert done.returncode == 1
+        assert "cannot reach the server" in done.stderr.decode()
+        assert "Traceback" not in done.stderr.decode()
+
+
+async def test_metrics_reads_the_log_the_server_was_told_to_write(tmp_path):
+    with trio.fail_after(30):
+        log = tmp_path / "elsewhere" / "metrics.log"
+        log.parent.mkdir()
+        log.write_text(
+            '{"ts": 9999999999, "request_id": "x", "ttfb_ms": 12.0, "wall_s": 1.0, "audio_s": 2.0, '
+            '"canceled": false}\n'
+        )
+        (tmp_path / ".env").write_text(f"KRT_METRICS_LOG={log}\n")
+        done = await run_krt("metrics", "--json", "--periods", "1h", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr.decode()
+        assert "no metrics log" not in done.stderr.decode()
+
+
+async def test_pasted_urls_become_websocket_urls():
+    from krt.tools.target import websocket_url
+
+    route = "/v1/audio/speech/stream/ws"
+    assert websocket_url("http://pod:8000") == f"ws://pod:8000{route}"
+    assert websocket_url("https://pod.example/") == f"wss://pod.example{route}"
+    assert websocket_url("pod:8000") == f"ws://pod:8000{route}"
+    assert websocket_url("wss://proxy/tts/ws?x=1") == "wss://proxy/tts/ws?x=1"

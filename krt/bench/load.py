@@ -168,7 +168,7 @@ class SpeechClient:
         self.stray_frames = 0
         """Frames naming a response this client never created."""
         self.closed = False
-        self._prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        self._prefix = f"krt-{uuid.uuid4().hex[:8]}"
         self._count = 0
 
     async def create(

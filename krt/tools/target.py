@@ -60,15 +60,22 @@ def resolve_target(args: argparse.Namespace, env_file: Path = Path(".env")) -> T
     values = {**read_dotenv(env_file), **os.environ}
     api_key = args.api_key if args.api_key is not None else values.get("API_KEY", "")
     if args.url:
-        return Target(args.url, api_key)
+        return Target(websocket_url(args.url), api_key)
     if args.host or args.port or not values.get("KRT_URL"):
         host = args.host or values.get("RUNPOD_TCP_HOST") or "127.0.0.1"
         port = args.port or int(values.get("RUNPOD_TCP_PORT") or 8000)
         return Target(f"ws://{host}:{port}{WS_PATH}", api_key)
-    url = values["KRT_URL"]
-    if urlsplit(url).path in ("", "/"):
-        url = url.rstrip("/") + WS_PATH
-    return Target(url, api_key)
+    return Target(websocket_url(values["KRT_URL"]), api_key)
+
+
+def websocket_url(url: str) -> str:
+    """Accept what people paste: http(s):// becomes ws(s)://, a bare host gets the route."""
+    parts = urlsplit(url if "://" in url else f"ws://{url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise SystemExit(f"krt: {url!r} is not a server URL; use ws://HOST:PORT or wss://HOST")
+    path = parts.path if parts.path not in ("", "/") else WS_PATH
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
 def describe_connection_error(exc: BaseException, target: Target) -> str | None:

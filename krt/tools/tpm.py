@@ -77,16 +77,27 @@ async def measure(target: Target, args: argparse.Namespace) -> tuple[Tally, floa
     return tally, trio.current_time() - started
 
 
+def _first(group: BaseExceptionGroup[ToolError]) -> ToolError:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, ToolError)
+    return leaf
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     target = resolve_target(args, args.env_file)
     print(
         f"krt tpm: {args.mode} mode, {args.clients} client(s), {args.duration:.0f} s against {target.url}",
         file=sys.stderr,
     )
+    refused: ToolError | None = None
     try:
         tally, elapsed = trio.run(measure, target, args)
-    except ToolError as exc:
-        print(f"krt tpm: {exc}", file=sys.stderr)
+    except* ToolError as group:  # the clients' nursery wraps a failed connection
+        refused = _first(group)
+    if refused is not None:
+        print(f"krt tpm: {refused}", file=sys.stderr)
         return 1
     p50, p95 = percentile(tally.ttfbs, 50), percentile(tally.ttfbs, 95)
     print(
