@@ -195,3 +195,23 @@ async def test_pasted_urls_become_websocket_urls():
     assert websocket_url("https://pod.example/") == f"wss://pod.example{route}"
     assert websocket_url("pod:8000") == f"ws://pod:8000{route}"
     assert websocket_url("wss://proxy/tts/ws?x=1") == "wss://proxy/tts/ws?x=1"
+
+
+async def test_client_shows_the_servers_reason_and_writes_no_empty_wav(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server()
+        done = await run_krt(
+            "client",
+            "--url",
+            server.url,
+            "--text",
+            "Hi.",
+            "--voice",
+            "robot",
+            "--out",
+            "none.wav",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 1
+        assert "invalid_voice" in done.stderr.decode() and "fake_female" in done.stderr.decode()
+        assert not (tmp_path / "none.wav").exists()

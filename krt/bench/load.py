@@ -112,6 +112,8 @@ class ResponseTrace:
     """The client gave up waiting for a frame it needed: the response was stuck."""
     ended_at: float | None = None
     error_code: str | None = None
+    error_message: str = ""
+    """The server's words for ``error_code`` (e.g. the voices it does have)."""
     cancel_sent_at: float | None = None
     leaked_bytes: int = 0
     """Audio of this response that arrived after its last event: must stay 0."""
@@ -255,6 +257,7 @@ class SpeechClient:
             trace.outcome, trace.ended_at = "canceled", now
         elif isinstance(event, protocol.ResponseError):
             trace.outcome, trace.error_code, trace.ended_at = "error", event.code, now
+            trace.error_message = event.message
 
     async def wait_until(self, done: Callable[[], bool]) -> bool:
         """Read frames until ``done()``; returns ``done()``, False if the connection closed first.

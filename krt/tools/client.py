@@ -161,14 +161,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except ToolError as exc:
         print(f"krt client: {exc}", file=sys.stderr)
         return 1
-    pcm = b"".join(bytes(trace.pcm or b"") for trace in traces)
-    write_wav(args.out, pcm)
-    print(report(traces))
-    print(f"wrote {args.out}: {len(pcm) / 2 / SAMPLE_RATE:.2f} s of audio from {target.describe()}")
     failed = [t for t in traces if t.outcome == "error" or not t.finished]
+    pcm = b"".join(bytes(trace.pcm or b"") for trace in traces)
+    print(report(traces))
+    if pcm:
+        write_wav(args.out, pcm)
+        print(f"wrote {args.out}: {len(pcm) / 2 / SAMPLE_RATE:.2f} s of audio from {target.describe()}")
     for trace in failed:
-        print(
-            f"krt client: response {trace.response_id} failed: {trace.error_code or 'no answer'}",
-            file=sys.stderr,
+        reason = (
+            f"{trace.error_code}: {trace.error_message}" if trace.error_code else "no answer from the server"
         )
+        print(f"krt client: response {trace.response_id} failed: {reason}", file=sys.stderr)
     return 1 if failed else 0
