@@ -410,7 +410,9 @@ def summarize_level(level: LevelResult) -> dict[str, object]:
     traces = level.traces
     ttfbs = [t.ttfb * 1000 for t in traces if t.ttfb is not None]
     stalled = [t.stalls() for t in traces]
-    per_stream = [stream.xrt for stream in level.streams]
+    # A stream refused outright (every response busy) has no rate to speak of: it shows in
+    # the busy count, not as an xRT of 0 that would read like a stalled stream.
+    per_stream = [stream.xrt for stream in level.streams if any(t.audio_seconds for t in stream.traces)]
     audio = sum(t.audio_seconds for t in traces)
     errors = [t for t in traces if t.outcome == "error" and t.error_code != "busy"]
     return {
