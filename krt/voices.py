@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 StylePack = npt.NDArray[np.float32]
 """(510, 1, 256): one style vector per phoneme-sequence length."""
 
-LOGICAL_VOICES = ("female", "male")
-
 
 BLEND_PART = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING
 
 import attrs
@@ -17,6 +18,13 @@ if TYPE_CHECKING:
 
 # Never let a test wait on, or download from, a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago and has no listener now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_config(**overrides: str) -> Config:

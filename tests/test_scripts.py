@@ -26,6 +26,7 @@ from typing import IO
 import pytest
 
 from krt.config import load_config, read_dotenv
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -48,12 +49,6 @@ MACHINE_WIDE = [
     "--gpu-reset",
     "--self-remove",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_script(

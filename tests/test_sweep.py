@@ -24,6 +24,7 @@ from krt.bench.sweep_report import format_table, recommend
 from krt.bench.texts import AGENT_REPLIES
 from krt.metrics import read_records
 from krt.tools.client import pieces_of
+from tests.conftest import free_port
 from tests.server_harness import run_krt
 
 if TYPE_CHECKING:
@@ -147,9 +148,7 @@ async def test_texts_file_is_spoken_and_a_bad_one_is_refused(harness, tmp_path):
 
 @pytest.mark.trio
 async def test_unreachable_server_is_one_clear_line(tmp_path):
-    with trio.socket.socket() as probe:  # a port that was free a moment ago and has no listener
-        await probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with trio.fail_after(30):
         done = await run_krt("bench", "--host", "127.0.0.1", "--port", str(port), "--n", "2", cwd=tmp_path)
     err = done.stderr.decode()

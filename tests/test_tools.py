@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from krt.metrics import read_records
+from tests.conftest import free_port
 from tests.server_harness import run_krt
 
 pytestmark = pytest.mark.trio
@@ -119,9 +120,7 @@ async def test_client_reads_the_key_from_env_file_and_explains_a_refusal(harness
 
 async def test_client_explains_an_unreachable_server(tmp_path):
     with trio.fail_after(30):
-        listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listener[0].socket.getsockname()[1]
-        await listener[0].aclose()  # nothing listens there now
+        port = free_port()
         done = await run_krt(
             "client", "--host", "127.0.0.1", "--port", str(port), "--text", "Hi.", cwd=tmp_path
         )
@@ -164,9 +163,7 @@ async def test_tpm_counts_completed_transactions(harness, tmp_path, mode):
 
 async def test_tpm_explains_an_unreachable_server_in_one_line(tmp_path):
     with trio.fail_after(30):
-        listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listener[0].socket.getsockname()[1]
-        await listener[0].aclose()
+        port = free_port()
         done = await run_krt("tpm", "--port", str(port), "--duration", "1", cwd=tmp_path)
         assert done.returncode == 1
         assert "cannot reach the server" in done.stderr.decode()
