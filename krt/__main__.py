@@ -17,12 +17,12 @@ if TYPE_CHECKING:
 
 
 COMMANDS = {
-    "serve": ("krt.serve", "run the realtime WebSocket server"),
+    "serve": ("krt.server.app", "run the realtime WebSocket server"),
     "say": ("krt.say", "speak text into a WAV file with the engine alone"),
     "client": ("krt.tools.client", "speak through a running server into a WAV file"),
     "warmup": ("krt.tools.warmup", "warm a running server up with a few responses"),
     "tpm": ("krt.tools.tpm", "transactions per minute against a running server"),
-    "metrics": ("krt.metrics", "rolling summaries of logs/metrics.log"),
+    "metrics": ("krt.metrics.report", "rolling summaries of logs/metrics.log"),
 }
 BENCHES = {
     "engine": ("krt.bench.engine_bench", "the engine floor: load, first segment, xRT, RSS"),
@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "metrics":  # reads a log file only; a broken .env must not stop it
-        from krt import metrics
+        from krt.metrics import report
 
-        return metrics.run(args)
+        return report.run(args)
     try:
         config = load_config(dotenv=args.env_file)
     except ConfigError as exc:

@@ -16,8 +16,8 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
-from krt.serve import main
-from krt.server import ServerState
+from krt.server.app import main
+from krt.server.listener import ServerState
 from tests.conftest import make_config
 
 if TYPE_CHECKING:

@@ -11,12 +11,11 @@ import time
 import attrs
 import pytest
 
-from krt.metrics import (
+from krt.metrics.record import MetricsLog, ResponseRecord
+from krt.metrics.report import (
     DEFAULT_LOG_PATH,
     DEFAULT_PERIODS,
-    MetricsLog,
     PeriodSummary,
-    ResponseRecord,
     add_arguments,
     configured_log_path,
     format_summary,

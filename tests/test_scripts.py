@@ -167,7 +167,7 @@ def test_start_ready_stop_round_trip(servers: Servers) -> None:
     assert readyz(port) == 200
     log = (servers.tmp_path / "logs" / "server.log").read_text()
     assert "===== krt start" in log and f"port={port}" in log
-    assert "krt.serve: ready" in log
+    assert "krt.server.app: ready" in log
 
     stopped = servers.stop()
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -20,7 +20,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from krt.metrics import read_records
+from krt.metrics.report import read_records
 from tests.server_harness import WS_PATH, Client
 from tests.speech_checks import assert_sounds_like_speech
 
@@ -107,9 +107,9 @@ async def start_krt(nursery, tmp_path: Path) -> AsyncIterator[Callable[..., Awai
         servers.append(server)
         nursery.start_soon(server.pump_stderr)
         with trio.fail_after(startup_seconds):
-            listening = await server.wait_for_line(r"krt\.server: listening on 127\.0\.0\.1:(\d+)")
+            listening = await server.wait_for_line(r"krt\.server\.listener: listening on 127\.0\.0\.1:(\d+)")
             server.port = int(listening[1])
-            await server.wait_for_line(r"krt\.serve: ready$")
+            await server.wait_for_line(r"krt\.server\.app: ready$")
         return server
 
     try:

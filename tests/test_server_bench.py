@@ -1,4 +1,4 @@
-"""``krt bench server`` and the reusable client-side measurements in ``krt.bench.load``."""
+"""``krt bench server`` and the reusable client-side measurements in ``krt.client.speech``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from krt.bench.load import (
+from krt.client.speech import (
     LevelResult,
     ResponseTrace,
     Stalls,

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from krt.metrics import read_records
+from krt.metrics.report import read_records
 
 pytestmark = pytest.mark.trio
 

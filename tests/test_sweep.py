@@ -16,14 +16,14 @@ import pytest
 import trio
 from PIL import Image
 
-from krt import metrics
+from krt import plots
 from krt.__main__ import build_parser, main
-from krt.bench import plots
 from krt.bench.sweep import Progress, parse_levels, read_texts
 from krt.bench.sweep_report import format_table, recommend
-from krt.bench.texts import AGENT_REPLIES
-from krt.metrics import read_records
-from krt.tools.client import pieces_of
+from krt.client.cli import pieces_of
+from krt.client.texts import AGENT_REPLIES
+from krt.metrics import report as metrics
+from krt.metrics.report import read_records
 from tests.conftest import free_port
 from tests.server_harness import run_krt
 

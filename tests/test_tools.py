@@ -7,7 +7,7 @@ import wave
 import pytest
 import trio
 
-from krt.metrics import read_records
+from krt.metrics.report import read_records
 from tests.conftest import free_port
 from tests.server_harness import run_krt
 
@@ -143,8 +143,8 @@ async def test_warmup_speaks_both_voices_and_saves_wavs(harness, tmp_path):
 
 @pytest.mark.parametrize("mode", ["single", "sentences"])
 async def test_tpm_counts_completed_transactions(harness, tmp_path, mode):
-    from krt.bench.texts import AGENT_REPLIES
-    from krt.tools.client import pieces_of
+    from krt.client.cli import pieces_of
+    from krt.client.texts import AGENT_REPLIES
 
     with trio.fail_after(30):
         server = await harness.server(KRT_FAKE_COMPUTE_RATIO="0.01")
@@ -185,7 +185,7 @@ async def test_metrics_reads_the_log_the_server_was_told_to_write(tmp_path):
 
 
 async def test_pasted_urls_become_websocket_urls():
-    from krt.tools.target import websocket_url
+    from krt.client.target import websocket_url
 
     route = "/v1/audio/speech/stream/ws"
     assert websocket_url("http://pod:8000") == f"ws://pod:8000{route}"

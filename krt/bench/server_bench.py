@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from krt.bench.engine_bench import PARAGRAPH, first_audio_seconds
-from krt.bench.load import (
+from krt.client.speech import (
     LevelResult,
     ResponseTrace,
     percentile,
@@ -33,11 +33,11 @@ from krt.bench.load import (
     summarize_barge_in,
     summarize_level,
 )
-from krt.bench.texts import AGENT_REPLIES as TEXTS
+from krt.client.texts import AGENT_REPLIES as TEXTS
 from krt.engine.pipeline import SpeechPipeline
 from krt.engine.scheduler import Engine
-from krt.metrics import MetricsLog
-from krt.server import WS_PATH, ServerState, serve
+from krt.metrics.record import MetricsLog
+from krt.server.listener import WS_PATH, ServerState, serve
 from krt.synth.loading import load_backend
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from krt.config import Config
 
 FLOOR_REPEATS = 3
-ENGINE_LOGGERS = ("krt.server", "krt.session", "krt.engine")
+ENGINE_LOGGERS = ("krt.server", "krt.engine")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,19 +27,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 import trio
 
-from krt.bench.load import LevelResult, StreamResult
 from krt.bench.sweep_report import LevelRun, cell, format_level, format_table, recommend, summarize
-from krt.bench.texts import AGENT_REPLIES
-from krt.tools.client import ToolError, add_mode_arguments, connected, pieces_of
-from krt.tools.target import add_target_arguments, resolve_target
+from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.speech import LevelResult, StreamResult
+from krt.client.target import add_target_arguments, resolve_target
+from krt.client.texts import AGENT_REPLIES
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from krt.bench.sweep_report import Transaction
+    from krt.client.target import Target
     from krt.config import Config
-    from krt.tools.target import Target
 
 DEFAULT_LEVELS = "1,2,3,4,6,8"
 DEFAULT_N = 24
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     plot = args.plot if args.plot is not None or not sweeping else DEFAULT_PLOT
     status = 0
     if plot is not None:
-        from krt.bench import plots
+        from krt import plots
 
         title = f"krt bench: {server}, {load.mode} mode, N={load.n} texts per level"
         try:

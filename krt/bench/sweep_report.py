@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from krt.bench.load import (
+from krt.client.speech import (
     PCM_BYTES_PER_SECOND,
     STALL_NOISE_FLOOR_S,
     LevelResult,

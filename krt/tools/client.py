@@ -9,7 +9,6 @@ stream of ``input.append`` pieces like an LLM's output (``--incremental``). With
 from __future__ import annotations
 
 import sys
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,35 +16,20 @@ import trio
 
 from krt import SAMPLE_RATE, protocol
 from krt.audio import write_wav
-from krt.bench.load import SpeechClient, open_speech_client
-from krt.engine.segmenter import split_sentences
-from krt.tools.target import Target, add_target_arguments, describe_connection_error, resolve_target
+from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.target import add_target_arguments, resolve_target
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import Sequence
 
-    from krt.bench.load import ResponseTrace
+    from krt.client.speech import ResponseTrace, SpeechClient
+    from krt.client.target import Target
     from krt.config import Config
 
 INCREMENTAL_PIECE_WORDS = 2
 INCREMENTAL_GAP_S = 0.03
 """An LLM streaming ~60 tokens per second, in pieces of about two words."""
-
-
-class ToolError(Exception):
-    """A failure a tool reports in one line, without a traceback."""
-
-
-def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--mode",
-        choices=["single", "sentences"],
-        default="single",
-        help="single: the text as one response; sentences: one response per sentence",
-    )
-    parser.add_argument("--voice", default="female", help="female, male, a voice id or a blend")
-    parser.add_argument("--speed", type=float, help="0.5–2.0 (default: the server's KOKORO_SPEED)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,27 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cancel-after", type=float, metavar="MS", help="cancel (barge) this long after sending"
     )
     add_target_arguments(parser)
-
-
-def pieces_of(text: str, mode: str) -> list[str]:
-    """What to send as separate responses."""
-    if mode == "single":
-        return [text.strip()]
-    return [sentence.strip() for sentence in split_sentences(text) if sentence.strip()]
-
-
-@asynccontextmanager
-async def connected(target: Target, **options: bool) -> AsyncIterator[SpeechClient]:
-    """A SpeechClient on ``target``; a refused or failed connection becomes a ToolError."""
-    try:
-        async with open_speech_client(target.url, api_key=target.api_key, **options) as client:
-            yield client
-    except* Exception as group:
-        for exc in group.exceptions:
-            message = describe_connection_error(exc, target)
-            if message is not None:
-                raise ToolError(message) from None
-        raise
 
 
 async def send_incremental(client: SpeechClient, text: str) -> None:

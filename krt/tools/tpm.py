@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.bench.load import percentile
-from krt.bench.texts import AGENT_REPLIES
-from krt.tools.client import ToolError, add_mode_arguments, connected, pieces_of
-from krt.tools.target import add_target_arguments, resolve_target
+from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.speech import percentile
+from krt.client.target import add_target_arguments, resolve_target
+from krt.client.texts import AGENT_REPLIES
 
 if TYPE_CHECKING:
     import argparse
 
+    from krt.client.target import Target
     from krt.config import Config
-    from krt.tools.target import Target
 
 
 @attrs.define

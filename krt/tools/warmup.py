@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING
 import trio
 
 from krt.audio import write_wav
-from krt.tools.client import ToolError, add_mode_arguments, connected, pieces_of, report
-from krt.tools.target import add_target_arguments, resolve_target
+from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.target import add_target_arguments, resolve_target
+from krt.tools.client import report
 
 if TYPE_CHECKING:
     import argparse
 
-    from krt.bench.load import ResponseTrace
+    from krt.client.speech import ResponseTrace
+    from krt.client.target import Target
     from krt.config import Config
-    from krt.tools.target import Target
 
 WARMUP_TEXTS = (
     "Hello! Thanks for calling, how can I help you today?",

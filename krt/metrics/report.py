@@ -1,16 +1,12 @@
-"""Per-response metrics: one JSON line per response, and ``krt metrics`` rolling summaries.
+"""``krt metrics``: read ``logs/metrics.log`` back into rolling summaries and plots.
 
-The log is JSON Lines so that it can be appended to cheaply, tailed, grepped and read
-back even when the server died mid-write: a torn or foreign line costs that line only.
-Field names and order follow the seed deployment's ``logs/metrics.log`` (``ts, request_id,
-ttfb_ms, wall_s, audio_s, rtf, xrt, kbps, canceled``) with ``voice, backend, queue_ms``
-after them, so tools written for the seed's log keep working on ours.
+Never imported by the server: the records it reads are written by ``record``, and this
+side may load numpy's percentiles and, for ``--plot``, matplotlib.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -22,113 +18,17 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from krt import SAMPLE_RATE
+from krt.metrics.record import round_or_none
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable, Sequence
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_LOG_PATH = Path("logs/metrics.log")
 DEFAULT_PERIODS = "30m,1h,6h,24h,3d"
-PCM16_BYTES_PER_SECOND = SAMPLE_RATE * 2
-"""Bytes per second of the audio we send (PCM16, mono): what ``kbps`` is computed from."""
 
 _PERIOD_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _finite_non_negative(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    """Reject NaN, infinities and negative numbers: they would poison every later summary."""
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
-
-
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator > 0 else None
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-@attrs.frozen
-class ResponseRecord:
-    """What one response cost and delivered; the derived rates are computed, never stored twice."""
-
-    ts: float = attrs.field(validator=_finite_non_negative)
-    """Unix time when the response ended (finished or canceled)."""
-    request_id: str
-    ttfb_ms: float | None = attrs.field(validator=_finite_non_negative)
-    """None when no audio was produced (canceled before the first audio)."""
-    wall_s: float = attrs.field(validator=_finite_non_negative)
-    """From receiving ``response.create`` to the end."""
-    audio_s: float = attrs.field(validator=_finite_non_negative)
-    """Seconds of audio sent."""
-    canceled: bool
-    voice: str
-    backend: str
-    queue_ms: float = attrs.field(validator=_finite_non_negative)
-    """Time waiting for the engine before the response's first segment started."""
-
-    @property
-    def rtf(self) -> float | None:
-        """Wall time per second of audio; undefined (None) when no audio was sent."""
-        return _ratio(self.wall_s, self.audio_s)
-
-    @property
-    def xrt(self) -> float | None:
-        """Seconds of audio per second of wall time; None only for a zero wall time."""
-        return _ratio(self.audio_s, self.wall_s)
-
-    @property
-    def kbps(self) -> float | None:
-        """Average bitrate of the PCM16 we sent over the response's wall time."""
-        return _ratio(self.audio_s * PCM16_BYTES_PER_SECOND * 8 / 1000, self.wall_s)
-
-    def log_fields(self) -> dict[str, Any]:
-        """The log line's fields, in the seed's order, derived ones computed before rounding."""
-        return {
-            "ts": round(self.ts, 3),
-            "request_id": self.request_id,
-            "ttfb_ms": _rounded(self.ttfb_ms, 1),
-            "wall_s": round(self.wall_s, 3),
-            "audio_s": round(self.audio_s, 3),
-            "rtf": _rounded(self.rtf, 3),
-            "xrt": _rounded(self.xrt, 3),
-            "kbps": _rounded(self.kbps, 1),
-            "canceled": self.canceled,
-            "voice": self.voice,
-            "backend": self.backend,
-            "queue_ms": round(self.queue_ms, 1),
-        }
-
-
-class MetricsLog:
-    """Appends one JSON line per response to a file.
-
-    ``append`` is a plain blocking write, and the server calls it from its event loop:
-    one line of ~250 bytes per response, into the page cache, takes microseconds, far less
-    than handing it to a worker thread would. The file is opened per line (``O_APPEND``, one
-    ``write``) so a log removed or rotated under a running server is simply recreated, and
-    two processes sharing the file (local disk) append whole lines. Not locked: call it
-    from one thread at a time. A failing write raises ``OSError``; whether a metrics
-    failure may end a response is the caller's decision.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, record: ResponseRecord) -> None:
-        """Write one line; a full disk or a bad path costs the line, never the response."""
-        line = json.dumps(record.log_fields(), allow_nan=False) + "\n"
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as log:
-                log.write(line)
-        except OSError as exc:
-            logger.warning("metrics line for %s not written to %s: %s", record.request_id, self.path, exc)
 
 
 @attrs.frozen
@@ -298,9 +198,9 @@ def _rounded_fields(summary: PeriodSummary) -> dict[str, Any]:
     """A summary for ``--json``, rounded like the log lines so that it reads as measured."""
     fields = attrs.asdict(summary)
     for name, digits in [("cancel_rate", 4), ("mean_xrt", 3), ("audio_s", 3)]:
-        fields[name] = _rounded(fields[name], digits)
+        fields[name] = round_or_none(fields[name], digits)
     for name in ("ttfb_p50_ms", "ttfb_p95_ms", "ttfb_p99_ms"):
-        fields[name] = _rounded(fields[name], 1)
+        fields[name] = round_or_none(fields[name], 1)
     return fields
 
 
@@ -330,7 +230,7 @@ def plot_timeline(path: Path, records: Iterable[dict[str, Any]], period: str, no
     The summaries hide when the latency rose; a point per response shows it. matplotlib
     is imported only here, so ``krt metrics`` without ``--plot`` does not pay for it.
     """
-    from krt.bench.plots import timeline_plot
+    from krt.plots import timeline_plot
 
     start = now - parse_period(period)
     window = [

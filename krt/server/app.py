@@ -17,8 +17,8 @@ import trio
 
 from krt.engine.pipeline import SpeechPipeline
 from krt.engine.scheduler import Engine
-from krt.metrics import MetricsLog
-from krt.server import ServerState, serve
+from krt.metrics.record import MetricsLog
+from krt.server.listener import ServerState, serve
 from krt.synth.loading import load_backend
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ import trio_websocket
 
 from krt.config import Config
 from krt.engine.scheduler import Engine
-from krt.metrics import MetricsLog
-from krt.session import InFlight, Session
+from krt.metrics.record import MetricsLog
+from krt.server.session import InFlight, Session
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ from krt.audio import PcmChunker
 from krt.engine.pipeline import SpeechPlan
 from krt.engine.segmenter import count_words, cut_run_on, split_sentences
 from krt.errors import SpeechError
-from krt.metrics import ResponseRecord
+from krt.metrics.record import ResponseRecord
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
     from krt.config import Config
     from krt.engine.scheduler import Engine
-    from krt.metrics import MetricsLog
+    from krt.metrics.record import MetricsLog
 
 log = logging.getLogger(__name__)
 

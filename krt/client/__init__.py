@@ -1,0 +1,1 @@
+"""The WebSocket client library every tool, bench and test speaks krt through."""

@@ -1,0 +1,1 @@
+"""Per-response records on the hot path, and the reports read from them."""

@@ -1,0 +1,1 @@
+"""The realtime server: front door, sessions, responses, the process around them."""
