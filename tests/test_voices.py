@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from krt.errors import ModelUnavailableError, SpeechError
-from krt.voices import VoiceCatalog, load_voice_packs, with_defaults
+from krt.synth.voice_files import load_voice_packs
+from krt.voices import VoiceCatalog, with_defaults
 
 
 def pack(value: float) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy.typing as npt
 from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
-from krt.voices import load_voice_packs, with_defaults
+from krt.synth.voice_files import load_voice_packs
+from krt.voices import with_defaults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -27,15 +28,6 @@ if TYPE_CHECKING:
     from krt.config import Config
 
 log = logging.getLogger(__name__)
-
-PACKAGED_PREFERRED_VOICES = ("jf_tebukuro", "jm_kumo(4)+jf_tebukuro(1)")
-"""The packaged voices an offline ASR (Whisper tiny.en) transcribes best speaking English.
-
-Mean WER over short agent replies: jf_tebukuro 0.00–0.03 (jf_gongitsune 0.04–0.05,
-jf_alpha 0.08, jf_nezumi 0.11). jm_kumo, the only male pack, measures 0.36–0.52 on its
-own; blended 4:1 with jf_tebukuro it measures 0.13 and keeps a male pitch (median F0
-124 Hz against 91 Hz for jm_kumo and 325 Hz for jf_tebukuro), so that blend is ``male``.
-"""
 
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32}
 
@@ -62,7 +54,7 @@ class OnnxBackend:
         else:
             packs = packaged.packaged_voice_packs()
         self.voices = with_defaults(
-            packs, config.voices.female, config.voices.male, PACKAGED_PREFERRED_VOICES
+            packs, config.voices.female, config.voices.male, packaged.PREFERRED_VOICES
         )
         self._lang_code = model_config.lang_code
 

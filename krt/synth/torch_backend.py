@@ -25,8 +25,8 @@ import numpy.typing as npt
 from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
-from krt.synth.onnx_backend import PACKAGED_PREFERRED_VOICES
-from krt.voices import StylePack, load_voice_packs, with_defaults
+from krt.synth.voice_files import load_voice_packs
+from krt.voices import StylePack, with_defaults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -107,7 +107,7 @@ def _from_packaged(config: Config) -> WeightSource:
         checkpoint=converted_checkpoint(onnx_path, config.model.cache_dir),
         kmodel_config=kmodel_config(vocab),
         packs=packaged.packaged_voice_packs(),
-        preferred_voices=PACKAGED_PREFERRED_VOICES,
+        preferred_voices=packaged.PREFERRED_VOICES,
         description=f"packaged Kokoro-82M int8 export converted to a KModel checkpoint ({onnx_path.parent})",
     )
 
