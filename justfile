@@ -39,11 +39,12 @@ setup:
 test *args: setup
     {{bin}}/python -m pytest "$@"
 
-# Lint, type-check and test.
+# Lint, type-check, check the import contracts (pyproject.toml [tool.importlinter]) and test.
 check: setup
     {{bin}}/ruff check krt console tests
     {{bin}}/ruff format --check krt console tests
     {{bin}}/mypy
+    {{bin}}/lint-imports
     {{bin}}/python -m pytest
 
 # Speak TEXT into OUT (a WAV file) with the engine alone, e.g. just say "Hello there." out.wav

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"krt: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=config.auth.log_level,
+        level=config.logging.level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

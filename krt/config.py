@@ -62,7 +62,11 @@ def _regex(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 @attrs.frozen
 class AuthConfig:
     api_key: str = knob("API_KEY", "", "When set, clients must present this key (query or Bearer).")
-    log_level: LogLevel = knob("LOG_LEVEL", "INFO", "Log level of the server and tools.")
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: LogLevel = knob("LOG_LEVEL", "INFO", "Log level of the server and tools.")
 
 
 @attrs.frozen
@@ -203,6 +207,7 @@ class Config:
     """Everything krt reads from its environment, validated, immutable after start."""
 
     auth: AuthConfig = attrs.field(factory=AuthConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     model: ModelConfig = attrs.field(factory=ModelConfig)
     voices: VoiceConfig = attrs.field(factory=VoiceConfig)
     segments: SegmentConfig = attrs.field(factory=SegmentConfig)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
-ErrorCode = Literal["too_long", "busy", "invalid_voice", "invalid_speed", "invalid_input", "synthesis_failed"]
+if TYPE_CHECKING:
+    from krt.protocol import ResponseErrorCode
 
 
 class SpeechError(Exception):
     """A request krt will not or could not speak; ``code`` is the ``response.error`` code."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ResponseErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code: ErrorCode = code
+        self.code: ResponseErrorCode = code
         self.message = message
 
 

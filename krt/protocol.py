@@ -27,10 +27,36 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 from cattrs.strategies import configure_tagged_union
 
-ProtocolErrorCode = Literal[
+WS_PATH = "/v1/audio/speech/stream/ws"
+"""The one route that speaks this protocol."""
+MAX_EVENT_BYTES = 64 * 1024
+"""Largest client event krt decodes; a bigger one gets an ``oversized`` error, not a close."""
+MAX_WS_MESSAGE_BYTES = 1024 * 1024
+"""Past this the WebSocket layer closes the socket (1009); between the two limits a frame
+gets an ``oversized`` error event and the session goes on."""
+
+AudioFormat = Literal["pcm", "opus"]
+
+# --- error codes: every code krt sends lives here ---------------------------------------
+
+ResponseErrorCode = Literal[
+    "too_long", "busy", "invalid_voice", "invalid_speed", "invalid_input", "synthesis_failed"
+]
+"""``response.error`` codes: one response failed or was refused; the session goes on."""
+DecodeErrorCode = Literal[
     "binary_frame", "oversized", "invalid_json", "unknown_event", "missing_field", "invalid_field"
 ]
-AudioFormat = Literal["pcm", "opus"]
+"""Why a client frame could not be read at all."""
+RequestErrorCode = (
+    DecodeErrorCode
+    | Literal[
+        "unknown_response", "duplicate_response", "unsupported_format", "invalid_voice", "invalid_speed"
+    ]
+)
+"""``error`` event codes: a frame was read but cannot be acted on (a cancel of an unknown
+response, a session update krt cannot apply)."""
+REQUEST_ERROR_TYPE = "invalid_request_error"
+"""``error.type`` of every connection-level error, as in OpenAI's realtime API."""
 
 
 class ProtocolError(Exception):
@@ -40,15 +66,15 @@ class ProtocolError(Exception):
     one typo), so this carries everything the ``error`` event needs and nothing more.
     """
 
-    def __init__(self, code: ProtocolErrorCode, message: str, event_type: str | None = None) -> None:
+    def __init__(self, code: DecodeErrorCode, message: str, event_type: str | None = None) -> None:
         super().__init__(message)
-        self.code: ProtocolErrorCode = code
+        self.code: DecodeErrorCode = code
         self.message = message
         self.event_type = event_type
         """The client's ``type`` when it could be read, so the client can match the error."""
 
     def to_event(self) -> ErrorEvent:
-        return ErrorEvent(ErrorDetail("invalid_request_error", self.code, self.message, self.event_type))
+        return request_error(self.code, self.message, self.event_type)
 
 
 # --- client -> server -------------------------------------------------------------------
@@ -61,7 +87,7 @@ class AudioSettings:
 
 
 @attrs.frozen
-class SessionSettings:
+class SessionPatch:
     """A partial update: a field left out (or null) keeps the session's current value."""
 
     voice: str | None = None
@@ -72,7 +98,7 @@ class SessionSettings:
 @attrs.frozen
 class SessionUpdate:
     TYPE: ClassVar[str] = "session.update"
-    session: SessionSettings
+    session: SessionPatch
 
 
 @attrs.frozen
@@ -207,6 +233,11 @@ class ErrorEvent:
 
     TYPE: ClassVar[str] = "error"
     error: ErrorDetail
+
+
+def request_error(code: RequestErrorCode, message: str, event_type: str | None = None) -> ErrorEvent:
+    """The ``error`` event for a client frame krt read but cannot act on, or could not read."""
+    return ErrorEvent(ErrorDetail(REQUEST_ERROR_TYPE, code, message, event_type))
 
 
 ServerEvent = (
@@ -378,7 +409,7 @@ def _structure(obj: dict[str, Any], union: object, event_type: str) -> object:
 
 def _failures(
     exc: BaseException, path: tuple[str, ...], obj: dict[str, Any]
-) -> typing.Iterator[tuple[ProtocolErrorCode, str]]:
+) -> typing.Iterator[tuple[DecodeErrorCode, str]]:
     """Walk cattrs' nested exception groups, naming each bad field by its dotted path."""
     if isinstance(exc, cattrs.ClassValidationError):
         with_notes, without_notes = exc.group_exceptions()

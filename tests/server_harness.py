@@ -16,16 +16,21 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
+from krt.protocol import WS_PATH
 from krt.server.app import main
-from krt.server.listener import ServerState
+from krt.server.state import ServerState
+from krt.synth.loading import load_backend
 from tests.conftest import make_config
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable
     from pathlib import Path
 
+    from krt.config import Config
+    from krt.synth.backend import Backend
 
-WS_PATH = "/v1/audio/speech/stream/ws"
+__all__ = ["WS_PATH", "Client", "Harness", "RunningServer", "run_krt", "start_server"]
 
 
 @attrs.frozen
@@ -38,12 +43,18 @@ class RunningServer:
         return f"ws://127.0.0.1:{self.port}{WS_PATH}"
 
 
-async def start_server(nursery: trio.Nursery, tmp_path: Path, **env: str) -> RunningServer:
-    """Start krt on 127.0.0.1, any free port, fake backend unless ``env`` says otherwise."""
+async def start_server(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    load: Callable[[Config], Backend] = load_backend,
+    **env: str,
+) -> RunningServer:
+    """Start krt on 127.0.0.1, any free port, fake backend unless ``env`` says otherwise;
+    ``load`` hands the server a backend the test built (a double from tests/fakes.py)."""
     settings = {"KRT_BACKEND": "fake", "KRT_METRICS_LOG": str(tmp_path / "metrics.log"), **env}
     port, state = await nursery.start(
         lambda task_status: main(
-            make_config(**settings), "127.0.0.1", 0, handle_signals=False, task_status=task_status
+            make_config(**settings), "127.0.0.1", 0, handle_signals=False, load=load, task_status=task_status
         )
     )
     return RunningServer(port, state)
@@ -91,8 +102,8 @@ class Harness:
         self.tmp_path = tmp_path
         self.clients: list[Client] = []
 
-    async def server(self, **env: str) -> RunningServer:
-        return await start_server(self.nursery, self.tmp_path, **env)
+    async def server(self, load: Callable[[Config], Backend] = load_backend, **env: str) -> RunningServer:
+        return await start_server(self.nursery, self.tmp_path, load, **env)
 
     async def client(self, server: RunningServer) -> Client:
         client = await Client.connect(self.nursery, server.url)

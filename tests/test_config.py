@@ -100,7 +100,7 @@ def test_dotenv_is_read_and_environment_wins(tmp_path):
     config = load_config(environ={"LOG_LEVEL": "WARNING"}, dotenv=dotenv)
     assert config.auth.api_key == "s3cret"
     assert config.voices.speed == 1.5
-    assert config.auth.log_level == "WARNING"
+    assert config.logging.level == "WARNING"
 
 
 def test_malformed_dotenv_line_is_reported_with_its_line_number(tmp_path):

@@ -91,7 +91,7 @@ def test_segments_over_the_context_are_split_until_they_fit():
     backend = RecordingBackend()
     pipeline = SpeechPipeline(backend, make_config(MAX_UTTERANCE_WORDS="1000"))
     words = ["alphabet"] * 150  # ~1350 spelled "phonemes", one sentence, no punctuation
-    audio = list(pipeline.render(pipeline.plan(" ".join(words))))
+    audio = list(pipeline.rendering(pipeline.plan(" ".join(words))))
     assert audio
     assert len(backend.token_counts) >= 3
     assert max(backend.token_counts) <= MAX_TOKENS
@@ -102,7 +102,7 @@ def test_first_segment_is_rendered_before_the_rest_is_phonemized():
     phonemizer = RecordingPhonemizer()
     pipeline = SpeechPipeline(FakeBackend(), make_config(), phonemizer)
     plan = pipeline.plan("Hi there. This is the second sentence. And a third one.")
-    next(pipeline.render(plan))
+    next(pipeline.rendering(plan))
     assert phonemizer.seen == ["Hi there."]
 
 
@@ -138,3 +138,28 @@ def test_fake_backend_is_deterministic(fake_pipeline):
     assert b"".join(fake_pipeline.speak("Same text twice.")) == b"".join(
         fake_pipeline.speak("Same text twice.")
     )
+
+
+def test_a_rendering_can_pause_between_batches_and_closing_it_frees_the_segment():
+    from tests.fakes import RecordingFake
+
+    backend = RecordingFake()
+    pipeline = SpeechPipeline(backend, make_config())
+    rendering = pipeline.rendering(pipeline.plan("One two three. Four five six. Seven eight nine."))
+    first = next(rendering)
+    assert rendering.started and not rendering.done
+    assert backend.unfinished == 1  # paused mid-segment: the backend's generator is open
+    rendering.close()
+    assert backend.unfinished == 0
+    assert rendering.done
+    assert list(rendering) == []
+    assert all(len(chunk) == 960 for chunk in first)
+
+
+def test_a_rendering_carries_part_chunks_across_segments_and_matches_speak(fake_pipeline):
+    text = "One two three. Four five six. Seven eight nine."
+    batches = list(fake_pipeline.rendering(fake_pipeline.plan(text)))
+    chunks = [chunk for batch in batches for chunk in batch]
+    assert all(len(chunk) == 960 for chunk in chunks[:-1])  # 20 ms each but the very last
+    assert 0 < len(chunks[-1]) <= 960
+    assert b"".join(chunks) == b"".join(fake_pipeline.speak(text))

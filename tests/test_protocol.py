@@ -25,7 +25,7 @@ from krt.protocol import (
     ResponseCreated,
     ResponseError,
     SessionEnd,
-    SessionSettings,
+    SessionPatch,
     SessionUpdate,
     SessionUpdated,
     decode_client_event,
@@ -37,9 +37,9 @@ from krt.protocol import (
 LIMIT = 64 * 1024
 
 CLIENT_EVENTS = [
-    SessionUpdate(SessionSettings()),
-    SessionUpdate(SessionSettings(voice="af_heart", speed=1.25, audio=AudioSettings("opus", 48000))),
-    SessionUpdate(SessionSettings(audio=AudioSettings(format="pcm"))),
+    SessionUpdate(SessionPatch()),
+    SessionUpdate(SessionPatch(voice="af_heart", speed=1.25, audio=AudioSettings("opus", 48000))),
+    SessionUpdate(SessionPatch(audio=AudioSettings(format="pcm"))),
     ResponseCreate("Okay, let's go."),
     ResponseCreate("Hé « là » 😀", response_id="uuid-1", voice="male", speed=0.8),
     InputAppend("partial..."),
@@ -323,7 +323,7 @@ def test_unknown_extra_keys_are_ignored() -> None:
         },
     }
     assert decode_client_event(json.dumps(realtime_shaped), LIMIT) == SessionUpdate(
-        SessionSettings(voice="af_heart", audio=AudioSettings("pcm", 24000))
+        SessionPatch(voice="af_heart", audio=AudioSettings("pcm", 24000))
     )
     create = '{"type":"response.create","input":"Hi","event_id":"e1","extra":{"deep":[1,2]}}'
     assert decode_client_event(create, LIMIT) == ResponseCreate("Hi")
@@ -341,7 +341,7 @@ def test_seed_example_session() -> None:
         '{ "type": "session.end" }',
     ]
     assert [decode_client_event(line, LIMIT) for line in client] == [
-        SessionUpdate(SessionSettings(voice="female", audio=AudioSettings("pcm", 24000))),
+        SessionUpdate(SessionPatch(voice="female", audio=AudioSettings("pcm", 24000))),
         ResponseCreate("Okay, let's go.", response_id="uuid-1"),
         InputAppend("Hello there"),
         InputCommit(),

@@ -1,43 +1,51 @@
 """The shared engine on the fake backend: order, priority, fairness, admission, cancel, errors.
 
-The engine runs the model in a real worker thread, so these tests run on the real clock
-(``autojump_clock`` would take a busy model thread for an idle one). They synchronise on
-what the backend records and on events, never on sleeps; the only sleeping is the fake
-model's own compute time, kept to a few milliseconds per segment.
+These run the model in a real worker thread (``ThreadRunner``, as in production), so
+they run on the real clock (``autojump_clock`` would take a busy model thread for an
+idle one; tests/test_virtual_time.py runs the engine inline on virtual time). They
+synchronise on what the backend records and on events, never on sleeps; the only
+sleeping is the fake model's own compute time, kept to a few milliseconds per segment.
 
 Every segment text here spells ``<word> <number>.``, 10 to 14 characters: 0.65–0.91 s
-of fake audio, two backend chunks (0.5 s and the rest), which ``shape_segment`` hands on
-as three chunks (head, rest, the 96-sample faded tail). Several tests choose quanta that
-make a turn exactly one of those chunks (``ONE_CHUNK_TURNS``) or exactly one segment
+of fake audio, two backend chunks (0.5 s and the rest), which the rendering hands on as
+PCM batches (the head, the rest, and the 96-sample faded tail, carried into the next
+segment's first batch when it does not fill a 20 ms chunk). Several tests choose quanta
+that make a turn exactly one of those batches (``ONE_CHUNK_TURNS``) or exactly one segment
 started (``ONE_SEGMENT_TURNS``), so the order of model turns is exact and can be reasoned
 out from the scheduler's rules alone.
 """
 
 from __future__ import annotations
 
-import threading
 from functools import partial
 from typing import TYPE_CHECKING
 
+import attrs
 import numpy as np
 import pytest
 import trio
 import trio.testing
 
+from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
-from krt.engine.scheduler import JOB_BUFFER_CHUNKS, Engine
+from krt.engine.runner import ThreadRunner
+from krt.engine.scheduler import JOB_BUFFER_CHUNKS
 from krt.errors import SpeechError
 from krt.synth.fake_backend import FakeBackend
 from tests.conftest import make_config
+from tests.fakes import RecordingFake
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable
 
     from krt.config import Config
     from krt.engine.pipeline import SpeechPlan
     from krt.engine.scheduler import Job
 
 pytestmark = pytest.mark.trio
+
+CHUNK_SAMPLES = 480
+"""20 ms at 24 kHz: the default STREAM_CHUNK_SECONDS."""
 
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 ONE_CHUNK_TURNS = {"SCHED_QUANTUM_BYTES": "2", "PRIORITY_QUANTUM_BYTES": "2"}
@@ -46,53 +54,6 @@ ONE_SEGMENT_TURNS = {"SCHED_QUANTUM_BYTES": "30000", "PRIORITY_QUANTUM_BYTES": "
 """Quanta of 15 000 samples: a turn finishes the segment in progress (its 96-sample tail),
 starts the next and stops after that one's second chunk (11 904 + ≥ 3 600 samples), so
 every turn starts exactly one segment and the recorded calls are the turns."""
-
-
-class RecordingFake(FakeBackend):
-    """The fake backend, noting which segment each model call was for, in call order.
-
-    It can also hold a segment on the model thread until the test releases it (so the
-    test knows exactly which turn is in progress), or fail a segment like a broken model.
-    """
-
-    def __init__(
-        self, compute_ratio: float = 0.0, *, hold: Iterable[str] = (), fail: Iterable[str] = ()
-    ) -> None:
-        super().__init__(compute_ratio=compute_ratio)
-        self._symbols = {token: symbol for symbol, token in self.vocab.items()}
-        self.calls: list[str] = []
-        self.unfinished = 0
-        """Segments whose audio generator has started and not yet ended or been closed."""
-        self._fail = set(fail)
-        self._reached = {text: trio.Event() for text in hold}
-        self._release = {text: threading.Event() for text in hold}
-
-    def synthesize(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> Iterator[np.ndarray]:
-        # SpelledPhonemizer makes the tokens the segment's own (lower-cased) text.
-        text = "".join(self._symbols[token] for token in tokens)
-        self.calls.append(text)
-        if text in self._reached:
-            trio.from_thread.run_sync(self._reached[text].set)
-            self._release[text].wait(timeout=10)
-        if text in self._fail:
-            raise RuntimeError(f"the model broke on {text!r}")
-        self.unfinished += 1
-        try:
-            yield from super().synthesize(tokens, style, speed)
-        finally:
-            self.unfinished -= 1
-
-    async def reached(self, text: str) -> None:
-        """Return once the model thread is holding at the start of this segment."""
-        await self._reached[text].wait()
-
-    def release(self) -> None:
-        for event in self._release.values():
-            event.set()
-
-    def started(self, word: str) -> list[str]:
-        """The segments of one job (by its word) that the model has started, in order."""
-        return [text for text in self.calls if text.split()[0] == word]
 
 
 def sentences(word: str, count: int) -> str:
@@ -104,29 +65,30 @@ def engine_config(**env: str) -> Config:
 
 
 async def start_engine(nursery: trio.Nursery, config: Config, backend: RecordingFake) -> Engine:
-    pipeline = SpeechPipeline(backend, config)
-    engine = Engine(pipeline, config.admission, config.scheduler)
+    engine = Engine(SpeechPipeline(backend, config), config, ThreadRunner())
     await nursery.start(engine.run)
     return engine
+
+
+def pcm_samples(batches: Iterable[tuple[bytes, ...]]) -> np.ndarray:
+    return np.frombuffer(b"".join(chunk for batch in batches for chunk in batch), dtype="<i2")
 
 
 def expected_audio(config: Config, plan: SpeechPlan, segments: slice = slice(None)) -> np.ndarray:
     """What the plain pipeline renders for (some segments of) a plan, without the engine."""
     pipeline = SpeechPipeline(FakeBackend(), config)
-    return np.concatenate(
-        [chunk for text in plan.segments[segments] for chunk in pipeline.render_segment(plan, text)]
-    )
+    return pcm_samples(pipeline.rendering(attrs.evolve(plan, segments=plan.segments[segments])))
 
 
 async def collect(job: Job) -> np.ndarray:
-    return np.concatenate([chunk async for chunk in job])
+    return pcm_samples([batch async for batch in job])
 
 
 async def collect_into(results: dict[str, np.ndarray], label: str, job: Job) -> None:
     results[label] = await collect(job)
 
 
-async def read_into(chunks: list[np.ndarray], engine: Engine, plan: SpeechPlan, label: str) -> None:
+async def read_into(chunks: list[tuple[bytes, ...]], engine: Engine, plan: SpeechPlan, label: str) -> None:
     """Read a job's chunks as they come, keeping them even if the iteration fails."""
     async with engine.stream(plan, label) as job:
         async for chunk in job:
@@ -144,7 +106,7 @@ async def stream_job(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A session's side of one job: admitted before ``started``; reads once ``begin`` is set."""
-    chunks: list[np.ndarray] = []
+    chunks: list[tuple[bytes, ...]] = []
     async with engine.stream(plan, label) as job:
         task_status.started()
         if begin is not None:
@@ -153,7 +115,7 @@ async def stream_job(
             chunks.append(chunk)
             if len(chunks) == leave_after:
                 break
-    results[label] = np.concatenate(chunks)
+    results[label] = pcm_samples(chunks)
 
 
 async def try_stream(engine: Engine, plan: SpeechPlan, label: str) -> None:
@@ -177,7 +139,7 @@ async def test_a_single_job_streams_all_its_audio_in_order_and_ends_cleanly(nurs
         config = engine_config()
         backend = RecordingFake(compute_ratio=0.005)
         engine = await start_engine(nursery, config, backend)
-        plan = engine.pipeline.plan(sentences("alpha", 4))
+        plan = engine.plan(sentences("alpha", 4))
 
         async with engine.stream(plan, "a") as job:
             assert engine.statistics().active == 1
@@ -200,9 +162,9 @@ async def test_a_new_job_gets_its_first_segment_right_after_the_turn_in_progress
         config = engine_config(**ONE_SEGMENT_TURNS)
         backend = RecordingFake(compute_ratio=0.002, hold=["alpha three."])
         engine = await start_engine(nursery, config, backend)
-        plan_a = engine.pipeline.plan(sentences("alpha", 6))
-        plan_c = engine.pipeline.plan(sentences("charlie", 6))
-        plan_b = engine.pipeline.plan(sentences("bravo", 2))
+        plan_a = engine.plan(sentences("alpha", 6))
+        plan_c = engine.plan(sentences("charlie", 6))
+        plan_b = engine.plan(sentences("bravo", 2))
         results: dict[str, np.ndarray] = {}
         try:
             async with (
@@ -249,8 +211,8 @@ async def test_two_long_jobs_take_turns_and_neither_starves(nursery, quantum_byt
         config = engine_config(SCHED_QUANTUM_BYTES=quantum_bytes, PRIORITY_QUANTUM_BYTES=quantum_bytes)
         backend = RecordingFake(compute_ratio=0.002)
         engine = await start_engine(nursery, config, backend)
-        plan_a = engine.pipeline.plan(sentences("alpha", 8))
-        plan_b = engine.pipeline.plan(sentences("bravo", 8))
+        plan_a = engine.plan(sentences("alpha", 8))
+        plan_b = engine.plan(sentences("bravo", 8))
         results: dict[str, np.ndarray] = {}
 
         async with (
@@ -288,9 +250,9 @@ async def test_a_second_job_waits_for_the_only_slot_and_a_third_is_busy(nursery,
         )
         backend = RecordingFake(compute_ratio=0.002)
         engine = await start_engine(nursery, config, backend)
-        plan_a = engine.pipeline.plan(sentences("alpha", 4))
-        plan_b = engine.pipeline.plan(sentences("bravo", 3))
-        plan_c = engine.pipeline.plan(sentences("charlie", 1))
+        plan_a = engine.plan(sentences("alpha", 4))
+        plan_b = engine.plan(sentences("bravo", 3))
+        plan_c = engine.plan(sentences("charlie", 1))
         results: dict[str, np.ndarray] = {}
         begin = trio.Event()
 
@@ -328,7 +290,7 @@ async def test_a_full_engine_queue_refuses_busy_even_with_free_slots(nursery):
         config = engine_config(MAX_CONCURRENT_JOBS="4", QUEUE_MAXSIZE="2", QUEUE_WAIT_SLA_MS="600000")
         backend = RecordingFake()
         engine = await start_engine(nursery, config, backend)
-        plans = [engine.pipeline.plan(sentences(word, 1)) for word in ("alpha", "bravo", "charlie")]
+        plans = [engine.plan(sentences(word, 1)) for word in ("alpha", "bravo", "charlie")]
 
         async with engine.stream(plans[0], "a") as job_a, engine.stream(plans[1], "b") as job_b:
             with pytest.raises(SpeechError) as refused:
@@ -366,8 +328,8 @@ async def test_a_job_that_would_wait_past_the_sla_behind_first_segments_is_busy(
         backend = RecordingFake(compute_ratio=compute_ratio)
         engine = await start_engine(nursery, config, backend)
         await engine.warm_up(FORTY_CHARACTERS)  # measures this engine on this very segment
-        plan_a = engine.pipeline.plan(FORTY_CHARACTERS)
-        plan_b = engine.pipeline.plan(sentences("bravo", 1))
+        plan_a = engine.plan(FORTY_CHARACTERS)
+        plan_b = engine.plan(sentences("bravo", 1))
 
         # An idle engine admits A however slow it is: nothing is ahead of it.
         async with engine.stream(plan_a, "a") as job_a:
@@ -403,8 +365,8 @@ async def test_a_job_that_would_wait_past_the_sla_for_a_slot_is_busy(nursery, fi
         backend = RecordingFake(compute_ratio=0.05)
         engine = await start_engine(nursery, config, backend)
         await engine.warm_up()  # ≈ 3.25 ms per character
-        plan_a = engine.pipeline.plan(sentences("alpha", first_job_segments))
-        plan_b = engine.pipeline.plan(sentences("bravo", 1))
+        plan_a = engine.plan(sentences("alpha", first_job_segments))
+        plan_b = engine.plan(sentences("bravo", 1))
 
         async with engine.stream(plan_a, "a") as job_a:
             if admitted:
@@ -431,8 +393,8 @@ async def test_leaving_a_job_stops_its_turn_at_the_next_chunk_and_others_go_on(n
         config = engine_config(SCHED_QUANTUM_BYTES="100000000", PRIORITY_QUANTUM_BYTES="2")
         backend = RecordingFake(compute_ratio=0.005, hold=["alpha two."])
         engine = await start_engine(nursery, config, backend)
-        plan_a = engine.pipeline.plan(sentences("alpha", 6))
-        plan_b = engine.pipeline.plan(sentences("bravo", 3))
+        plan_a = engine.plan(sentences("alpha", 6))
+        plan_b = engine.plan(sentences("bravo", 3))
         results: dict[str, np.ndarray] = {}
         try:
             async with trio.open_nursery() as sessions:
@@ -462,8 +424,8 @@ async def test_an_unread_job_does_not_hold_up_another_and_is_not_computed_ahead(
         config = engine_config(**ONE_CHUNK_TURNS)
         backend = RecordingFake(compute_ratio=0.002)
         engine = await start_engine(nursery, config, backend)
-        plan_a = engine.pipeline.plan(sentences("alpha", 8))
-        plan_b = engine.pipeline.plan(sentences("bravo", 6))
+        plan_a = engine.plan(sentences("alpha", 8))
+        plan_b = engine.plan(sentences("bravo", 6))
 
         async with engine.stream(plan_a, "a") as job_a, engine.stream(plan_b, "b") as job_b:
             np.testing.assert_array_equal(await collect(job_b), expected_audio(config, plan_b))
@@ -480,11 +442,11 @@ async def test_a_model_failure_ends_that_job_with_synthesis_failed_and_the_engin
         config = engine_config()
         backend = RecordingFake(compute_ratio=0.002, fail=["alpha two."])
         engine = await start_engine(nursery, config, backend)
-        plan_a = engine.pipeline.plan(sentences("alpha", 3))
-        plan_b = engine.pipeline.plan(sentences("bravo", 3))
-        plan_c = engine.pipeline.plan(sentences("charlie", 2))
+        plan_a = engine.plan(sentences("alpha", 3))
+        plan_b = engine.plan(sentences("bravo", 3))
+        plan_c = engine.plan(sentences("charlie", 2))
         results: dict[str, np.ndarray] = {}
-        chunks_a: list[np.ndarray] = []
+        chunks_a: list[tuple[bytes, ...]] = []
 
         async with trio.open_nursery() as sessions:
             await sessions.start(stream_job, engine, plan_b, "b", results)
@@ -493,8 +455,11 @@ async def test_a_model_failure_ends_that_job_with_synthesis_failed_and_the_engin
             assert failed.value.code == "synthesis_failed"
             assert "the model broke" in failed.value.message
 
-        # A's first segment arrived whole before the error; nothing of A after it was tried.
-        np.testing.assert_array_equal(np.concatenate(chunks_a), expected_audio(config, plan_a, slice(1)))
+        # A's first segment arrived before the error, but for the part of a chunk it left
+        # for the next segment to fill; nothing of A after it was tried.
+        first_segment = expected_audio(config, plan_a, slice(1))
+        whole_chunks = len(first_segment) // CHUNK_SAMPLES * CHUNK_SAMPLES
+        np.testing.assert_array_equal(pcm_samples(chunks_a), first_segment[:whole_chunks])
         assert backend.started("alpha") == ["alpha one.", "alpha two."]
         np.testing.assert_array_equal(results["b"], expected_audio(config, plan_b))
         async with engine.stream(plan_c, "c") as job_c:

@@ -1,4 +1,5 @@
-"""``krt bench server`` and the reusable client-side measurements in ``krt.client.speech``."""
+"""``krt bench server``, the client-side figures in ``krt.client.figures`` and the load shapes
+in ``krt.bench.load``."""
 
 from __future__ import annotations
 
@@ -13,18 +14,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from krt.client.speech import (
-    LevelResult,
-    ResponseTrace,
-    Stalls,
-    StreamResult,
-    jain_index,
-    percentile,
-    run_barge_in,
-    stalls,
-    summarize_barge_in,
-    summarize_level,
-)
+from krt.bench.load import LevelResult, StreamResult, run_barge_in, summarize_barge_in, summarize_level
+from krt.client.figures import Stalls, jain_index, percentile, stalls
+from krt.client.speech import ResponseTrace, open_speech_client
 
 # --- stalls ---------------------------------------------------------------------------------
 
@@ -105,10 +97,10 @@ def test_level_summary_from_hand_made_traces():
         made.outcome, made.ended_at = "completed", end
         return made
 
-    fast = StreamResult((trace(0.0, 0.1, 1.0, 4.0),), ())
-    slow = StreamResult((trace(0.0, 0.3, 2.0, 2.0),), ())
+    fast = StreamResult(((trace(0.0, 0.1, 1.0, 4.0),),), ())
+    slow = StreamResult(((trace(0.0, 0.3, 2.0, 2.0),),), ())
     busy = ResponseTrace("b", "t", 0.0, outcome="error", error_code="busy", ended_at=0.0)
-    summary = summarize_level(LevelResult(2, (fast, StreamResult((*slow.traces, busy), ())), 2.0))
+    summary = summarize_level(LevelResult(2, (fast, StreamResult((*slow.transactions, (busy,)), ())), 2.0))
     assert summary["aggregate_xrt"] == pytest.approx(3.0)
     assert summary["stream_xrt"] == [4.0, 1.0]
     assert summary["fairness"] == pytest.approx(round(jain_index([4.0, 1.0]), 3))
@@ -151,7 +143,7 @@ async def test_audio_after_canceled_is_counted_as_leaked(nursery):
     with trio.fail_after(10):
         server = await nursery.start(serve_websocket, _leaky_handler, "127.0.0.1", 0, None)
         url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/stream/ws"
-        traces = await run_barge_in(url, "Hello there.", 2)
+        traces = await run_barge_in(lambda: open_speech_client(url), "Hello there.", 2)
     assert [t.outcome for t in traces] == ["canceled", "canceled"]
     assert [t.leaked_bytes for t in traces] == [960, 960]
     assert [t.late_events for t in traces] == [["response.completed"]] * 2

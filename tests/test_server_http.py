@@ -84,7 +84,7 @@ async def test_readyz_names_backend_device_and_voices(server):
 
 async def test_readyz_says_503_while_draining(server):
     with trio.fail_after(10):
-        server.state.draining = True
+        server.state.in_flight.start_drain()
         status, _headers, body = await http_get(server.port, "/readyz")
         assert status == 503
         assert json.loads(body)["draining"] is True

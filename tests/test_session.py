@@ -11,14 +11,18 @@ import trio
 import trio.testing
 
 from krt.metrics.report import read_records
+from tests.fakes import CrashingG2PFake, RecordingFake
 
 pytestmark = pytest.mark.trio
 
 LONG_TEXT = " ".join(f"Sentence number {n} goes on for a while." for n in range(1, 9))
 
 
-async def open_client(harness, **env):
-    server = await harness.server(**env)
+async def open_client(harness, backend=None, **env):
+    if backend is not None:
+        server = await harness.server(load=lambda _config: backend, **env)
+    else:
+        server = await harness.server(**env)
     return server, await harness.client(server)
 
 
@@ -98,7 +102,7 @@ async def test_session_update_is_echoed_and_applies_to_later_responses(harness, 
         await client.receive_until("response.completed", "slow")
         assert len(client.audio["slow"]) == pytest.approx(2 * len(client.audio["fast"]), rel=0.05)
         records = {r["request_id"]: r for r in read_records(tmp_path / "metrics.log")}
-        assert records["fast"]["voice"] == server.state.engine.pipeline.backend.voices.male
+        assert records["fast"]["voice"] == server.state.engine.describe().male
 
 
 @pytest.mark.parametrize(
@@ -166,16 +170,7 @@ async def test_bad_responses_get_response_error_with_the_code(harness, tmp_path,
 
 async def test_model_failure_fails_that_response_only(harness, tmp_path):
     with trio.fail_after(10):
-        server, client = await open_client(harness)
-        backend = server.state.engine.pipeline.backend
-        healthy = backend.synthesize
-
-        def synthesize(tokens, style, speed):
-            if list(tokens[: len("explode")]) == [backend.vocab[c] for c in "explode"]:
-                raise RuntimeError("CUDA out of memory")
-            return healthy(tokens, style, speed)
-
-        backend.synthesize = synthesize
+        _server, client = await open_client(harness, RecordingFake(fail=["explode now."]))
         await client.send("response.create", response_id="boom", input="Explode now.")
         await client.send("response.create", response_id="ok", input="Then carry on.")
         error = await client.receive_until("response.error")
@@ -327,7 +322,7 @@ async def test_draining_refuses_new_responses_but_speaks_accepted_ones(harness):
         for name in ("first", "second"):
             await client.send("response.create", response_id=name, input="Already accepted. Two sentences.")
         await client.receive_until("response.created", "second")
-        server.state.engine.accepting = False  # what SIGTERM does
+        server.state.in_flight.start_drain()  # what SIGTERM does
         await client.send("response.create", response_id="late", input="Too late now.")
         refused = await client.receive_until("response.error")
         assert (refused["response"], refused["code"]) == ("late", "busy")
@@ -372,16 +367,7 @@ async def test_an_unwritable_metrics_log_costs_the_line_not_the_response(harness
 
 async def test_a_phonemizer_crash_fails_that_response_and_the_engine_goes_on(harness):
     with trio.fail_after(10):
-        server, client = await open_client(harness)
-        pipeline = server.state.engine.pipeline
-        healthy = pipeline.phonemizer.phonemize
-
-        def phonemize(text):
-            if "boom" in text.lower():
-                raise IndexError("list index out of range")
-            return healthy(text)
-
-        pipeline.phonemizer.phonemize = phonemize
+        _server, client = await open_client(harness, CrashingG2PFake(trigger="boom"))
         await client.send("response.create", response_id="bad", input="Boom goes the lexicon.")
         error = await client.receive_until("response.error")
         assert (error["response"], error["code"]) == ("bad", "synthesis_failed")

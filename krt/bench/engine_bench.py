@@ -23,6 +23,7 @@ from krt.synth.loading import load_backend
 
 if TYPE_CHECKING:
     from krt.config import Config
+    from krt.engine.pipeline import SpeechPlan
 
 SHORT_FIRST = "Sure, I can help with that."
 LONG_FIRST = (
@@ -65,10 +66,15 @@ def first_audio_seconds(
     """
     started = time.perf_counter()
     plan = pipeline.plan(text, voice)
-    segment = text if whole_segment else plan.segments[0]
-    for _chunk in pipeline.render_segment(plan, segment):
+    first = attrs.evolve(plan, segments=(text,) if whole_segment else plan.segments[:1])
+    for _batch in pipeline.rendering(first):
         return time.perf_counter() - started
     raise RuntimeError("the engine produced no audio")
+
+
+def audio_seconds(pipeline: SpeechPipeline, plan: SpeechPlan) -> float:
+    pcm_bytes = sum(len(chunk) for batch in pipeline.rendering(plan) for chunk in batch)
+    return pcm_bytes / 2 / SAMPLE_RATE
 
 
 def measure_backend(config: Config, voice: str, repeats: int) -> dict[str, Any]:
@@ -85,8 +91,8 @@ def measure_backend(config: Config, voice: str, repeats: int) -> dict[str, Any]:
 
     plan = pipeline.plan(SHORT_FIRST, voice)
     short_segment = plan.segments[0]
-    short_audio = sum(chunk.size for chunk in pipeline.render_segment(plan, short_segment)) / SAMPLE_RATE
-    long_audio = sum(chunk.size for chunk in pipeline.render_segment(plan, LONG_FIRST)) / SAMPLE_RATE
+    short_audio = audio_seconds(pipeline, attrs.evolve(plan, segments=(short_segment,)))
+    long_audio = audio_seconds(pipeline, attrs.evolve(plan, segments=(LONG_FIRST,)))
     paragraph_started = time.perf_counter()
     paragraph_bytes = sum(len(chunk) for chunk in pipeline.speak(PARAGRAPH, voice))
     paragraph_wall = time.perf_counter() - paragraph_started

@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,25 +25,22 @@ import attrs
 import trio
 
 from krt.bench.engine_bench import PARAGRAPH, first_audio_seconds
-from krt.client.speech import (
-    LevelResult,
-    ResponseTrace,
-    percentile,
-    run_barge_in,
-    run_level,
-    summarize_barge_in,
-    summarize_level,
-)
+from krt.bench.load import LevelResult, Load, run_barge_in, run_level, summarize_barge_in, summarize_level
+from krt.client.figures import percentile
+from krt.client.speech import ResponseTrace, open_speech_client
 from krt.client.texts import AGENT_REPLIES as TEXTS
+from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
-from krt.engine.scheduler import Engine
 from krt.metrics.record import MetricsLog
-from krt.server.listener import WS_PATH, ServerState, serve
+from krt.protocol import WS_PATH
+from krt.server.listener import serve
+from krt.server.state import ServerState
 from krt.synth.loading import load_backend
 
 if TYPE_CHECKING:
     import argparse
 
+    from krt.bench.load import Transaction
     from krt.config import Config
 
 FLOOR_REPEATS = 3
@@ -85,14 +83,14 @@ async def serve_pipeline(
 ) -> None:
     """``krt serve`` on 127.0.0.1:0 around an already loaded pipeline, until cancelled.
 
-    ``serve.main`` loads its own backend; a second copy of the model would change the
+    ``krt.server.app.main`` loads its own backend; a second copy of the model would change the
     memory and thread contention the floor was measured under, so this builds the same
     server around ours.
     """
     state = ServerState(config, None, MetricsLog(config.server.metrics_log))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve, state, "127.0.0.1", 0)
-        engine = Engine(pipeline, config.admission, config.scheduler)
+        engine = Engine(pipeline, config)
         await engine.warm_up()  # also calibrates the admission's seconds-per-character
         await nursery.start(engine.run)
         state.engine = engine
@@ -113,23 +111,21 @@ async def bench(
     """Start the server, run the sweep and the barge-in, stop the server."""
     async with trio.open_nursery() as nursery:
         port, state = await nursery.start(serve_pipeline, config, pipeline)
-        url = f"ws://127.0.0.1:{port}{WS_PATH}"
+        connect = partial(open_speech_client, f"ws://127.0.0.1:{port}{WS_PATH}", api_key=config.auth.api_key)
+        load = Load(TEXTS, n, voice=voice)
         results = []
         for concurrency in levels:
             finished = 0
 
-            def count(trace: ResponseTrace, concurrency: int = concurrency) -> None:
+            def count(transaction: Transaction, concurrency: int = concurrency) -> None:
                 nonlocal finished
                 finished += 1
-                _progress(f"concurrency {concurrency}: {finished}/{n} ({trace.outcome or 'stuck'})")
+                outcomes = ", ".join(trace.outcome or "stuck" for trace in transaction)
+                _progress(f"concurrency {concurrency}: {finished}/{n} ({outcomes})")
 
-            results.append(
-                await run_level(
-                    url, TEXTS, concurrency, n, voice=voice, api_key=config.auth.api_key, on_done=count
-                )
-            )
+            results.append(await run_level(connect, load, concurrency, on_done=count))
         _progress(f"barge-in: {n} responses cancelled at their first audio")
-        barge = await run_barge_in(url, PARAGRAPH, n, voice=voice, api_key=config.auth.api_key)
+        barge = await run_barge_in(connect, PARAGRAPH, n, voice=voice)
         assert state.engine is not None
         busy = state.engine.statistics().busy_rejections
         nursery.cancel_scope.cancel(reason="benchmark done")

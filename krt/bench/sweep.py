@@ -21,23 +21,24 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import trio
 
-from krt.bench.sweep_report import LevelRun, cell, format_level, format_table, recommend, summarize
-from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
-from krt.client.speech import LevelResult, StreamResult
+from krt.bench.load import Load, run_level
+from krt.bench.sweep_report import cell, format_level, format_table, recommend, summarize
+from krt.client.cli import ToolError, add_mode_arguments, connected
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
-    from krt.bench.sweep_report import Transaction
+    from krt.bench.load import Transaction
     from krt.client.target import Target
     from krt.config import Config
 
@@ -88,17 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --- what to send --------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Load:
-    """What every level sends, so that levels differ in concurrency only."""
-
-    texts: tuple[str, ...]
-    n: int
-    mode: str
-    voice: str
-    speed: float | None
-
-
 def parse_levels(text: str) -> list[int]:
     try:
         levels = sorted({int(part) for part in text.split(",") if part.strip()})
@@ -123,54 +113,7 @@ def read_texts(path: Path) -> tuple[str, ...]:
     return texts
 
 
-# --- running the load ----------------------------------------------------------------------
-
-
-async def run_stream(
-    target: Target, texts: Sequence[str], load: Load, on_done: Callable[[Transaction], None]
-) -> tuple[StreamResult, list[Transaction]]:
-    """One client speaks its texts back to back; a stuck or closed one ends the stream."""
-    transactions: list[Transaction] = []
-    async with connected(target) as client:
-        for text in texts:
-            pieces = pieces_of(text, load.mode) or [text.strip()]
-            traces = tuple(
-                [await client.create(piece, voice=load.voice, speed=load.speed) for piece in pieces]
-            )
-            with trio.move_on_after(client.response_timeout):
-                await client.wait_until(lambda: all(trace.finished for trace in traces))  # noqa: B023
-            for trace in traces:
-                trace.timed_out = not trace.finished
-            transactions.append(traces)
-            on_done(traces)
-            if any(trace.timed_out for trace in traces) or client.closed:
-                break
-        await client.finish()
-        flat = tuple(trace for transaction in transactions for trace in transaction)
-        return StreamResult(flat, tuple(client.connection_errors)), transactions
-
-
-async def run_load_level(
-    target: Target, load: Load, concurrency: int, on_done: Callable[[Transaction], None]
-) -> LevelRun:
-    """``load.n`` texts over ``concurrency`` clients at once; text i goes to client i mod C."""
-    shares = [
-        [load.texts[i % len(load.texts)] for i in range(load.n) if i % concurrency == k]
-        for k in range(concurrency)
-    ]
-    results: list[tuple[StreamResult, list[Transaction]] | None] = [None] * concurrency
-
-    async def one(k: int) -> None:
-        results[k] = await run_stream(target, shares[k], load, on_done)
-
-    started = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        for k in range(concurrency):
-            nursery.start_soon(one, k)
-    wall = trio.current_time() - started
-    done = [result for result in results if result is not None]
-    level = LevelResult(concurrency, tuple(stream for stream, _ in done), wall)
-    return LevelRun(level, tuple(transaction for _, transactions in done for transaction in transactions))
+# --- while it runs ------------------------------------------------------------------------
 
 
 class Progress:
@@ -256,7 +199,8 @@ async def bench(
             nursery.start_soon(progress.tick)
         for concurrency in levels:
             progress.start(concurrency)
-            summary = summarize(await run_load_level(target, load, concurrency, progress.advance))
+            level = await run_level(partial(connected, target), load, concurrency, on_done=progress.advance)
+            summary = summarize(level)
             progress.finish(summary)
             summaries.append(summary)
         nursery.cancel_scope.cancel()

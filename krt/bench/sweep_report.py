@@ -15,27 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from krt.client.speech import (
-    PCM_BYTES_PER_SECOND,
-    STALL_NOISE_FLOOR_S,
-    LevelResult,
-    ResponseTrace,
-    percentile,
-    stalls,
-    summarize_level,
-)
+from krt.bench.load import summarize_level
+from krt.client.figures import PCM_BYTES_PER_SECOND, STALL_NOISE_FLOOR_S, percentile, stalls
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-Transaction = tuple[ResponseTrace, ...]
-"""The responses of one text, in the order they were created (and are played)."""
-
-
-@attrs.frozen
-class LevelRun:
-    level: LevelResult
-    transactions: tuple[Transaction, ...]
+    from krt.bench.load import LevelResult, Transaction
 
 
 def _ms(values: Sequence[float], q: float) -> float | None:
@@ -49,11 +35,12 @@ def first_audio(transaction: Transaction) -> float | None:
     return min(arrivals) - transaction[0].sent_at if arrivals else None
 
 
-def summarize(run: LevelRun) -> dict[str, Any]:
+def summarize(level: LevelResult) -> dict[str, Any]:
     """``summarize_level``'s figures plus p99, the slowest stream, and per-text first audio and stalls."""
-    base = summarize_level(run.level)
-    ttfbs = [trace.ttfb for trace in run.level.traces if trace.ttfb is not None]
-    firsts = [value for value in map(first_audio, run.transactions) if value is not None]
+    base = summarize_level(level)
+    transactions = level.transactions
+    ttfbs = [trace.ttfb for trace in level.traces if trace.ttfb is not None]
+    firsts = [value for value in map(first_audio, transactions) if value is not None]
     heard = [
         stalls(
             (
@@ -63,12 +50,12 @@ def summarize(run: LevelRun) -> dict[str, Any]:
             ),
             STALL_NOISE_FLOOR_S,
         )
-        for transaction in run.transactions
+        for transaction in transactions
     ]
     stream_xrt: list[float] = base["stream_xrt"]  # type: ignore[assignment]
     return {
-        "concurrency": run.level.concurrency,
-        "texts": len(run.transactions),
+        "concurrency": level.concurrency,
+        "texts": len(transactions),
         "responses": base["responses"],
         "completed": base["completed"],
         "ttfb_p50_ms": _ms(ttfbs, 50),

@@ -1,6 +1,6 @@
 """What the command-line tools that talk to a server share: options, modes, one-line errors.
 
-``krt client``, ``krt warmup``, ``krt tpm`` and ``krt bench`` all speak to a running
+The ``client``, ``warmup``, ``tpm`` and ``bench`` commands all speak to a running
 server the same way; the shared parts live here, in the client library, so that tools
 and benches never import each other.
 """

@@ -5,18 +5,18 @@ Figures are taken where the spec defines them, at the client: TTFB runs from sen
 ``response.cancel`` to ``response.canceled``. Each delta's arrival time is kept, so a
 stall is computed for a player that starts at the first byte and plays in real time —
 the thing a caller hears — rather than inferred from averages. Nothing here knows where
-the server runs: ``krt bench server`` points it at an in-process server, a remote sweep
-at a URL.
+the server runs: the server bench points it at an in-process server, a remote sweep at
+a URL.
 
 The client is pull-based (one task per socket reads the frames it waits for), so every
 frame is attributed in arrival order, and a frame of a response that follows that
-response's last event is counted as leaked whenever it comes.
+response's last event is counted as leaked whenever it comes. The arithmetic on what
+was recorded (stalls, percentiles, fairness) is in ``figures``, usable without a socket.
 """
 
 from __future__ import annotations
 
 import base64
-import math
 import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -25,71 +25,17 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from krt import SAMPLE_RATE, protocol
+from krt import protocol
+from krt.client.figures import PCM_BYTES_PER_SECOND, STALL_NOISE_FLOOR_S, Stalls, stalls
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable
 
     from trio_websocket import WebSocketConnection
 
-PCM_BYTES_PER_SECOND = 2 * SAMPLE_RATE
-STALL_NOISE_FLOOR_S = 0.001
-"""Gaps shorter than this are timer noise, not a pause anyone hears."""
 RESPONSE_TIMEOUT_S = 60.0
 """A response with no last event after this long is reported stuck and its stream stops."""
 FINISH_TIMEOUT_S = 10.0
-
-
-# --- pure figures -------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Stalls:
-    count: int
-    """Pauses a real-time player would have made."""
-    seconds: float
-    """Their total length."""
-
-
-def stalls(schedule: Iterable[tuple[float, float]], noise_floor: float = 0.0) -> Stalls:
-    """Pauses of a player fed ``(arrival time, audio seconds)`` pieces in arrival order.
-
-    Playback starts when the first piece arrives and runs in real time; whenever a piece
-    arrives after everything before it has been played, the player waits for it.
-    """
-    count, total = 0, 0.0
-    played_until: float | None = None
-    for arrived, duration in schedule:
-        if played_until is None:
-            played_until = arrived
-        elif arrived > played_until:
-            gap = arrived - played_until
-            if gap > noise_floor:
-                count += 1
-                total += gap
-            played_until = arrived
-        played_until += duration
-    return Stalls(count, total)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0–100), linear between ranks as numpy's default; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def jain_index(values: Sequence[float]) -> float:
-    """Jain's fairness index: 1 when all shares are equal, 1/n when one stream gets everything."""
-    if not values:
-        raise ValueError("Jain's index of no streams")
-    squares = sum(value * value for value in values)
-    if squares == 0:
-        return 1.0
-    return sum(values) ** 2 / (len(values) * squares)
 
 
 # --- one response as the client saw it -----------------------------------------------------
@@ -324,151 +270,3 @@ async def open_speech_client(
     finally:
         if ws is not None:
             await trio.aclose_forcefully(ws._stream)
-
-
-# --- load shapes ---------------------------------------------------------------------------
-
-
-@attrs.frozen
-class StreamResult:
-    """One socket's sequential responses."""
-
-    traces: tuple[ResponseTrace, ...]
-    connection_errors: tuple[str, ...]
-
-    @property
-    def xrt(self) -> float:
-        """Audio seconds this stream received per second it was busy."""
-        ends = [t.ended_at for t in self.traces if t.ended_at is not None]
-        wall = max(ends) - self.traces[0].sent_at if ends else 0.0
-        return sum(t.audio_seconds for t in self.traces) / wall if wall > 0 else 0.0
-
-
-@attrs.frozen
-class LevelResult:
-    concurrency: int
-    streams: tuple[StreamResult, ...]
-    wall_seconds: float
-
-    @property
-    def traces(self) -> list[ResponseTrace]:
-        return [trace for stream in self.streams for trace in stream.traces]
-
-
-async def run_stream(
-    url: str,
-    texts: Sequence[str],
-    *,
-    voice: str | None = None,
-    api_key: str = "",
-    on_done: Callable[[ResponseTrace], None] | None = None,
-) -> StreamResult:
-    """Speak ``texts`` one after another on one socket, each sent after the last one ended.
-
-    A stuck response ends the stream: what follows would measure the stuck one.
-    """
-    traces: list[ResponseTrace] = []
-    async with open_speech_client(url, api_key=api_key) as client:
-        for text in texts:
-            trace = await client.speak(text, voice=voice)
-            traces.append(trace)
-            if on_done is not None:
-                on_done(trace)
-            if trace.timed_out or client.closed:
-                break
-        await client.finish()
-        return StreamResult(tuple(traces), tuple(client.connection_errors))
-
-
-async def run_level(
-    url: str,
-    texts: Sequence[str],
-    concurrency: int,
-    n: int,
-    *,
-    voice: str | None = None,
-    api_key: str = "",
-    on_done: Callable[[ResponseTrace], None] | None = None,
-) -> LevelResult:
-    """``n`` responses over ``concurrency`` sockets at once; response i goes to socket i mod C."""
-    shares = [[texts[i % len(texts)] for i in range(n) if i % concurrency == k] for k in range(concurrency)]
-    results: list[StreamResult | None] = [None] * concurrency
-
-    async def one(k: int) -> None:
-        results[k] = await run_stream(url, shares[k], voice=voice, api_key=api_key, on_done=on_done)
-
-    started = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        for k in range(concurrency):
-            nursery.start_soon(one, k)
-    wall = trio.current_time() - started
-    return LevelResult(concurrency, tuple(r for r in results if r is not None), wall)
-
-
-def summarize_level(level: LevelResult) -> dict[str, object]:
-    """The figures of one concurrency level, ready for a table row or a JSON line."""
-    traces = level.traces
-    ttfbs = [t.ttfb * 1000 for t in traces if t.ttfb is not None]
-    stalled = [t.stalls() for t in traces]
-    # A stream refused outright (every response busy) has no rate to speak of: it shows in
-    # the busy count, not as an xRT of 0 that would read like a stalled stream.
-    per_stream = [stream.xrt for stream in level.streams if any(t.audio_seconds for t in stream.traces)]
-    audio = sum(t.audio_seconds for t in traces)
-    errors = [t for t in traces if t.outcome == "error" and t.error_code != "busy"]
-    return {
-        "concurrency": level.concurrency,
-        "responses": len(traces),
-        "completed": sum(t.outcome == "completed" for t in traces),
-        "ttfb_p50_ms": _round(percentile(ttfbs, 50), 1),
-        "ttfb_p95_ms": _round(percentile(ttfbs, 95), 1),
-        "audio_s": round(audio, 2),
-        "wall_s": round(level.wall_seconds, 2),
-        "aggregate_xrt": round(audio / level.wall_seconds, 2) if level.wall_seconds > 0 else None,
-        "stream_xrt": [round(x, 2) for x in per_stream],
-        "fairness": round(jain_index(per_stream), 3) if per_stream else None,
-        "stalled_responses": sum(s.count > 0 for s in stalled),
-        "stall_s": round(sum(s.seconds for s in stalled), 3),
-        "busy": sum(t.error_code == "busy" for t in traces),
-        "errors": len(errors) + sum(len(s.connection_errors) for s in level.streams),
-        "stuck": sum(t.timed_out for t in traces),
-        "leaked_bytes": sum(t.leaked_bytes for t in traces),
-        "late_events": sum(len(t.late_events) for t in traces),
-    }
-
-
-async def run_barge_in(
-    url: str, text: str, n: int, *, voice: str | None = None, api_key: str = ""
-) -> list[ResponseTrace]:
-    """``n`` responses of ``text`` on one socket, each cancelled at its first audio delta.
-
-    The socket is ended with ``session.end`` and read to its close, so audio of a
-    cancelled response that straggles in after ``response.canceled`` is counted.
-    """
-    traces: list[ResponseTrace] = []
-    async with open_speech_client(url, api_key=api_key) as client:
-        for _ in range(n):
-            trace = await client.barge_at_first_audio(text, voice=voice)
-            traces.append(trace)
-            if trace.timed_out or client.closed:
-                break
-        await client.finish()
-    return traces
-
-
-def summarize_barge_in(traces: Sequence[ResponseTrace]) -> dict[str, object]:
-    latencies = [t.cancel_latency * 1000 for t in traces if t.cancel_latency is not None]
-    return {
-        "responses": len(traces),
-        "canceled": sum(t.outcome == "canceled" for t in traces),
-        "cancel_p50_ms": _round(percentile(latencies, 50), 1),
-        "cancel_p95_ms": _round(percentile(latencies, 95), 1),
-        "cancel_max_ms": _round(max(latencies, default=None), 1),
-        "leaked_bytes": sum(t.leaked_bytes for t in traces),
-        "late_events": sum(len(t.late_events) for t in traces),
-        "stuck": sum(t.timed_out for t in traces),
-        "not_canceled": [t.error_code or t.outcome for t in traces if t.outcome != "canceled"],
-    }
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)

@@ -15,11 +15,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import attrs
 
 from krt.config import read_dotenv
+from krt.protocol import WS_PATH
 
 if TYPE_CHECKING:
     import argparse
-
-WS_PATH = "/v1/audio/speech/stream/ws"
 
 
 @attrs.frozen

@@ -1,10 +1,15 @@
-"""Text → validated plan → audio, one segment at a time, on the model thread.
+"""Text → validated plan → PCM, one segment at a time, on the model thread.
 
 Planning is cheap and happens before any model work, so a request that is too long, or
 names a voice or speed we cannot use, is refused at once with its protocol code.
 Phonemizing is deferred to the segment being rendered: the first segment's audio does
 not wait for the G2P of the whole paragraph. A segment whose phonemes exceed the
 model's context is halved at its most natural cut and rendered as several.
+
+:class:`Rendering` is the one loop from a plan to the PCM16 chunks krt streams: ``krt
+say``, the warm-up, the benches and the engine's turns all iterate one, so edge shaping,
+limiting and cutting into ``STREAM_CHUNK_SECONDS`` chunks happen in one place, on the
+thread that makes the audio.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
 
     from krt.config import Config
+    from krt.voices import VoiceCatalog
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,11 @@ class SpeechPlan:
     voice: str
     speed: float
     segments: tuple[str, ...]
+
+
+PcmBatch = tuple[bytes, ...]
+"""Consecutive PCM16 chunks of ``STREAM_CHUNK_SECONDS`` (the last of a plan may be
+shorter), handed over together: what one backend chunk of audio became."""
 
 
 @attrs.frozen
@@ -66,11 +77,18 @@ class SpeechPipeline:
         self.segmenter = Segmenter(config.segments)
         self.chunk_samples = chunk_samples_for(config.stream.chunk_seconds)
 
+    @property
+    def voices(self) -> VoiceCatalog:
+        return self.backend.voices
+
+    def resolve_speed(self, requested: float | None) -> float:
+        """The speed a request gets: its own, checked, else ``KOKORO_SPEED``."""
+        return check_speed(self.config.voices.speed if requested is None else requested)
+
     def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
         resolved_voice = self.backend.voices.resolve(voice)
-        resolved_speed = check_speed(self.config.voices.speed if speed is None else speed)
-        return SpeechPlan(resolved_voice, resolved_speed, tuple(self.segmenter.split(text)))
+        return SpeechPlan(resolved_voice, self.resolve_speed(speed), tuple(self.segmenter.split(text)))
 
     def tokenize_segment(self, text: str) -> list[TokenizedSegment]:
         """Phonemes of one segment, split further until every piece fits the context."""
@@ -98,14 +116,82 @@ class SpeechPipeline:
             log.exception("synthesis failed on %r", text[:80])
             raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
 
-    def render(self, plan: SpeechPlan) -> Iterator[FloatAudio]:
-        for text in plan.segments:
-            yield from self.render_segment(plan, text)
+    def rendering(self, plan: SpeechPlan) -> Rendering:
+        return Rendering(self, plan)
 
     def speak(self, text: str, voice: str | None = None, speed: float | None = None) -> Iterator[bytes]:
         """PCM16 chunks of ``STREAM_CHUNK_SECONDS`` for a whole utterance (blocking)."""
-        plan = self.plan(text, voice, speed)
-        chunker = PcmChunker(self.chunk_samples)
-        for audio in self.render(plan):
-            yield from chunker.feed(audio)
-        yield from chunker.flush()
+        for batch in self.rendering(self.plan(text, voice, speed)):
+            yield from batch
+
+
+class Rendering:
+    """One plan's PCM, made a batch at a time; iterate it on the model thread.
+
+    It can be paused between any two batches (a scheduler's turn ends) and resumed
+    later, and ``close`` releases the segment in progress at once (barge-in), so a
+    backend's per-segment state never waits for garbage collection. The remainder of a
+    segment that does not fill a chunk is carried into the next segment, so every chunk
+    but the plan's very last has the configured size.
+    """
+
+    def __init__(self, pipeline: SpeechPipeline, plan: SpeechPlan) -> None:
+        self.plan = plan
+        self._pipeline = pipeline
+        self._chunker = PcmChunker(pipeline.chunk_samples)
+        self._segment: Generator[FloatAudio, None, None] | None = None
+        self._next_segment = 0
+        self._finished = False
+        self.chars_started = 0
+        """Characters of the segments begun so far: what compute is measured against."""
+
+    @property
+    def started(self) -> bool:
+        return self._next_segment > 0 or self._segment is not None
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    def remaining_chars(self) -> int:
+        """Characters of the segment in progress and those not begun."""
+        return sum(len(text) for text in self.plan.segments[self._next_segment :])
+
+    def upcoming_chars(self) -> int:
+        """Characters of the segment the next batch would begin; 0 in mid-segment or at the end."""
+        if self._segment is not None or self._next_segment >= len(self.plan.segments):
+            return 0
+        return len(self.plan.segments[self._next_segment])
+
+    def __iter__(self) -> Rendering:
+        return self
+
+    def __next__(self) -> PcmBatch:
+        """The next non-empty batch; raises SpeechError (``synthesis_failed``) if the model fails."""
+        while not self._finished:
+            if self._segment is None:
+                if self._next_segment >= len(self.plan.segments):
+                    self._finished = True
+                    tail = tuple(self._chunker.flush())
+                    if tail:
+                        return tail
+                    break
+                text = self.plan.segments[self._next_segment]
+                self._segment = self._pipeline.render_segment(self.plan, text)
+                self.chars_started += len(text)
+            audio = next(self._segment, None)
+            if audio is None:
+                self._segment = None
+                self._next_segment += 1
+                continue
+            batch = tuple(self._chunker.feed(audio))
+            if batch:
+                return batch
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop here: the segment in progress is closed and nothing more will be made."""
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
+        self._finished = True

@@ -12,9 +12,13 @@ has not started goes first (time to first audio is what a caller hears), and may
 ``SCHED_QUANTUM_BYTES``. A turn never interrupts a backend mid-chunk; with backends that
 hand out one chunk per segment, a turn is one segment.
 
-Cancelling a job (barge-in, disconnect) only flags it: queued work is dropped at once,
+Withdrawing a job (barge-in, disconnect) only flags it: queued work is dropped at once,
 and a turn in progress on the model thread runs to its next chunk boundary, where the
 flag is checked, and its audio is thrown away. The model thread is never abandoned.
+
+Model calls go through a :class:`~krt.engine.runner.ModelRunner` and time is read from
+Trio's clock, so the same scheduler runs on a worker thread in production and inline on
+virtual time in tests.
 """
 
 from __future__ import annotations
@@ -22,28 +26,27 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from krt.audio import FloatAudio
-from krt.engine.pipeline import SpeechPlan
+from krt.engine.pipeline import PcmBatch, Rendering
 from krt.errors import SpeechError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from krt.config import AdmissionConfig, SchedulerConfig
-    from krt.engine.pipeline import SpeechPipeline
+    from krt.engine.pipeline import SpeechPlan
+    from krt.engine.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
 JOB_BUFFER_CHUNKS = 8
-"""Chunks a job may have waiting for its session before it gets no more turns, so a
+"""Batches a job may have waiting for its session before it gets no more turns, so a
 slow client holds back only its own stream, never the engine."""
 
 INITIAL_SECONDS_PER_CHAR = 0.02
@@ -52,26 +55,29 @@ INITIAL_SECONDS_PER_CHAR = 0.02
 
 @attrs.define(eq=False)
 class Job:
-    """One response's synthesis, from admission to its last chunk; iterate it for audio."""
+    """One response's synthesis, from admission to its last batch; iterate it for PCM."""
 
-    plan: SpeechPlan
+    rendering: Rendering
     label: str
-    send: trio.MemorySendChannel[FloatAudio | SpeechError]
-    receive: trio.MemoryReceiveChannel[FloatAudio | SpeechError]
+    send: trio.MemorySendChannel[PcmBatch | SpeechError]
+    receive: trio.MemoryReceiveChannel[PcmBatch | SpeechError]
     submitted_at: float
     wake_engine: Callable[[], None]
-    next_segment: int = 0
-    current: Generator[FloatAudio, None, None] | None = None
-    canceled: bool = False
+    withdrawn: bool = False
+    """Its reader left (done, cancelled, disconnected): nothing more is made or delivered."""
     first_turn_at: float | None = None
 
     @property
+    def plan(self) -> SpeechPlan:
+        return self.rendering.plan
+
+    @property
     def waiting_for_first_segment(self) -> bool:
-        return self.next_segment == 0 and self.current is None
+        return not self.rendering.started
 
     @property
     def done(self) -> bool:
-        return self.next_segment >= len(self.plan.segments)
+        return self.rendering.done
 
     @property
     def queue_seconds(self) -> float | None:
@@ -79,7 +85,7 @@ class Job:
         return None if self.first_turn_at is None else self.first_turn_at - self.submitted_at
 
     def remaining_chars(self) -> int:
-        return sum(len(text) for text in self.plan.segments[self.next_segment :])
+        return self.rendering.remaining_chars()
 
     def has_room(self) -> bool:
         return self.send.statistics().current_buffer_used < JOB_BUFFER_CHUNKS
@@ -87,8 +93,8 @@ class Job:
     def __aiter__(self) -> Job:
         return self
 
-    async def __anext__(self) -> FloatAudio:
-        """The next chunk in order; raises the job's SpeechError if synthesis failed."""
+    async def __anext__(self) -> PcmBatch:
+        """The next batch in order; raises the job's SpeechError if synthesis failed."""
         try:
             item = await self.receive.receive()
         except trio.EndOfChannel:
@@ -119,19 +125,15 @@ class TurnResult:
     error: SpeechError | None
 
 
-class Engine:
-    """Owns the model thread; sessions open streams on it with ``stream``."""
+class Scheduler:
+    """Admission and fair turns on the model; the engine facade opens streams through it."""
 
-    def __init__(self, pipeline: SpeechPipeline, admission: AdmissionConfig, quanta: SchedulerConfig) -> None:
-        self.pipeline = pipeline
+    def __init__(self, runner: ModelRunner, admission: AdmissionConfig, quanta: SchedulerConfig) -> None:
+        self.runner = runner
         self.admission = admission
         self.quanta = quanta
-        self.accepting = True
-        """False while draining: sessions refuse *new* responses; ones already accepted
-        (``response.created`` sent) still run."""
         self._active: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
-        self._model_thread = trio.CapacityLimiter(1)
         self._wakeup = trio.Event()
         self._in_turn: Job | None = None
         self._turn_started = 0.0
@@ -160,7 +162,7 @@ class Engine:
             len(job.plan.segments[0]) for job in self._active if job.waiting_for_first_segment
         )
         if self._in_turn is not None:
-            wait += max(0.0, self._turn_estimate - (time.perf_counter() - self._turn_started))
+            wait += max(0.0, self._turn_estimate - (trio.current_time() - self._turn_started))
         if len(self._active) < self.admission.max_concurrent_jobs:
             return wait
         shortest = min(job.remaining_chars() for job in self._active) * per_char
@@ -185,12 +187,11 @@ class Engine:
         self._wakeup.set()
 
     def _release(self, job: Job) -> None:
-        job.canceled = True
-        if job is not self._in_turn and job.current is not None:
+        job.withdrawn = True
+        if job is not self._in_turn:
             # Paused between turns: close the segment now rather than whenever the job
             # is garbage-collected, so a backend's per-segment state is freed at once.
-            job.current.close()
-            job.current = None
+            job.rendering.close()
         for queue in (self._active, self._waiting):
             if job in queue:
                 queue.remove(job)
@@ -199,8 +200,8 @@ class Engine:
         self._wakeup.set()
 
     @asynccontextmanager
-    async def stream(self, plan: SpeechPlan, label: str) -> AsyncIterator[Job]:
-        """Admit a job and yield it; iterate it for its audio, in order.
+    async def stream(self, rendering: Rendering, label: str) -> AsyncIterator[Job]:
+        """Admit a job and yield it; iterate it for its PCM, in order.
 
         Raises SpeechError("busy") when refused. Leaving the block for any reason —
         the last chunk read, a cancel scope, a disconnect — withdraws the job: nothing
@@ -208,8 +209,8 @@ class Engine:
         """
         # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_CHUNKS
         # wait, so it never holds more than that plus one quantum.
-        send, receive = trio.open_memory_channel[FloatAudio | SpeechError](math.inf)
-        job = Job(plan, label, send, receive, trio.current_time(), self._wakeup_soon)
+        send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
+        job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon)
         self._admit(job)
         try:
             with receive:
@@ -226,7 +227,7 @@ class Engine:
     def _pick(self) -> Job | None:
         """Whose turn it is: the oldest job still waiting for its first segment, else the
         next in round-robin order among jobs with room for more audio."""
-        ready = [job for job in self._active if not job.canceled and job.has_room()]
+        ready = [job for job in self._active if not job.withdrawn and job.has_room()]
         if not ready:
             return None
         newcomer = next((job for job in ready if job.waiting_for_first_segment), None)
@@ -237,72 +238,49 @@ class Engine:
         self._active.append(job)
         return job
 
-    def _deliver(self, job: Job, chunk: FloatAudio) -> None:
-        """On the Trio thread, as soon as the model thread has a chunk: TTFB is not a turn."""
-        if not job.canceled:
-            job.send.send_nowait(chunk)
+    def _deliver(self, job: Job, batch: PcmBatch) -> None:
+        """On the Trio thread, as soon as the model thread has a batch: TTFB is not a turn."""
+        if not job.withdrawn:
+            job.send.send_nowait(batch)
 
     def _turn(self, job: Job) -> TurnResult:
-        """Runs on the model thread: produce up to one quantum of this job's audio.
+        """Runs on the model thread: produce up to one quantum of this job's PCM.
 
-        Each chunk is handed to the Trio side the moment it exists; the cancel flag is
-        read between chunks, the finest step a backend offers.
+        Each batch is handed to the Trio side the moment it exists; the withdrawn flag
+        is read between batches, the finest step a backend offers.
         """
         first = job.waiting_for_first_segment
         quantum = self.quanta.priority_quantum_bytes if first else self.quanta.quantum_bytes
-        produced = chars = 0
+        produced = 0
+        chars_before = job.rendering.chars_started
         try:
-            while produced < quantum and not job.canceled and not job.done:
-                if job.current is None:
-                    text = job.plan.segments[job.next_segment]
-                    job.current = self.pipeline.render_segment(job.plan, text)
-                    chars += len(text)
-                chunk = next(job.current, None)
-                if chunk is None:
-                    job.current = None
-                    job.next_segment += 1
-                    continue
-                trio.from_thread.run_sync(self._deliver, job, chunk)
-                produced += 2 * chunk.size
+            while produced < quantum and not job.withdrawn:
+                batch = next(job.rendering, None)
+                if batch is None:
+                    break
+                self.runner.call_soon(self._deliver, job, batch)
+                produced += sum(map(len, batch))
         except SpeechError as exc:
-            return TurnResult(chars, exc)
+            return TurnResult(job.rendering.chars_started - chars_before, exc)
         except Exception as exc:  # a backend bug fails this job, never the engine loop
             log.exception("turn of %s failed", job.label)
-            return TurnResult(chars, SpeechError("synthesis_failed", f"synthesis failed: {exc}"))
+            error = SpeechError("synthesis_failed", f"synthesis failed: {exc}")
+            return TurnResult(job.rendering.chars_started - chars_before, error)
         finally:
-            if job.canceled and job.current is not None:
-                job.current.close()
-                job.current = None
-        return TurnResult(chars, None)
+            if job.withdrawn:
+                job.rendering.close()
+        return TurnResult(job.rendering.chars_started - chars_before, None)
 
     def _estimate_turn(self, job: Job) -> float:
-        if job.current is not None or job.done:
-            return 0.0
-        return len(job.plan.segments[job.next_segment]) * self._seconds_per_char
+        return job.rendering.upcoming_chars() * self._seconds_per_char
 
     def _measure(self, chars: int, seconds: float) -> None:
         if chars > 0 and seconds > 0:
             self._seconds_per_char = 0.7 * self._seconds_per_char + 0.3 * (seconds / chars)
 
-    async def warm_up(self, text: str = "Warming up the model, one moment please.") -> None:
-        """Synthesize before the server says it is ready: the first call pays for lazy
-        initialisation (seconds on CPU), so a second one measures the real speed."""
-        # Built directly, not through plan(): the warm-up must not depend on request limits
-        # such as MAX_UTTERANCE_WORDS.
-        plan = SpeechPlan(self.pipeline.backend.voices.female, self.pipeline.config.voices.speed, (text,))
-        chars = len(text)
-
-        def synthesize() -> float:
-            started = time.perf_counter()
-            for segment in plan.segments:
-                for _chunk in self.pipeline.render_segment(plan, segment):
-                    pass
-            return time.perf_counter() - started
-
-        first = await trio.to_thread.run_sync(synthesize, limiter=self._model_thread)
-        second = await trio.to_thread.run_sync(synthesize, limiter=self._model_thread)
-        self._seconds_per_char = second / chars
-        log.info("engine warm: first run %.3f s, then %.3f s for %d characters", first, second, chars)
+    def calibrate(self, seconds_per_char: float) -> None:
+        """Replace the estimate with a measured speed (the warm-up's second, warm run)."""
+        self._seconds_per_char = seconds_per_char
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The engine loop; runs until cancelled (a turn in progress is finished first)."""
@@ -316,15 +294,15 @@ class Engine:
             if job.first_turn_at is None:
                 job.first_turn_at = trio.current_time()
             self._in_turn = job
-            started = self._turn_started = time.perf_counter()
+            started = self._turn_started = trio.current_time()
             self._turn_estimate = self._estimate_turn(job)
             try:
-                result = await trio.to_thread.run_sync(self._turn, job, limiter=self._model_thread)
+                result = await self.runner.run(self._turn, job)
             finally:
                 self._in_turn = None
             self._turns += 1
-            self._measure(result.chars, time.perf_counter() - started)
-            if job.canceled:
+            self._measure(result.chars, trio.current_time() - started)
+            if job.withdrawn:
                 continue
             if result.error is not None:
                 job.send.send_nowait(result.error)

@@ -15,16 +15,20 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
-from krt.engine.scheduler import Engine
 from krt.metrics.record import MetricsLog
-from krt.server.listener import ServerState, serve
+from krt.server.listener import serve
+from krt.server.state import ServerState
 from krt.synth.loading import load_backend
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
     from krt.config import Config
+    from krt.engine.runner import ModelRunner
+    from krt.synth.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def start_engine(state: ServerState, nursery: trio.Nursery) -> None:
+async def start_engine(
+    state: ServerState,
+    nursery: trio.Nursery,
+    load: Callable[[Config], Backend] = load_backend,
+    runner: ModelRunner | None = None,
+) -> None:
     """Load the backend off the event loop, warm it, start the engine loop, then say ready."""
     config = state.config
 
     def build() -> SpeechPipeline:
-        backend = load_backend(config)
+        backend = load(config)
         pipeline = SpeechPipeline(backend, config)
         log.info("backend %s on %s: %s", backend.name, backend.device, backend.source)
         return pipeline
 
     pipeline = await trio.to_thread.run_sync(build)
-    engine = Engine(pipeline, config.admission, config.scheduler)
+    engine = Engine(pipeline, config, runner)
     await engine.warm_up()
     await nursery.start(engine.run)
     state.engine = engine
@@ -56,24 +65,30 @@ async def start_engine(state: ServerState, nursery: trio.Nursery) -> None:
 
 
 async def drain_on_signal(state: ServerState, scope: trio.CancelScope) -> None:
+    """On SIGTERM/SIGINT drain, then end the server (``scope``); a second signal cuts the wait."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info(
                 "%s: draining (%d responses in flight)", signal.Signals(signum).name, state.in_flight.count
             )
-            state.draining = True
-            if state.engine is not None:
-                state.engine.accepting = False
             break
-        with trio.move_on_after(state.config.server.drain_seconds):
-            async with trio.open_nursery() as waiting:
+        await drain(state, signals)
+    scope.cancel(reason="drained")
+
+
+async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -> None:
+    """Refuse new responses, let open ones finish for up to ``KRT_DRAIN_SECONDS`` (or until
+    the next of ``signals``), then close every session with 1001 (going away)."""
+    state.in_flight.start_drain()
+    with trio.move_on_after(state.config.server.drain_seconds):
+        async with trio.open_nursery() as waiting:
+            if signals is not None:
                 waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
-                if state.in_flight.count:
-                    await state.in_flight.zero.wait()
-                waiting.cancel_scope.cancel()
+            if state.in_flight.count:
+                await state.in_flight.zero.wait()
+            waiting.cancel_scope.cancel()
     log.info("drained; closing %d sessions and exiting", state.sessions)
     await state.close_sessions(1001)
-    scope.cancel(reason="drained")
 
 
 async def _cancel_on_next_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
@@ -89,15 +104,21 @@ async def main(
     port: int,
     *,
     handle_signals: bool = True,
+    load: Callable[[Config], Backend] = load_backend,
+    runner: ModelRunner | None = None,
     task_status: trio.TaskStatus[tuple[int, ServerState]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until cancelled or drained; ``started`` gets (port, state) once ready."""
+    """Run the server until cancelled or drained; ``started`` gets (port, state) once ready.
+
+    ``load`` and ``runner`` are for tests: a backend built by the test, and the model run
+    inline for virtual time; production uses the configured backend on a model thread.
+    """
     state = ServerState(config, None, MetricsLog(config.server.metrics_log))
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, state, host, port)
         if handle_signals:
             nursery.start_soon(drain_on_signal, state, nursery.cancel_scope)
-        await start_engine(state, nursery)
+        await start_engine(state, nursery, load, runner)
         task_status.started((bound, state))
 
 

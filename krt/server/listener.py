@@ -12,26 +12,23 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import attrs
 import h11
 import trio
 import trio_websocket
 
-from krt.config import Config
-from krt.engine.scheduler import Engine
-from krt.metrics.record import MetricsLog
-from krt.server.session import InFlight, Session
+from krt.protocol import MAX_WS_MESSAGE_BYTES, WS_PATH
+from krt.server.session import Session
+
+if TYPE_CHECKING:
+    from krt.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
-WS_PATH = "/v1/audio/speech/stream/ws"
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT = 10.0
-MAX_WS_MESSAGE_BYTES = 1024 * 1024
-"""trio-websocket closes the socket (1009) past this; smaller oversize frames get an
-``error`` event from the session instead, and the session goes on."""
 
 
 class ReplayStream(trio.abc.Stream):
@@ -56,49 +53,6 @@ class ReplayStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
-
-
-@attrs.define
-class ServerState:
-    """What the HTTP routes report and what a drain flips."""
-
-    config: Config
-    engine: Engine | None
-    metrics: MetricsLog
-    ready: bool = False
-    draining: bool = False
-    in_flight: InFlight = attrs.field(factory=InFlight)
-    open_sessions: set[Session] = attrs.field(factory=set)
-
-    @property
-    def sessions(self) -> int:
-        return len(self.open_sessions)
-
-    async def close_sessions(self, code: int = 1001) -> None:
-        """Say goodbye to every client (1001, going away) before the process exits, so
-        a voice agent reconnects elsewhere instead of guessing at an abnormal closure."""
-        async with trio.open_nursery() as nursery:
-            for session in list(self.open_sessions):
-                nursery.start_soon(session.close, code)
-
-    def readiness(self) -> tuple[int, dict[str, object]]:
-        if self.engine is None:
-            return 503, {"ready": False, "draining": self.draining, "loading": True}
-        backend = self.engine.pipeline.backend
-        ok = self.ready and not self.draining
-        body: dict[str, object] = {
-            "ready": ok,
-            "draining": self.draining,
-            "backend": backend.name,
-            "device": backend.device,
-            "weights": backend.source,
-            "voices": {
-                "female": backend.voices.female,
-                "male": backend.voices.male,
-                "all": backend.voices.names,
-            },
-        }
-        return (200 if ok else 503), body
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:

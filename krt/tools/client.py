@@ -76,7 +76,7 @@ async def speak(
         async def send_all() -> None:
             started = trio.current_time()
             if incremental:
-                settings = protocol.SessionSettings(voice=voice, speed=speed)
+                settings = protocol.SessionPatch(voice=voice, speed=speed)
                 await client.ws.send_message(protocol.encode(protocol.SessionUpdate(settings)))
                 await send_incremental(client, text)
             else:

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
-from krt.client.speech import percentile
+from krt.client.figures import percentile
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
 

@@ -1,0 +1,113 @@
+"""The engine as the server sees it: plan a request, stream its PCM, describe the model.
+
+Sessions, the HTTP routes and the benches talk to this class only. What lies behind it
+(the pipeline, the backend and its voice catalog, the scheduler and the model runner)
+can change without the server noticing, and the server can never reach into a backend
+and, say, call the model on the event loop by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from krt.engine.pipeline import SpeechPlan
+from krt.engine.runner import ThreadRunner
+from krt.engine.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from krt.config import Config
+    from krt.engine.pipeline import SpeechPipeline
+    from krt.engine.runner import ModelRunner
+    from krt.engine.scheduler import EngineStatistics, Job
+
+log = logging.getLogger(__name__)
+
+WARM_UP_TEXT = "Warming up the model, one moment please."
+
+
+@attrs.frozen
+class EngineInfo:
+    """What is loaded, in the words ``/readyz`` (and an operator) reads."""
+
+    backend: str
+    """onnx, torch or fake."""
+    device: str
+    weights: str
+    """Where the weights came from."""
+    female: str
+    """The voice ``female`` speaks with."""
+    male: str
+    voices: tuple[str, ...]
+    """Every voice pack a request may name or blend."""
+
+
+class Engine:
+    """One model shared by every connection, behind admission and fair turns."""
+
+    def __init__(self, pipeline: SpeechPipeline, config: Config, runner: ModelRunner | None = None) -> None:
+        self._pipeline = pipeline
+        self._runner = runner if runner is not None else ThreadRunner()
+        self._scheduler = Scheduler(self._runner, config.admission, config.scheduler)
+        self._speed = config.voices.speed
+
+    def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
+        """Validate a request and cut its text; raises SpeechError with the protocol code."""
+        return self._pipeline.plan(text, voice, speed)
+
+    def resolve_voice(self, voice: str | None) -> str:
+        """The voice id (or blend) a name stands for; SpeechError ``invalid_voice`` lists the valid ones."""
+        return self._pipeline.voices.resolve(voice)
+
+    def resolve_speed(self, speed: float | None) -> float:
+        """The speed a request gets (its own, else ``KOKORO_SPEED``); SpeechError ``invalid_speed``."""
+        return self._pipeline.resolve_speed(speed)
+
+    def describe(self) -> EngineInfo:
+        backend, voices = self._pipeline.backend, self._pipeline.voices
+        return EngineInfo(
+            backend.name, backend.device, backend.source, voices.female, voices.male, tuple(voices.names)
+        )
+
+    def stream(self, plan: SpeechPlan, label: str) -> AbstractAsyncContextManager[Job]:
+        """Admit ``plan`` and yield its job; iterate the job for PCM batches, in order.
+
+        Raises SpeechError ``busy`` when refused. Leaving the block for any reason (the
+        last batch read, a cancel scope, a disconnect) withdraws the job: nothing more is
+        computed for it and anything still in flight is discarded.
+        """
+        return self._scheduler.stream(self._pipeline.rendering(plan), label)
+
+    def statistics(self) -> EngineStatistics:
+        return self._scheduler.statistics()
+
+    async def warm_up(self, text: str = WARM_UP_TEXT) -> None:
+        """Synthesize before the server says it is ready: the first call pays for lazy
+        initialisation (seconds on CPU), so a second one measures the real speed, which
+        admission then predicts waits with."""
+        # Built directly, not through plan(): the warm-up must not depend on request limits
+        # such as MAX_UTTERANCE_WORDS.
+        plan = SpeechPlan(self._pipeline.voices.female, self._speed, (text,))
+
+        def synthesize() -> None:
+            for _batch in self._pipeline.rendering(plan):
+                pass
+
+        started = trio.current_time()
+        await self._runner.run(synthesize)
+        first = trio.current_time() - started
+        started = trio.current_time()
+        await self._runner.run(synthesize)
+        second = trio.current_time() - started
+        if second > 0:
+            self._scheduler.calibrate(second / len(text))
+        log.info("engine warm: first run %.3f s, then %.3f s for %d characters", first, second, len(text))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The engine loop; runs until cancelled (a turn in progress is finished first)."""
+        await self._scheduler.run(task_status=task_status)

@@ -1,0 +1,60 @@
+"""Where model calls run: a dedicated worker thread in production, inline in tests.
+
+The engine never calls ``trio.to_thread`` itself; it hands blocking model work to a
+runner and, from inside that work, hands results back with ``call_soon``. The thread
+runner is what ``krt serve`` uses: one worker at a time (one model, one device), so
+the event loop never blocks on inference and the model thread is never abandoned on
+cancel. The inline runner runs the same work on the Trio thread, which lets the whole
+engine and session run under ``trio.testing.MockClock(autojump_threshold=0)``:
+autojump would take a busy worker thread for an idle program and jump the clock.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, TypeVar, TypeVarTuple, Unpack
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class ModelRunner(Protocol):
+    async def run(self, work: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """Run blocking model work to its end; cancelling the caller waits for it to finish."""
+        ...
+
+    def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
+        """From inside ``run``'s work: run ``callback`` on the Trio thread, now."""
+        ...
+
+
+class ThreadRunner:
+    """One model thread: ``trio.to_thread`` behind a limiter of one, never abandoned."""
+
+    def __init__(self) -> None:
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def run(self, work: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        return await trio.to_thread.run_sync(work, *args, limiter=self._limiter)
+
+    def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
+        trio.from_thread.run_sync(callback, *args)
+
+
+class InlineRunner:
+    """Model work on the Trio thread itself, for tests on virtual time with a fast backend.
+
+    The work blocks the event loop while it runs, which is what makes the order of
+    events exact; a checkpoint before it keeps ``run`` a real await point.
+    """
+
+    async def run(self, work: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        await trio.lowlevel.checkpoint()
+        return work(*args)
+
+    def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
+        callback(*args)

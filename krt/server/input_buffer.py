@@ -1,0 +1,52 @@
+"""Incremental input (``input.append``) cut into the pieces that are spoken as responses.
+
+Pure: no I/O and no clock of its own (the session passes the time in), so every rule
+here is tested with plain values. Complete sentences are spoken at once; the rest waits
+for more text, for ``input.commit``, or for ``FLUSH_IDLE_MS`` without an append. A stream
+that never ends a sentence is still cut once it holds ``MAX_INCREMENTAL_WORDS`` words,
+at its last clause mark if it has one, so a run-on LLM reply is spoken as it comes
+rather than refused as too long at the end.
+"""
+
+from __future__ import annotations
+
+from krt.engine.segmenter import count_words, cut_run_on, split_sentences
+
+MAX_INCREMENTAL_WORDS = 40
+"""Buffered text with no sentence end is spoken once it has this many words."""
+
+
+class InputBuffer:
+    def __init__(self, idle_seconds: float, max_words: int = MAX_INCREMENTAL_WORDS) -> None:
+        self.idle_seconds = idle_seconds
+        self.max_words = max_words
+        self._text = ""
+        self._last_append = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Whether there is text to speak that has not been handed out yet."""
+        return bool(self._text.strip())
+
+    def append(self, text: str, now: float) -> list[str]:
+        """Add text; return the pieces to speak now, in order (stripped, none empty)."""
+        self._last_append = now
+        *complete, rest = split_sentences(self._text + text)
+        if count_words(rest) >= self.max_words:
+            head, rest = cut_run_on(rest)
+            complete.append(head)
+        self._text = rest
+        return [piece.strip() for piece in complete if piece.strip()]
+
+    def take(self) -> str:
+        """Everything buffered (on commit, idle or session end), emptying the buffer."""
+        text, self._text = self._text.strip(), ""
+        return text
+
+    def clear(self) -> None:
+        """Forget buffered text (barge-in)."""
+        self._text = ""
+
+    def flush_due(self) -> float | None:
+        """When buffered text is due to be spoken for want of more; None when there is none."""
+        return self._last_append + self.idle_seconds if self.pending else None

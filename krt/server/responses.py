@@ -1,0 +1,162 @@
+"""One response's life, from ``response.create`` to the metrics line, in one place.
+
+A response is *open* from the moment the client is told ``response.created`` until its
+last event (``response.completed``, ``response.canceled`` or ``response.error``) is on
+the wire; only then is it *settled*: it leaves the server's in-flight count (which a
+drain waits on) and, unless it failed, lands in the metrics log. Between the two it can
+be addressed by a ``response.cancel`` until it is *retired* (its last event is queued).
+A connection that vanishes settles every open response as canceled.
+
+The server-wide side is :class:`InFlight`: how many responses are open across all
+connections, and whether the server is draining (then no new one may open). It is the
+one record of "draining"; ``/readyz``, sessions and the drain all read it from here.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from krt import SAMPLE_RATE
+from krt.engine.pipeline import SpeechPlan
+from krt.errors import SpeechError
+from krt.metrics.record import ResponseRecord
+
+if TYPE_CHECKING:
+    from krt.metrics.record import MetricsLog
+
+
+class Outcome(enum.Enum):
+    """Where a response stands; every state but OPEN is final."""
+
+    OPEN = "open"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+
+@attrs.define(eq=False)
+class Response:
+    """A response from ``response.create`` (or flushed input) until its last event."""
+
+    response_id: str
+    plan: SpeechPlan
+    received_at: float
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    outcome: Outcome = Outcome.OPEN
+    settled: bool = False
+    """Its last event is on the wire and it has been counted; nothing more happens to it."""
+    first_audio_at: float | None = None
+    audio_bytes: int = 0
+    queue_seconds: float = 0.0
+
+    @property
+    def canceled(self) -> bool:
+        """Nothing more of it may reach the client but its ``response.canceled``."""
+        return self.outcome is Outcome.CANCELED
+
+    def ttfb_ms(self) -> float | None:
+        return None if self.first_audio_at is None else (self.first_audio_at - self.received_at) * 1000
+
+
+@attrs.define
+class InFlight:
+    """Responses open server-wide, and whether new ones may open (not while draining)."""
+
+    count: int = 0
+    zero: trio.Event = attrs.field(factory=trio.Event)
+    draining: bool = False
+
+    def start_drain(self) -> None:
+        """From now on new responses are refused ``busy``; open ones still run."""
+        self.draining = True
+
+    def open(self) -> None:
+        if self.draining:
+            raise SpeechError("busy", "the server is draining")
+        self.count += 1
+        self.zero = trio.Event() if self.zero.is_set() else self.zero
+
+    def close(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.zero.set()
+
+
+class ResponseBook:
+    """One connection's responses: which can still be addressed, which are not yet settled."""
+
+    def __init__(self, in_flight: InFlight, metrics: MetricsLog, backend: str) -> None:
+        self._in_flight = in_flight
+        self._metrics = metrics
+        self._backend = backend
+        self._addressable: dict[str, Response] = {}
+        self._unsettled: list[Response] = []
+
+    def __contains__(self, response_id: str) -> bool:
+        return response_id in self._addressable
+
+    def get(self, response_id: str) -> Response | None:
+        return self._addressable.get(response_id)
+
+    def addressable(self) -> list[Response]:
+        return list(self._addressable.values())
+
+    def open(self, response: Response) -> None:
+        """Count a response the client is about to be told exists; SpeechError ``busy`` while draining."""
+        self._in_flight.open()
+        self._addressable[response.response_id] = response
+        self._unsettled.append(response)
+
+    def cancel(self, response: Response) -> None:
+        """Stop it now: its scope is cancelled, and queued audio and events of it are dropped."""
+        response.outcome = Outcome.CANCELED
+        response.scope.cancel(reason="response.cancel")
+        self.retire(response)
+
+    def end(self, response: Response, outcome: Outcome) -> None:
+        """Its last event is decided (completed or failed); unless it was canceled first."""
+        if response.outcome is Outcome.OPEN:
+            response.outcome = outcome
+        self.retire(response)
+
+    def retire(self, response: Response) -> None:
+        """No event may address it any more (a late cancel gets ``unknown_response``)."""
+        self._addressable.pop(response.response_id, None)
+
+    def settle(self, response: Response) -> None:
+        """Its last event is on the wire: it leaves the in-flight count and, unless it
+        failed, lands in the metrics log. Settling twice is a no-op."""
+        if response.settled:
+            return
+        response.settled = True
+        self._unsettled.remove(response)
+        self._in_flight.close()
+        if response.outcome is not Outcome.FAILED:
+            self._metrics.append(self._record(response))
+
+    def abandon_all(self) -> None:
+        """The connection is gone: every response whose last event did not reach the client
+        counts as canceled (a failed one stays failed, and unrecorded)."""
+        for response in list(self._unsettled):
+            if response.outcome is not Outcome.FAILED:
+                response.outcome = Outcome.CANCELED
+            self.retire(response)
+            self.settle(response)
+
+    def _record(self, response: Response) -> ResponseRecord:
+        return ResponseRecord(
+            ts=time.time(),
+            request_id=response.response_id,
+            ttfb_ms=response.ttfb_ms(),
+            wall_s=trio.current_time() - response.received_at,
+            audio_s=response.audio_bytes / 2 / SAMPLE_RATE,
+            canceled=response.canceled,
+            voice=response.plan.voice,
+            backend=self._backend,
+            queue_ms=response.queue_seconds * 1000,
+        )

@@ -1,0 +1,58 @@
+"""What the whole server shares: the engine once loaded, open sessions, in-flight responses.
+
+The HTTP routes report it (``/readyz``), sessions open responses through it, and a drain
+flips it; whether the server is draining is recorded once, in :class:`InFlight`.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from krt.config import Config
+from krt.engine.facade import Engine
+from krt.metrics.record import MetricsLog
+from krt.server.responses import InFlight
+from krt.server.session import Session
+
+
+@attrs.define
+class ServerState:
+    config: Config
+    engine: Engine | None
+    """None while the model loads."""
+    metrics: MetricsLog
+    ready: bool = False
+    """The engine is loaded and warm."""
+    in_flight: InFlight = attrs.field(factory=InFlight)
+    open_sessions: set[Session] = attrs.field(factory=set)
+
+    @property
+    def draining(self) -> bool:
+        return self.in_flight.draining
+
+    @property
+    def sessions(self) -> int:
+        return len(self.open_sessions)
+
+    async def close_sessions(self, code: int = 1001) -> None:
+        """Say goodbye to every client (1001, going away) before the process exits, so
+        a voice agent reconnects elsewhere instead of guessing at an abnormal closure."""
+        async with trio.open_nursery() as nursery:
+            for session in list(self.open_sessions):
+                nursery.start_soon(session.close, code)
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        if self.engine is None:
+            return 503, {"ready": False, "draining": self.draining, "loading": True}
+        info = self.engine.describe()
+        ok = self.ready and not self.draining
+        body: dict[str, object] = {
+            "ready": ok,
+            "draining": self.draining,
+            "backend": info.backend,
+            "device": info.device,
+            "weights": info.weights,
+            "voices": {"female": info.female, "male": info.male, "all": list(info.voices)},
+        }
+        return (200 if ok else 503), body
