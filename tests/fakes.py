@@ -8,18 +8,29 @@ arguments and the production objects stay as they are.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
+import trio.testing
+import trio_websocket
+from trio_websocket import ConnectionClosed
 
 from krt import SAMPLE_RATE
+from krt.protocol import WS_PATH
+from krt.server.listener import serve_websocket
+from krt.server.session import Session
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
+from tests.server_harness import Client
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     import numpy as np
     from trio.testing import MockClock
+    from trio_websocket import WebSocketConnection
+
+    from krt.server.state import ServerState
 
 
 class RecordingFake(FakeBackend):
@@ -114,3 +125,102 @@ class ClockedFake(FakeBackend):
             self.clock.jump(seconds)
             self.computed += seconds
             yield chunk
+
+
+@attrs.define(eq=False)
+class ServerSide:
+    """The server end of a memory connection: its session, and when it ended."""
+
+    session: Session | None = None
+    ended: trio.Event = attrs.field(factory=trio.Event)
+    """Set once ``serve_websocket`` has returned, for whatever reason."""
+    ended_at: float | None = None
+
+    async def serve(
+        self, stream: trio.abc.Stream, state: ServerState, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """``serve_websocket`` on ``stream``, closing it afterwards as the listener does;
+        started once the task is running (the handshake needs the client end too)."""
+        task_status.started()
+        try:
+            async with trio.open_nursery() as connection:
+                self.session = await connection.start(serve_websocket, stream, state, "memory")
+        finally:
+            await trio.aclose_forcefully(stream)
+            self.ended_at = trio.current_time()
+            self.ended.set()
+
+
+class MemoryClient(Client):
+    """A krt session served over an in-memory stream, and the real trio-websocket client
+    at its other end: the listener's own ``serve_websocket`` from the upgrade to the end
+    of the session, with no socket, so the whole session can run on virtual time.
+
+    Every event read is kept with the virtual time it arrived at.
+    """
+
+    def __init__(self, ws: WebSocketConnection, stream: trio.abc.Stream, server: ServerSide) -> None:
+        super().__init__(ws)
+        self._stream = stream
+        self.server = server
+        self.arrivals: list[float] = []
+        self.closed_at: float | None = None
+        """When ``receive_until_closed`` saw the connection closed."""
+
+    @classmethod
+    async def connect(  # type: ignore[override]
+        cls, nursery: trio.Nursery, state: ServerState, *, lockstep: bool = False
+    ) -> MemoryClient:
+        """Open a session on ``state``'s engine; ``lockstep`` gives a stream with no buffer
+        at all, so the server's sends block as soon as this client stops reading."""
+        pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+        server_stream, client_stream = pair()
+        server = ServerSide()
+        await nursery.start(server.serve, server_stream, state)
+        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "krt.test", WS_PATH)
+        return cls(ws, client_stream, server)
+
+    @property
+    def session(self) -> Session | None:
+        return self.server.session
+
+    @property
+    def ended(self) -> trio.Event:
+        return self.server.ended
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.server.ended_at
+
+    async def send_frame(self, frame: str | bytes) -> None:
+        await self.ws.send_message(frame)
+
+    async def receive(self) -> dict[str, Any]:
+        event = await super().receive()
+        self.arrivals.append(trio.current_time())
+        return event
+
+    async def receive_until_closed(self) -> int | None:
+        """Read every event until the server closes the connection; its close code."""
+        try:
+            while True:
+                await self.receive()
+        except ConnectionClosed as closed:
+            self.closed_at = trio.current_time()
+            return closed.reason.code if closed.reason is not None else None
+
+    async def expect_nothing_before(self, deadline: float) -> None:
+        """Fail if any event arrives before the virtual time ``deadline``."""
+        with trio.move_on_at(deadline):
+            event = await self.receive()
+            raise AssertionError(
+                f"expected nothing before t={deadline}, got {event} at {trio.current_time()}"
+            )
+
+    def event_types(self, response: str) -> list[str]:
+        """The types of the events about ``response``, in the order they arrived."""
+        return [event["type"] for event in self.events if event.get("response") == response]
+
+    async def abort(self) -> None:
+        """Vanish without a close handshake, like a client whose network dropped."""
+        await trio.aclose_forcefully(self._stream)

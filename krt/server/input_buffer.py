@@ -5,10 +5,13 @@ here is tested with plain values. Complete sentences are spoken at once; the res
 for more text, for ``input.commit``, or for ``FLUSH_IDLE_MS`` without an append. A stream
 that never ends a sentence is still cut once it holds ``MAX_INCREMENTAL_WORDS`` words,
 at its last clause mark if it has one, so a run-on LLM reply is spoken as it comes
-rather than refused as too long at the end.
+rather than refused as too long at the end; one huge append is cut as many times as it
+takes, so no piece holds more than ``MAX_INCREMENTAL_WORDS`` words.
 """
 
 from __future__ import annotations
+
+import re
 
 from krt.engine.segmenter import count_words, cut_run_on, split_sentences
 
@@ -32,9 +35,13 @@ class InputBuffer:
         """Add text; return the pieces to speak now, in order (stripped, none empty)."""
         self._last_append = now
         *complete, rest = split_sentences(self._text + text)
-        if count_words(rest) >= self.max_words:
-            head, rest = cut_run_on(rest)
+        while count_words(rest) >= self.max_words:
+            window, overflow = _first_words(rest, self.max_words)
+            head, kept = cut_run_on(window)
+            if not head.strip():
+                break
             complete.append(head)
+            rest = kept + overflow
         self._text = rest
         return [piece.strip() for piece in complete if piece.strip()]
 
@@ -50,3 +57,11 @@ class InputBuffer:
     def flush_due(self) -> float | None:
         """When buffered text is due to be spoken for want of more; None when there is none."""
         return self._last_append + self.idle_seconds if self.pending else None
+
+
+def _first_words(text: str, count: int) -> tuple[str, str]:
+    """``text`` split after its ``count``-th word; the second part keeps its leading space."""
+    match = re.match(rf"\s*(?:\S+\s+){{{count - 1}}}\S+", text)
+    if match is None:
+        return text, ""
+    return text[: match.end()], text[match.end() :]

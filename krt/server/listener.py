@@ -20,6 +20,7 @@ import trio
 import trio_websocket
 
 from krt.protocol import MAX_WS_MESSAGE_BYTES, WS_PATH
+from krt.server.outbox import CLOSE_TIMEOUT_S
 from krt.server.session import Session
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ async def handle_connection(stream: trio.abc.Stream, state: ServerState) -> None
                 [("WWW-Authenticate", 'Bearer realm="krt"')],
             )
             return
-        await _serve_websocket(ReplayStream(received, stream), state, peer)
+        await serve_websocket(ReplayStream(received, stream), state, peer)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as group:
         log.debug("%s: connection dropped: %r", peer, group.exceptions)
     except* Exception as group:
@@ -166,7 +167,18 @@ async def handle_connection(stream: trio.abc.Stream, state: ServerState) -> None
         await trio.aclose_forcefully(stream)
 
 
-async def _serve_websocket(stream: trio.abc.Stream, state: ServerState, peer: str) -> None:
+async def serve_websocket(
+    stream: trio.abc.Stream,
+    state: ServerState,
+    peer: str,
+    *,
+    task_status: trio.TaskStatus[Session] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Complete the WebSocket handshake on ``stream`` and run one session until it ends.
+
+    Any byte stream will do (tests hand it one end of an in-memory pair);
+    ``task_status.started`` gets the session once the handshake is done.
+    """
     engine = state.engine
     assert engine is not None, "checked by the caller"
     async with trio.open_nursery() as nursery:
@@ -177,12 +189,19 @@ async def _serve_websocket(stream: trio.abc.Stream, state: ServerState, peer: st
         session = Session(ws, engine, state.config, state.metrics, state.in_flight, peer)
         state.open_sessions.add(session)
         log.info("%s: session open (%d active)", peer, state.sessions)
+        task_status.started(session)
         try:
             await session.run()
         finally:
             state.open_sessions.discard(session)
             log.info("%s: session closed (%d active)", peer, state.sessions)
-            nursery.cancel_scope.cancel()
+            if ws.closed is not None:
+                # Our close is under way: trio-websocket's reader must stay to read the
+                # client's reply, or the close (and a drain waiting on it) hangs until
+                # its timeout. Bounded, since a client may never answer.
+                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            else:
+                nursery.cancel_scope.cancel()
 
 
 def _peer_of(stream: trio.abc.Stream) -> str:

@@ -3,8 +3,10 @@
 A response is *open* from the moment the client is told ``response.created`` until its
 last event (``response.completed``, ``response.canceled`` or ``response.error``) is on
 the wire; only then is it *settled*: it leaves the server's in-flight count (which a
-drain waits on) and, unless it failed, lands in the metrics log. Between the two it can
-be addressed by a ``response.cancel`` until it is *retired* (its last event is queued).
+drain waits on) and, unless it failed, lands in the metrics log. Until then a
+``response.cancel`` or ``barge`` can still stop it, even when its synthesis is done and
+only its audio is still queued for a slow client; a cancel *retires* it at once, so a
+second cancel gets ``unknown_response``.
 A connection that vanishes settles every open response as canceled.
 
 The server-wide side is :class:`InFlight`: how many responses are open across all
@@ -119,10 +121,13 @@ class ResponseBook:
         self.retire(response)
 
     def end(self, response: Response, outcome: Outcome) -> None:
-        """Its last event is decided (completed or failed); unless it was canceled first."""
+        """Its synthesis is over (completed or failed), unless it was canceled first.
+
+        It stays addressable until its last event is on the wire: its audio may still be
+        queued for a slow client, and a cancel must be able to stop that too.
+        """
         if response.outcome is Outcome.OPEN:
             response.outcome = outcome
-        self.retire(response)
 
     def retire(self, response: Response) -> None:
         """No event may address it any more (a late cancel gets ``unknown_response``)."""
@@ -134,6 +139,7 @@ class ResponseBook:
         if response.settled:
             return
         response.settled = True
+        self.retire(response)
         self._unsettled.remove(response)
         self._in_flight.close()
         if response.outcome is not Outcome.FAILED:

@@ -1,0 +1,293 @@
+"""One WebSocket session without a socket: a real trio-websocket client over memory streams.
+
+The session, its outbox and the engine (run inline, fake model) are the production
+objects; only the transport is in memory, so everything runs on virtual time and the
+order of events is exact. ``ClockedFake`` makes a response take virtual time to compute,
+so a cancel or a disconnect lands while its audio is still being made.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from krt.engine.facade import Engine
+from krt.engine.pipeline import SpeechPipeline
+from krt.engine.runner import InlineRunner
+from krt.metrics.record import MetricsLog
+from krt.server.state import ServerState
+from krt.synth.fake_backend import FakeBackend
+from tests.conftest import make_config
+from tests.fakes import ClockedFake, CrashingPhonemizer, MemoryClient
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from krt.synth.backend import Backend
+
+pytestmark = pytest.mark.trio
+
+SHORT_TEXT = "Hello there. This is a test."
+LONG_TEXT = " ".join(f"Sentence number {n} goes on for a while." for n in range(1, 9))
+"""About 25 s of fake audio: at a ratio of 0.25, over 6 virtual seconds of compute."""
+VERY_LONG_TEXT = f"{LONG_TEXT} {LONG_TEXT} {LONG_TEXT}"
+"""More audio than a session's outbox (64 engine batches) and its job's buffer hold."""
+
+
+class ClockedCrashingFake(ClockedFake):
+    """A model on virtual time whose G2P breaks on any text containing ``explode``."""
+
+    def make_phonemizer(self) -> CrashingPhonemizer:
+        return CrashingPhonemizer("explode")
+
+
+async def start_state(nursery: trio.Nursery, tmp_path: Path, backend: Backend, **env: str) -> ServerState:
+    """The server's shared state around an engine that runs its model inline."""
+    config = make_config(KRT_BACKEND="fake", **env)
+    engine = Engine(SpeechPipeline(backend, config), config, InlineRunner())
+    await nursery.start(engine.run)
+    return ServerState(config, engine, MetricsLog(tmp_path / "metrics.log"), ready=True)
+
+
+def expected_pcm(state: ServerState, text: str) -> bytes:
+    """What the plain pipeline renders for ``text`` in the session's default voice."""
+    pipeline = SpeechPipeline(FakeBackend(), state.config)
+    return b"".join(chunk for batch in pipeline.rendering(pipeline.plan(text, "female")) for chunk in batch)
+
+
+def metrics_lines(tmp_path: Path) -> dict[str, dict[str, object]]:
+    path = tmp_path / "metrics.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = [json.loads(line) for line in lines]
+    by_id = {record["request_id"]: record for record in records}
+    assert len(by_id) == len(records), "one line per response"
+    return by_id
+
+
+def engine_idle(state: ServerState) -> bool:
+    assert state.engine is not None
+    stats = state.engine.statistics()
+    return (stats.active, stats.waiting) == (0, 0)
+
+
+async def test_a_response_is_created_streamed_and_completed(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(10):
+        state = await start_state(nursery, tmp_path, FakeBackend())
+        client = await MemoryClient.connect(nursery, state)
+
+        await client.send("response.create", response_id="r1", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "r1")
+
+        kinds = client.event_types("r1")
+        assert kinds[0] == "response.created"
+        assert kinds[-1] == "response.completed"
+        assert set(kinds[1:-1]) == {"response.output_audio.delta"}
+        assert bytes(client.audio["r1"]) == expected_pcm(state, SHORT_TEXT)
+        assert state.in_flight.count == 0
+        assert engine_idle(state)
+
+
+async def test_nothing_of_a_canceled_response_follows_its_canceled_event(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        backend = ClockedFake(autojump_clock, ratio=0.25)
+        state = await start_state(nursery, tmp_path, backend)
+        client = await MemoryClient.connect(nursery, state)
+        plan = state.engine.plan(LONG_TEXT, "female")
+
+        await client.send("response.create", response_id="r1", input=LONG_TEXT)
+        await client.receive_until("response.output_audio.delta", "r1")
+        await client.send("response.cancel", response="r1")
+        canceled = await client.receive_until("response.canceled", "r1")
+        after_cancel = len(client.events)
+        await client.send("response.cancel", response="r1")
+        unknown = await client.receive()
+        await client.send("response.create", response_id="r2", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "r2")
+
+        assert canceled == {"type": "response.canceled", "response": "r1"}
+        assert not [event for event in client.events[after_cancel:] if event.get("response") == "r1"]
+        assert unknown["type"] == "error" and unknown["error"]["code"] == "unknown_response"
+        assert 0 < len(client.audio["r1"]) < len(expected_pcm(state, LONG_TEXT))
+        # The model stopped on r1 within a segment or two of the cancel.
+        assert backend.segments_synthesized < len(plan.segments)
+        assert bytes(client.audio["r2"]) == expected_pcm(state, SHORT_TEXT)
+        assert engine_idle(state)
+
+
+async def test_a_cancel_drops_the_audio_still_waiting_to_be_sent(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        state = await start_state(nursery, tmp_path, FakeBackend(), WS_SEND_TIMEOUT="60")
+        # A stream with no buffer: the server's writes wait for this client to read.
+        client = await MemoryClient.connect(nursery, state, lockstep=True)
+
+        # More audio than the outbox and the job's buffer hold: r1 is still being made.
+        await client.send("response.create", response_id="r1", input=VERY_LONG_TEXT)
+        await trio.sleep(1)  # virtual: the client reads nothing; r1's audio piles up server-side
+        await client.send("response.cancel", response="r1")
+        await client.receive_until("response.canceled", "r1")
+
+        # Only what was already on the wire arrives: the frame the client's reader holds
+        # and the one the server was part-way through writing. The queued audio is
+        # dropped instead of being played after the user asked for silence.
+        deltas = ["response.output_audio.delta"] * 2
+        assert client.event_types("r1") == ["response.created", *deltas, "response.canceled"]
+        await client.send("response.create", response_id="r2", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "r2")
+        assert bytes(client.audio["r2"]) == expected_pcm(state, SHORT_TEXT)
+        assert engine_idle(state)
+
+
+async def test_a_response_whose_audio_is_still_queued_can_be_canceled(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        state = await start_state(nursery, tmp_path, FakeBackend(), WS_SEND_TIMEOUT="60")
+        client = await MemoryClient.connect(nursery, state, lockstep=True)
+
+        # All of r1 fits in the outbox: its synthesis is over, none of it has been read.
+        await client.send("response.create", response_id="r1", input=LONG_TEXT)
+        await trio.sleep(1)  # virtual: the client reads nothing
+        await client.send("response.cancel", response="r1")
+        while (answer := await client.receive())["type"] not in ("response.canceled", "error"):
+            pass
+
+        # Today the answer is error unknown_response, after every queued second of r1's
+        # audio and its response.completed.
+        assert answer == {"type": "response.canceled", "response": "r1"}
+        assert "response.completed" not in client.event_types("r1")
+
+
+async def test_barge_cancels_every_response_and_forgets_buffered_input(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        state = await start_state(
+            nursery, tmp_path, ClockedFake(autojump_clock, ratio=0.25), FLUSH_IDLE_MS="600000"
+        )
+        client = await MemoryClient.connect(nursery, state)
+
+        await client.send("input.append", text="words still being typed")
+        await client.send("response.create", response_id="r1", input=LONG_TEXT)
+        await client.send("response.create", response_id="r2", input=LONG_TEXT)
+        await client.receive_until("response.output_audio.delta", "r1")
+        await client.send("barge")
+        await client.receive_until("response.canceled", "r2")
+        after_barge = len(client.events)
+        await client.send("input.commit")  # the buffered words are gone: nothing to speak
+        await client.send("response.create", response_id="r3", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "r3")
+
+        assert client.event_types("r1")[-1] == "response.canceled"
+        assert client.event_types("r2") == ["response.created", "response.canceled"]
+        later = client.events[after_barge:]
+        assert all(event["response"] == "r3" for event in later)
+        assert bytes(client.audio["r3"]) == expected_pcm(state, SHORT_TEXT)
+        assert state.in_flight.count == 0
+        assert engine_idle(state)
+
+
+async def test_session_end_speaks_what_is_queued_then_closes_1000(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        state = await start_state(nursery, tmp_path, ClockedFake(autojump_clock, ratio=0.25))
+        client = await MemoryClient.connect(nursery, state)
+
+        await client.send("response.create", response_id="r1", input=SHORT_TEXT)
+        await client.send("response.create", response_id="r2", input=LONG_TEXT)
+        await client.send("input.append", text="and one trailing thought")
+        await client.send("session.end")
+        code = await client.receive_until_closed()
+
+        assert code == 1000
+        created = [event["response"] for event in client.events if event["type"] == "response.created"]
+        completed = [event["response"] for event in client.events if event["type"] == "response.completed"]
+        assert created[:2] == ["r1", "r2"] and len(created) == 3
+        assert completed == created
+        assert bytes(client.audio["r2"]) == expected_pcm(state, LONG_TEXT)
+        assert bytes(client.audio[created[2]]) == expected_pcm(state, "and one trailing thought")
+        with trio.fail_after(1):
+            await client.ended.wait()
+        assert state.sessions == 0
+        assert state.in_flight.count == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ('{"type": "response.explode"}', "unknown_event"),
+        ('{"type": "response.create", "input": 42}', "invalid_field"),
+        (b"\x00\x01binary", "binary_frame"),
+    ],
+)
+async def test_a_malformed_frame_gets_an_error_event_and_the_session_goes_on(
+    nursery, tmp_path, autojump_clock, frame, code
+):
+    with trio.fail_after(10):
+        state = await start_state(nursery, tmp_path, FakeBackend())
+        client = await MemoryClient.connect(nursery, state)
+
+        await client.send_frame(frame)
+        error = await client.receive()
+        await client.send("response.create", response_id="r1", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "r1")
+
+        assert error["type"] == "error"
+        assert error["error"]["code"] == code
+        assert bytes(client.audio["r1"]) == expected_pcm(state, SHORT_TEXT)
+
+
+async def test_the_metrics_log_gets_one_line_per_finished_response(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        backend = ClockedCrashingFake(autojump_clock, ratio=0.25)
+        state = await start_state(nursery, tmp_path, backend)
+        client = await MemoryClient.connect(nursery, state)
+
+        await client.send("response.create", response_id="canceled", input=LONG_TEXT)
+        await client.receive_until("response.output_audio.delta", "canceled")
+        await client.send("response.cancel", response="canceled")
+        await client.receive_until("response.canceled", "canceled")
+        computed_before = backend.computed
+        await client.send("response.create", response_id="completed", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "completed")
+        completed_compute = backend.computed - computed_before
+        await client.send("response.create", response_id="failed", input="This will explode.")
+        failed = await client.receive_until("response.error", "failed")
+        await client.send("response.create", response_id="refused", input="Hi.", voice="robot")
+        refused = await client.receive_until("response.error", "refused")
+
+        assert failed["code"] == "synthesis_failed"
+        assert refused["code"] == "invalid_voice"
+        records = metrics_lines(tmp_path)
+        assert set(records) == {"canceled", "completed"}
+        assert records["canceled"]["canceled"] is True
+        assert records["completed"]["canceled"] is False
+        assert records["completed"]["audio_s"] == round(len(client.audio["completed"]) / 48000, 3)
+        # Virtual time: the completed response took exactly its compute, nothing else.
+        assert records["completed"]["wall_s"] == round(completed_compute, 3)
+        assert state.in_flight.count == 0
+
+
+async def test_an_abrupt_disconnect_settles_everything_and_frees_the_engine(
+    nursery, tmp_path, autojump_clock
+):
+    with trio.fail_after(30):
+        backend = ClockedFake(autojump_clock, ratio=0.25)
+        state = await start_state(nursery, tmp_path, backend)
+        client = await MemoryClient.connect(nursery, state)
+
+        await client.send("response.create", response_id="speaking", input=LONG_TEXT)
+        await client.send("response.create", response_id="queued", input=LONG_TEXT)
+        await client.receive_until("response.output_audio.delta", "speaking")
+        assert state.in_flight.count == 2
+        await client.abort()
+        await client.ended.wait()
+        computed_at_end = backend.computed
+
+        assert state.in_flight.count == 0
+        assert state.in_flight.zero.is_set()
+        assert state.sessions == 0
+        assert engine_idle(state)
+        records = metrics_lines(tmp_path)
+        assert set(records) == {"speaking", "queued"}
+        assert all(record["canceled"] is True for record in records.values())
+        await trio.sleep(5)  # virtual: the model is not still working for the vanished client
+        assert backend.computed == computed_at_end

@@ -1,0 +1,415 @@
+"""Timing a user can hear, on virtual time: idle flush, admission, drain, send timeout.
+
+The engine runs its model inline (``InlineRunner``) and ``ClockedFake`` advances the
+``MockClock`` by each chunk's audio seconds × a ratio, so compute times are exact and
+the clock only moves when the model computes or when every task waits for a deadline
+(``autojump_clock``). Sessions run over memory streams with a real trio-websocket client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from krt.engine.facade import WARM_UP_TEXT, Engine
+from krt.engine.pipeline import SpeechPipeline
+from krt.engine.runner import InlineRunner
+from krt.errors import SpeechError
+from krt.g2p import tokenize
+from krt.metrics.record import MetricsLog
+from krt.server.app import drain
+from krt.server.state import ServerState
+from krt.synth.fake_backend import SECONDS_PER_TOKEN, FakeBackend
+from tests.conftest import make_config
+from tests.fakes import ClockedFake, MemoryClient
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from krt.config import Config
+    from krt.engine.pipeline import SpeechPlan
+    from krt.synth.backend import Backend
+
+pytestmark = pytest.mark.trio
+
+TICK = 1e-9
+"""Autojumps land on a deadline give or take float rounding; nothing else may pass."""
+NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+ONE_CHUNK_TURNS = {"SCHED_QUANTUM_BYTES": "2", "PRIORITY_QUANTUM_BYTES": "2"}
+"""Every engine turn is one backend chunk: the finest the inline model can be interrupted."""
+LONG_TEXT = " ".join(f"Sentence number {n} goes on for a while." for n in range(1, 9))
+
+
+def sentences(word: str, count: int) -> str:
+    return " ".join(f"{word} {number}." for number in NUMBERS[:count])
+
+
+def engine_config(**env: str) -> Config:
+    return make_config(KRT_BACKEND="fake", **env)
+
+
+async def start_engine(nursery: trio.Nursery, config: Config, backend: Backend) -> Engine:
+    engine = Engine(SpeechPipeline(backend, config), config, InlineRunner())
+    await nursery.start(engine.run)
+    return engine
+
+
+async def start_state(nursery: trio.Nursery, tmp_path: Path, backend: Backend, **env: str) -> ServerState:
+    config = engine_config(**env)
+    engine = await start_engine(nursery, config, backend)
+    return ServerState(config, engine, MetricsLog(tmp_path / "metrics.log"), ready=True)
+
+
+def compute_seconds(config: Config, plan: SpeechPlan, ratio: float) -> float:
+    """The fake model's compute for a plan: each token is SECONDS_PER_TOKEN of audio."""
+    backend = FakeBackend()
+    phonemizer = backend.make_phonemizer()
+    tokens = sum(len(tokenize(phonemizer.phonemize(text), backend.vocab)) for text in plan.segments)
+    return tokens * SECONDS_PER_TOKEN * ratio
+
+
+def expected_pcm(state: ServerState, text: str) -> bytes:
+    pipeline = SpeechPipeline(FakeBackend(), state.config)
+    return b"".join(chunk for batch in pipeline.rendering(pipeline.plan(text, "female")) for chunk in batch)
+
+
+def metrics_lines(tmp_path: Path) -> dict[str, dict[str, object]]:
+    path = tmp_path / "metrics.log"
+    return {record["request_id"]: record for record in map(json.loads, path.read_text().splitlines())}
+
+
+def created_ids(client: MemoryClient) -> list[str]:
+    return [event["response"] for event in client.events if event["type"] == "response.created"]
+
+
+async def try_stream(engine: Engine, plan: SpeechPlan, label: str) -> None:
+    async with engine.stream(plan, label):
+        pass
+
+
+# -- incremental input ------------------------------------------------------------------
+
+
+async def test_buffered_input_is_spoken_exactly_flush_idle_ms_after_the_last_append(
+    nursery, tmp_path, autojump_clock
+):
+    with trio.fail_after(10):
+        state = await start_state(nursery, tmp_path, FakeBackend(), FLUSH_IDLE_MS="160")
+        client = await MemoryClient.connect(nursery, state)
+
+        first = trio.current_time()
+        await client.send("input.append", text="Hello there")
+        await client.expect_nothing_before(first + 0.100)
+        second = trio.current_time()
+        await client.send("input.append", text=" my friend")
+        # The first append's deadline (first + 0.160) passes quietly: the second restarted it.
+        await client.expect_nothing_before(second + 0.159)
+        created = await client.receive()
+        arrived = client.arrivals[-1]
+        await client.receive_until("response.completed", created["response"])
+
+        assert created["type"] == "response.created"
+        assert second + 0.160 <= arrived <= second + 0.160 + TICK
+        assert bytes(client.audio[created["response"]]) == expected_pcm(state, "Hello there my friend")
+
+
+async def test_input_commit_speaks_buffered_input_at_once_and_only_once(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(10):
+        state = await start_state(nursery, tmp_path, FakeBackend(), FLUSH_IDLE_MS="160")
+        client = await MemoryClient.connect(nursery, state)
+
+        sent = trio.current_time()
+        await client.send("input.append", text="No sentence end here")
+        await client.send("input.commit")
+        created = await client.receive()
+        arrived = client.arrivals[-1]
+        await client.receive_until("response.completed", created["response"])
+        await client.expect_nothing_before(sent + 1.0)  # the idle flush finds nothing left
+
+        assert created["type"] == "response.created"
+        assert arrived == sent
+        assert created_ids(client) == [created["response"]]
+        assert bytes(client.audio[created["response"]]) == expected_pcm(state, "No sentence end here")
+
+
+async def test_a_finished_sentence_is_spoken_at_once_and_the_rest_waits(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(10):
+        state = await start_state(nursery, tmp_path, FakeBackend(), FLUSH_IDLE_MS="160")
+        client = await MemoryClient.connect(nursery, state)
+
+        sent = trio.current_time()
+        await client.send("input.append", text="Hi there. And then")
+        sentence = await client.receive()
+        sentence_at = client.arrivals[-1]
+        await client.receive_until("response.completed", sentence["response"])
+        rest = await client.receive_until("response.created")
+        rest_at = client.arrivals[-1]
+        await client.receive_until("response.completed", rest["response"])
+
+        assert sentence["type"] == "response.created"
+        assert sentence_at == sent
+        assert sent + 0.160 <= rest_at <= sent + 0.160 + TICK
+        assert bytes(client.audio[sentence["response"]]) == expected_pcm(state, "Hi there.")
+        assert bytes(client.audio[rest["response"]]) == expected_pcm(state, "And then")
+
+
+# -- admission --------------------------------------------------------------------------
+
+
+async def test_warm_up_calibrates_the_speed_from_the_clocked_compute(nursery, autojump_clock):
+    with trio.fail_after(10):
+        config = engine_config()
+        backend = ClockedFake(autojump_clock, ratio=0.5)
+        engine = await start_engine(nursery, config, backend)
+        started = trio.current_time()
+        await engine.warm_up()
+
+        # Two runs of 40 characters, 40 tokens: 2.6 s of audio each, computed at half of it.
+        assert len(WARM_UP_TEXT) == 40
+        assert trio.current_time() - started == pytest.approx(2 * 1.3, abs=TICK)
+        assert engine.statistics().seconds_per_char == pytest.approx(1.3 / 40, abs=TICK)
+
+
+@pytest.mark.parametrize(("sla_ms", "admitted"), [("300", False), ("350", True)])
+async def test_a_newcomer_is_busy_when_its_predicted_wait_exceeds_the_sla(
+    nursery, autojump_clock, sla_ms, admitted
+):
+    with trio.fail_after(30):
+        config = engine_config(QUEUE_WAIT_SLA_MS=sla_ms)
+        backend = ClockedFake(autojump_clock, ratio=0.5)
+        engine = await start_engine(nursery, config, backend)
+        await engine.warm_up()  # 32.5 ms of compute per character
+        plan_a = engine.plan(sentences("alpha", 3))
+        plan_b = engine.plan(sentences("bravo", 2))
+        # B would wait for A's first segment ("alpha one.", 10 characters): 325 ms.
+        predicted = compute_seconds(config, engine.plan(plan_a.segments[0]), ratio=0.5)
+        assert predicted == pytest.approx(0.325)
+
+        async with engine.stream(plan_a, "a") as job_a:
+            if admitted:
+                async with engine.stream(plan_b, "b") as job_b:
+                    async for _batch in job_b:
+                        pass
+                # On a calibrated model the prediction is what B really waited.
+                assert job_b.queue_seconds == pytest.approx(predicted, abs=TICK)
+            else:
+                with pytest.raises(SpeechError) as refused:
+                    await try_stream(engine, plan_b, "b")
+                assert refused.value.code == "busy"
+                assert "predicted wait 325 ms exceeds QUEUE_WAIT_SLA_MS=300" in refused.value.message
+            async for _batch in job_a:
+                pass
+        assert engine.statistics().busy_rejections == (0 if admitted else 1)
+
+
+async def test_a_job_waiting_for_a_slot_starts_when_the_one_ahead_finishes(nursery, autojump_clock):
+    with trio.fail_after(30):
+        config = engine_config(MAX_CONCURRENT_JOBS="1", QUEUE_WAIT_SLA_MS="100000")
+        backend = ClockedFake(autojump_clock, ratio=0.5)
+        engine = await start_engine(nursery, config, backend)
+        await engine.warm_up()
+        plan_a = engine.plan(sentences("alpha", 4))
+        plan_b = engine.plan(sentences("bravo", 1))
+
+        async with engine.stream(plan_a, "a") as job_a, engine.stream(plan_b, "b") as job_b:
+            assert (engine.statistics().active, engine.statistics().waiting) == (1, 1)
+            async for _batch in job_a:
+                pass
+            async for _batch in job_b:
+                pass
+
+        assert job_a.queue_seconds == 0
+        assert job_b.queue_seconds == pytest.approx(compute_seconds(config, plan_a, 0.5), abs=TICK)
+
+
+async def test_the_engine_is_busy_at_exactly_its_concurrency_and_queue_limits(nursery, autojump_clock):
+    with trio.fail_after(30):
+        config = engine_config(
+            MAX_CONCURRENT_JOBS="2", MAX_QUEUED_REQUESTS="3", QUEUE_WAIT_SLA_MS="100000000"
+        )
+        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=0.5))
+        await engine.warm_up()
+        plan = engine.plan(LONG_TEXT)
+
+        async with contextlib.AsyncExitStack() as streams:
+            jobs = [await streams.enter_async_context(engine.stream(plan, f"j{n}")) for n in range(5)]
+            await trio.sleep(1)  # virtual: the two active jobs get turns until their buffers fill
+            stats = engine.statistics()
+            assert (stats.active, stats.waiting, stats.busy_rejections) == (2, 3, 0)
+            for label in ("j5", "j6"):
+                with pytest.raises(SpeechError) as refused:
+                    await try_stream(engine, plan, label)
+                assert refused.value.code == "busy"
+                assert "5 responses are already in the engine" in refused.value.message
+            assert engine.statistics().busy_rejections == 2
+
+            async for _batch in jobs[0]:  # the first finishes; the oldest waiting one moves up
+                pass
+            stats = engine.statistics()
+            assert (stats.active, stats.waiting) == (2, 2)
+            await streams.enter_async_context(engine.stream(plan, "j7"))
+            assert (engine.statistics().active, engine.statistics().waiting) == (2, 3)
+        assert engine.statistics().busy_rejections == 2
+
+
+async def test_queue_maxsize_caps_the_jobs_even_with_a_free_slot(nursery, autojump_clock):
+    with trio.fail_after(10):
+        config = engine_config(MAX_CONCURRENT_JOBS="4", QUEUE_MAXSIZE="2", QUEUE_WAIT_SLA_MS="100000000")
+        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=0.5))
+        plan = engine.plan(LONG_TEXT)
+
+        async with engine.stream(plan, "a"), engine.stream(plan, "b"):
+            with pytest.raises(SpeechError) as refused:
+                await try_stream(engine, plan, "c")
+            assert refused.value.code == "busy"
+            assert engine.statistics().active == 2
+        assert engine.statistics().busy_rejections == 1
+
+
+# -- drain ------------------------------------------------------------------------------
+
+
+class TimedDrain:
+    """``drain(state)`` in a task of its own, noting the virtual time it returns at."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.returned_at: float | None = None
+
+    async def run(self, state: ServerState, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """``started`` once the drain refuses new responses (its first, synchronous step)."""
+        task_status.started()
+        await drain(state)
+        self.returned_at = trio.current_time()
+        self.done.set()
+
+
+async def test_drain_refuses_new_responses_and_closes_1001_once_the_last_one_is_done(
+    nursery, tmp_path, autojump_clock
+):
+    with trio.fail_after(30):
+        backend = ClockedFake(autojump_clock, ratio=0.5)
+        state = await start_state(nursery, tmp_path, backend, KRT_DRAIN_SECONDS="30")
+        speaking = await MemoryClient.connect(nursery, state)
+        idle = await MemoryClient.connect(nursery, state)
+        text = sentences("alpha", 3)
+        compute = compute_seconds(state.config, state.engine.plan(text), ratio=0.5)
+        assert compute == pytest.approx(1.04)
+
+        sent = trio.current_time()
+        await speaking.send("response.create", response_id="r1", input=text)
+        await speaking.receive_until("response.created", "r1")
+        draining = TimedDrain()
+        await nursery.start(draining.run, state)
+        assert state.draining
+        assert state.readiness()[0] == 503
+        await speaking.send("response.create", response_id="r2", input="Too late.")
+        await idle.send("response.create", response_id="i1", input="Too late too.")
+        speaking_code = await speaking.receive_until_closed()
+        idle_code = await idle.receive_until_closed()
+        await speaking.ended.wait()
+        await idle.ended.wait()
+
+        assert speaking.event_types("r1")[-1] == "response.completed"
+        assert bytes(speaking.audio["r1"]) == expected_pcm(state, text)
+        for client, response in ((speaking, "r2"), (idle, "i1")):
+            (refused,) = [event for event in client.events if event.get("response") == response]
+            assert (refused["type"], refused["code"]) == ("response.error", "busy")
+        assert (speaking_code, idle_code) == (1001, 1001)
+        # Closed the moment r1's last event was out: exactly its compute after it was sent.
+        assert speaking.closed_at == pytest.approx(sent + compute, abs=TICK)
+        assert idle.closed_at == pytest.approx(sent + compute, abs=TICK)
+        assert state.in_flight.count == 0
+        assert state.sessions == 0
+
+
+async def test_drain_gives_up_after_krt_drain_seconds_and_closes_1001(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        state = await start_state(
+            nursery,
+            tmp_path,
+            ClockedFake(autojump_clock, ratio=0.5),
+            KRT_DRAIN_SECONDS="0.5",
+            MAX_CONCURRENT_JOBS="1",
+            QUEUE_WAIT_SLA_MS="100000",
+        )
+        engine = state.engine
+        client = await MemoryClient.connect(nursery, state)
+
+        # Another stream holds the only slot and reads nothing: once its buffer is full
+        # the model idles, and r1 waits for the slot for as long as anyone lets it.
+        async with engine.stream(engine.plan(LONG_TEXT), "hog"):
+            await client.send("response.create", response_id="r1", input="Waiting for a slot.")
+            await client.receive_until("response.created", "r1")
+            assert engine.statistics().waiting == 1
+            started = trio.current_time()
+            draining = TimedDrain()
+            await nursery.start(draining.run, state)
+            code = await client.receive_until_closed()
+            await client.ended.wait()
+
+            assert code == 1001
+            assert client.closed_at == pytest.approx(started + 0.5, abs=TICK)
+            assert client.event_types("r1") == ["response.created"]
+            assert state.in_flight.count == 0
+            assert engine.statistics().waiting == 0  # r1's job left with its session
+        await draining.done.wait()
+        records = metrics_lines(tmp_path)
+        assert records["r1"]["canceled"] is True
+
+
+async def test_drain_returns_as_soon_as_its_sessions_are_closed(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(30):
+        state = await start_state(nursery, tmp_path, FakeBackend())
+        client = await MemoryClient.connect(nursery, state)
+        await client.send("response.create", response_id="r1", input="Hello.")
+        await client.receive_until("response.completed", "r1")
+
+        started = trio.current_time()
+        draining = TimedDrain()
+        await nursery.start(draining.run, state)
+        code = await client.receive_until_closed()
+        await draining.done.wait()
+
+        assert code == 1001
+        assert client.closed_at == started
+        # Nothing is in flight and the client answers the close at once, so the drain
+        # returns at once too, not CLOSE_TIMEOUT_S (1 s) later.
+        assert draining.returned_at == started
+
+
+# -- send timeout -----------------------------------------------------------------------
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_ws_send_timeout_and_others_go_on(
+    nursery, tmp_path, autojump_clock
+):
+    with trio.fail_after(30):
+        state = await start_state(nursery, tmp_path, FakeBackend(), WS_SEND_TIMEOUT="2")
+        stuck = await MemoryClient.connect(nursery, state, lockstep=True)
+        reader = await MemoryClient.connect(nursery, state)
+        engine = state.engine
+
+        sent = trio.current_time()
+        # Three times LONG_TEXT: more audio than the outbox and the job's buffer hold, so
+        # the stuck client's job is still in the engine when its sends block.
+        await stuck.send("response.create", response_id="stuck", input=f"{LONG_TEXT} {LONG_TEXT} {LONG_TEXT}")
+        await trio.sleep(1)  # virtual; nobody reads the stuck client's frames
+        assert engine.statistics().active == 1
+        await reader.send("response.create", response_id="r1", input=LONG_TEXT)
+        await reader.receive_until("response.completed", "r1")
+        assert trio.current_time() == pytest.approx(sent + 1, abs=TICK)  # it held up nobody
+        await stuck.ended.wait()
+
+        assert stuck.ended_at == pytest.approx(sent + 2, abs=TICK)
+        assert bytes(reader.audio["r1"]) == expected_pcm(state, LONG_TEXT)
+        stats = engine.statistics()
+        assert (stats.active, stats.waiting) == (0, 0)
+        assert state.sessions == 1
+        assert state.in_flight.count == 0
+        await reader.send("response.create", response_id="r2", input="Still here.")
+        await reader.receive_until("response.completed", "r2")
