@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from krt import SAMPLE_RATE
+from krt import PCM_BYTES_PER_SECOND
 from krt.audio import write_wav
 from krt.engine.pipeline import SpeechPipeline
 from krt.synth.loading import load_backend
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     pcm = b"".join(pipeline.speak(text, args.voice, args.speed))
     elapsed = time.perf_counter() - started
     write_wav(args.out, pcm)
-    seconds = len(pcm) / 2 / SAMPLE_RATE
+    seconds = len(pcm) / PCM_BYTES_PER_SECOND
     print(
         f"wrote {args.out}: {seconds:.2f} s of audio in {elapsed:.2f} s "
         f"({seconds / elapsed:.1f}x realtime, {backend.name} on {backend.device})",

@@ -16,6 +16,7 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
+from krt.engine.pipeline import SpeechPipeline
 from krt.protocol import WS_PATH
 from krt.server.app import main
 from krt.server.state import ServerState
@@ -54,7 +55,12 @@ async def start_server(
     settings = {"KRT_BACKEND": "fake", "KRT_METRICS_LOG": str(tmp_path / "metrics.log"), **env}
     port, state = await nursery.start(
         lambda task_status: main(
-            make_config(**settings), "127.0.0.1", 0, handle_signals=False, load=load, task_status=task_status
+            make_config(**settings),
+            "127.0.0.1",
+            0,
+            handle_signals=False,
+            build=lambda config: SpeechPipeline(load(config), config),
+            task_status=task_status,
         )
     )
     return RunningServer(port, state)

@@ -26,19 +26,20 @@ import pytest
 import trio
 import trio.testing
 
-from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
 from krt.engine.runner import ThreadRunner
-from krt.engine.scheduler import JOB_BUFFER_CHUNKS
+from krt.engine.scheduler import JOB_BUFFER_BATCHES
 from krt.errors import SpeechError
 from krt.synth.fake_backend import FakeBackend
-from tests.conftest import make_config
 from tests.fakes import RecordingFake
+from tests.inline_engine import engine_config, sentences
+from tests.inline_engine import start_engine as start_inline_or_threaded
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from krt.config import Config
+    from krt.engine.facade import Engine
     from krt.engine.pipeline import SpeechPlan
     from krt.engine.scheduler import Job
 
@@ -47,7 +48,6 @@ pytestmark = pytest.mark.trio
 CHUNK_SAMPLES = 480
 """20 ms at 24 kHz: the default STREAM_CHUNK_SECONDS."""
 
-NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 ONE_CHUNK_TURNS = {"SCHED_QUANTUM_BYTES": "2", "PRIORITY_QUANTUM_BYTES": "2"}
 """Quanta of one sample: every turn produces exactly one shaped chunk."""
 ONE_SEGMENT_TURNS = {"SCHED_QUANTUM_BYTES": "30000", "PRIORITY_QUANTUM_BYTES": "30000"}
@@ -56,18 +56,9 @@ starts the next and stops after that one's second chunk (11 904 + ≥ 3 600 samp
 every turn starts exactly one segment and the recorded calls are the turns."""
 
 
-def sentences(word: str, count: int) -> str:
-    return " ".join(f"{word} {number}." for number in NUMBERS[:count])
-
-
-def engine_config(**env: str) -> Config:
-    return make_config(KRT_BACKEND="fake", **env)
-
-
 async def start_engine(nursery: trio.Nursery, config: Config, backend: RecordingFake) -> Engine:
-    engine = Engine(SpeechPipeline(backend, config), config, ThreadRunner())
-    await nursery.start(engine.run)
-    return engine
+    """These tests run the model on a real thread, as production does."""
+    return await start_inline_or_threaded(nursery, config, backend, ThreadRunner())
 
 
 def pcm_samples(batches: Iterable[tuple[bytes, ...]]) -> np.ndarray:
@@ -429,11 +420,11 @@ async def test_an_unread_job_does_not_hold_up_another_and_is_not_computed_ahead(
 
         async with engine.stream(plan_a, "a") as job_a, engine.stream(plan_b, "b") as job_b:
             np.testing.assert_array_equal(await collect(job_b), expected_audio(config, plan_b))
-            # A got turns until JOB_BUFFER_CHUNKS of its chunks waited: 8 chunks of three per
+            # A got turns until JOB_BUFFER_BATCHES of its chunks waited: 8 chunks of three per
             # segment is the start of its third segment. Without the limit, round robin would
             # have started six of A's segments by the time B's eighteen chunks were done.
             assert len(backend.started("alpha")) <= 3
-            assert job_a.receive.statistics().current_buffer_used <= JOB_BUFFER_CHUNKS
+            assert job_a.receive.statistics().current_buffer_used <= JOB_BUFFER_BATCHES
             np.testing.assert_array_equal(await collect(job_a), expected_audio(config, plan_a))
 
 

@@ -20,7 +20,7 @@ from krt import plots
 from krt.__main__ import build_parser, main
 from krt.bench.sweep import Progress, parse_levels, read_texts
 from krt.bench.sweep_report import format_table, recommend
-from krt.client.cli import pieces_of
+from krt.client.commands import pieces_of
 from krt.client.texts import AGENT_REPLIES
 from krt.metrics import report as metrics
 from krt.metrics.report import read_records

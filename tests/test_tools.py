@@ -143,7 +143,7 @@ async def test_warmup_speaks_both_voices_and_saves_wavs(harness, tmp_path):
 
 @pytest.mark.parametrize("mode", ["single", "sentences"])
 async def test_tpm_counts_completed_transactions(harness, tmp_path, mode):
-    from krt.client.cli import pieces_of
+    from krt.client.commands import pieces_of
     from krt.client.texts import AGENT_REPLIES
 
     with trio.fail_after(30):

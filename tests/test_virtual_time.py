@@ -9,59 +9,38 @@ the clock only moves when the model computes or when every task waits for a dead
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from krt.engine.facade import WARM_UP_TEXT, Engine
-from krt.engine.pipeline import SpeechPipeline
-from krt.engine.runner import InlineRunner
 from krt.errors import SpeechError
 from krt.g2p import tokenize
-from krt.metrics.record import MetricsLog
 from krt.server.app import drain
-from krt.server.state import ServerState
 from krt.synth.fake_backend import SECONDS_PER_TOKEN, FakeBackend
-from tests.conftest import make_config
 from tests.fakes import ClockedFake, MemoryClient
+from tests.inline_engine import (
+    LONG_TEXT,
+    engine_config,
+    expected_pcm,
+    metrics_lines,
+    sentences,
+    start_engine,
+    start_state,
+)
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from krt.config import Config
     from krt.engine.pipeline import SpeechPlan
-    from krt.synth.backend import Backend
+    from krt.server.state import ServerState
 
 pytestmark = pytest.mark.trio
 
 TICK = 1e-9
 """Autojumps land on a deadline give or take float rounding; nothing else may pass."""
-NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 ONE_CHUNK_TURNS = {"SCHED_QUANTUM_BYTES": "2", "PRIORITY_QUANTUM_BYTES": "2"}
 """Every engine turn is one backend chunk: the finest the inline model can be interrupted."""
-LONG_TEXT = " ".join(f"Sentence number {n} goes on for a while." for n in range(1, 9))
-
-
-def sentences(word: str, count: int) -> str:
-    return " ".join(f"{word} {number}." for number in NUMBERS[:count])
-
-
-def engine_config(**env: str) -> Config:
-    return make_config(KRT_BACKEND="fake", **env)
-
-
-async def start_engine(nursery: trio.Nursery, config: Config, backend: Backend) -> Engine:
-    engine = Engine(SpeechPipeline(backend, config), config, InlineRunner())
-    await nursery.start(engine.run)
-    return engine
-
-
-async def start_state(nursery: trio.Nursery, tmp_path: Path, backend: Backend, **env: str) -> ServerState:
-    config = engine_config(**env)
-    engine = await start_engine(nursery, config, backend)
-    return ServerState(config, engine, MetricsLog(tmp_path / "metrics.log"), ready=True)
 
 
 def compute_seconds(config: Config, plan: SpeechPlan, ratio: float) -> float:
@@ -70,16 +49,6 @@ def compute_seconds(config: Config, plan: SpeechPlan, ratio: float) -> float:
     phonemizer = backend.make_phonemizer()
     tokens = sum(len(tokenize(phonemizer.phonemize(text), backend.vocab)) for text in plan.segments)
     return tokens * SECONDS_PER_TOKEN * ratio
-
-
-def expected_pcm(state: ServerState, text: str) -> bytes:
-    pipeline = SpeechPipeline(FakeBackend(), state.config)
-    return b"".join(chunk for batch in pipeline.rendering(pipeline.plan(text, "female")) for chunk in batch)
-
-
-def metrics_lines(tmp_path: Path) -> dict[str, dict[str, object]]:
-    path = tmp_path / "metrics.log"
-    return {record["request_id"]: record for record in map(json.loads, path.read_text().splitlines())}
 
 
 def created_ids(client: MemoryClient) -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from krt import SAMPLE_RATE
+from krt import PCM_BYTES_PER_SECOND
 from krt.engine.pipeline import SpeechPipeline
 from krt.synth.loading import load_backend
 
@@ -74,7 +74,7 @@ def first_audio_seconds(
 
 def audio_seconds(pipeline: SpeechPipeline, plan: SpeechPlan) -> float:
     pcm_bytes = sum(len(chunk) for batch in pipeline.rendering(plan) for chunk in batch)
-    return pcm_bytes / 2 / SAMPLE_RATE
+    return pcm_bytes / PCM_BYTES_PER_SECOND
 
 
 def measure_backend(config: Config, voice: str, repeats: int) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def measure_backend(config: Config, voice: str, repeats: int) -> dict[str, Any]:
     paragraph_started = time.perf_counter()
     paragraph_bytes = sum(len(chunk) for chunk in pipeline.speak(PARAGRAPH, voice))
     paragraph_wall = time.perf_counter() - paragraph_started
-    paragraph_audio = paragraph_bytes / 2 / SAMPLE_RATE
+    paragraph_audio = paragraph_bytes / PCM_BYTES_PER_SECOND
     return {
         "backend": backend.name,
         "device": backend.device,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.client.cli import pieces_of
+from krt.client.commands import pieces_of
 from krt.client.figures import jain_index, percentile
 from krt.client.speech import ResponseTrace, SpeechClient
 

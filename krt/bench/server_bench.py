@@ -29,12 +29,9 @@ from krt.bench.load import LevelResult, Load, run_barge_in, run_level, summarize
 from krt.client.figures import percentile
 from krt.client.speech import ResponseTrace, open_speech_client
 from krt.client.texts import AGENT_REPLIES as TEXTS
-from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
-from krt.metrics.record import MetricsLog
 from krt.protocol import WS_PATH
-from krt.server.listener import serve
-from krt.server.state import ServerState
+from krt.server import app
 from krt.synth.loading import load_backend
 
 if TYPE_CHECKING:
@@ -42,6 +39,7 @@ if TYPE_CHECKING:
 
     from krt.bench.load import Transaction
     from krt.config import Config
+    from krt.server.state import ServerState
 
 FLOOR_REPEATS = 3
 ENGINE_LOGGERS = ("krt.server", "krt.engine")
@@ -81,21 +79,15 @@ async def serve_pipeline(
     *,
     task_status: trio.TaskStatus[tuple[int, ServerState]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``krt serve`` on 127.0.0.1:0 around an already loaded pipeline, until cancelled.
+    """``krt serve`` on 127.0.0.1:0 around the pipeline the floor was measured with.
 
-    ``krt.server.app.main`` loads its own backend; a second copy of the model would change the
-    memory and thread contention the floor was measured under, so this builds the same
-    server around ours.
+    A second copy of the model would change the memory and thread contention the floor
+    was measured under, so the server is handed this one; its warm-up also calibrates
+    admission's seconds-per-character, as in production.
     """
-    state = ServerState(config, None, MetricsLog(config.server.metrics_log))
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, state, "127.0.0.1", 0)
-        engine = Engine(pipeline, config)
-        await engine.warm_up()  # also calibrates the admission's seconds-per-character
-        await nursery.start(engine.run)
-        state.engine = engine
-        state.ready = True
-        task_status.started((port, state))
+    await app.main(
+        config, "127.0.0.1", 0, handle_signals=False, build=lambda _config: pipeline, task_status=task_status
+    )
 
 
 @attrs.frozen

@@ -30,7 +30,7 @@ import trio
 
 from krt.bench.load import Load, run_level
 from krt.bench.sweep_report import cell, format_level, format_table, recommend, summarize
-from krt.client.cli import ToolError, add_mode_arguments, connected
+from krt.client.commands import ToolError, add_mode_arguments, connected
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
 

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from krt import PCM_BYTES_PER_SECOND
 from krt.bench.load import summarize_level
-from krt.client.figures import PCM_BYTES_PER_SECOND, STALL_NOISE_FLOOR_S, percentile, stalls
+from krt.client.figures import STALL_NOISE_FLOOR_S, percentile, stalls
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -12,12 +12,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from krt import SAMPLE_RATE
-
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-PCM_BYTES_PER_SECOND = 2 * SAMPLE_RATE
 STALL_NOISE_FLOOR_S = 0.001
 """Gaps shorter than this are timer noise, not a pause anyone hears."""
 

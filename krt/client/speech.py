@@ -1,5 +1,6 @@
-"""The client side of every krt load measurement: what a voice agent sees on its socket.
+"""krt's WebSocket client: what a voice agent sees on its socket, recorded as it arrives.
 
+``krt client``, the warm-up, tpm, every bench and the tests speak to a server through it.
 Figures are taken where the spec defines them, at the client: TTFB runs from sending
 ``response.create`` to the first audio delta arriving, barge-in latency from sending
 ``response.cancel`` to ``response.canceled``. Each delta's arrival time is kept, so a
@@ -25,8 +26,8 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from krt import protocol
-from krt.client.figures import PCM_BYTES_PER_SECOND, STALL_NOISE_FLOOR_S, Stalls, stalls
+from krt import PCM_BYTES_PER_SECOND, protocol
+from krt.client.figures import STALL_NOISE_FLOOR_S, Stalls, stalls
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.engine.pipeline import SpeechPlan
+from krt.engine.pipeline import PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import Scheduler
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from krt.engine.pipeline import SpeechPipeline
     from krt.engine.runner import ModelRunner
     from krt.engine.scheduler import EngineStatistics, Job
+
+__all__ = ["Engine", "EngineInfo", "PcmBatch", "SpeechPlan"]
+"""What the server may use of the engine (an import contract holds it to this module)."""
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,6 @@ class Engine:
         self._pipeline = pipeline
         self._runner = runner if runner is not None else ThreadRunner()
         self._scheduler = Scheduler(self._runner, config.admission, config.scheduler)
-        self._speed = config.voices.speed
 
     def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
@@ -92,7 +94,7 @@ class Engine:
         admission then predicts waits with."""
         # Built directly, not through plan(): the warm-up must not depend on request limits
         # such as MAX_UTTERANCE_WORDS.
-        plan = SpeechPlan(self._pipeline.voices.female, self._speed, (text,))
+        plan = SpeechPlan(self._pipeline.voices.female, self._pipeline.resolve_speed(None), (text,))
 
         def synthesize() -> None:
             for _batch in self._pipeline.rendering(plan):

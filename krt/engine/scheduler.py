@@ -1,4 +1,4 @@
-"""The shared engine: one model thread, many streams, fair turns, admission in front.
+"""The scheduler: one model, many streams, fair turns, admission in front.
 
 Every response becomes a *job*. Jobs are admitted up to ``MAX_CONCURRENT_JOBS`` active
 at once, up to ``MAX_QUEUED_REQUESTS`` more wait for a slot, and a job whose predicted
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOB_BUFFER_CHUNKS = 8
+JOB_BUFFER_BATCHES = 8
 """Batches a job may have waiting for its session before it gets no more turns, so a
 slow client holds back only its own stream, never the engine."""
 
@@ -88,7 +88,7 @@ class Job:
         return self.rendering.remaining_chars()
 
     def has_room(self) -> bool:
-        return self.send.statistics().current_buffer_used < JOB_BUFFER_CHUNKS
+        return self.send.statistics().current_buffer_used < JOB_BUFFER_BATCHES
 
     def __aiter__(self) -> Job:
         return self
@@ -207,7 +207,7 @@ class Scheduler:
         the last chunk read, a cancel scope, a disconnect — withdraws the job: nothing
         more is computed for it and anything still in flight is discarded.
         """
-        # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_CHUNKS
+        # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_BATCHES
         # wait, so it never holds more than that plus one quantum.
         send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
         job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon)
@@ -247,7 +247,8 @@ class Scheduler:
         """Runs on the model thread: produce up to one quantum of this job's PCM.
 
         Each batch is handed to the Trio side the moment it exists; the withdrawn flag
-        is read between batches, the finest step a backend offers.
+        is read between batches, which is as fine as a backend's chunks allow (a batch is
+        what one backend chunk became).
         """
         first = job.waiting_for_first_segment
         quantum = self.quanta.priority_quantum_bytes if first else self.quanta.quantum_bytes
@@ -303,6 +304,9 @@ class Scheduler:
             self._turns += 1
             self._measure(result.chars, trio.current_time() - started)
             if job.withdrawn:
+                # Withdrawn during the turn, perhaps after the turn last looked: the model
+                # is done with it now, so its segment can be closed here.
+                job.rendering.close()
                 continue
             if result.error is not None:
                 job.send.send_nowait(result.error)

@@ -29,13 +29,16 @@ def split_sentences(text: str) -> list[str]:
     return SENTENCE_END.split(text)
 
 
-def cut_run_on(text: str) -> tuple[str, str]:
-    """Cut a long piece with no sentence end after its last clause mark, else before its
-    last word (which may still be growing); returns (to speak now, to keep)."""
+def cut_run_on(text: str, *, last_word_complete: bool = False) -> tuple[str, str]:
+    """Cut a long piece with no sentence end after its last clause mark; without one,
+    before its last word, which may still be growing, unless more text is known to follow
+    it (``last_word_complete``), then the whole piece. Returns (to speak now, to keep)."""
     words = text.split(" ")
     for index in range(len(words) - 1, 0, -1):
         if _ends_with_boundary(words[index - 1], CLAUSE_PUNCTUATION):
             return " ".join(words[:index]), " ".join(words[index:])
+    if last_word_complete:
+        return text, ""
     return " ".join(words[:-1]), words[-1]
 
 

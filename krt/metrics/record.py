@@ -17,15 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from krt import SAMPLE_RATE
+from krt import PCM_BYTES_PER_SECOND
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 logger = logging.getLogger(__name__)
-
-PCM16_BYTES_PER_SECOND = SAMPLE_RATE * 2
-"""Bytes per second of the audio we send (PCM16, mono): what ``kbps`` is computed from."""
 
 
 def _finite_non_negative(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -74,7 +71,7 @@ class ResponseRecord:
     @property
     def kbps(self) -> float | None:
         """Average bitrate of the PCM16 we sent over the response's wall time."""
-        return _ratio(self.audio_s * PCM16_BYTES_PER_SECOND * 8 / 1000, self.wall_s)
+        return _ratio(self.audio_s * PCM_BYTES_PER_SECOND * 8 / 1000, self.wall_s)
 
     def log_fields(self) -> dict[str, Any]:
         """The log line's fields, in the seed's order, derived ones computed before rounding."""

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
+from krt.config import ServerConfig, read_dotenv
 from krt.metrics.record import round_or_none
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable, Sequence
 
-DEFAULT_LOG_PATH = Path("logs/metrics.log")
+DEFAULT_LOG_PATH: Path = ServerConfig().metrics_log
+"""Where the server writes unless ``KRT_METRICS_LOG`` says otherwise (the config's default)."""
 DEFAULT_PERIODS = "30m,1h,6h,24h,3d"
 
 _PERIOD_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -248,7 +250,6 @@ def configured_log_path(env_file: Path) -> Path:
     Read without the full config on purpose: a typo in an unrelated knob must not keep an
     operator from reading the metrics.
     """
-    from krt.config import read_dotenv
 
     try:
         values = {**read_dotenv(env_file), **os.environ}

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from krt.config import Config
     from krt.engine.runner import ModelRunner
-    from krt.synth.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_pipeline(config: Config) -> SpeechPipeline:
+    """The configured backend and the pipeline around it (blocking: seconds on CPU)."""
+    backend = load_backend(config)
+    log.info("backend %s on %s: %s", backend.name, backend.device, backend.source)
+    return SpeechPipeline(backend, config)
+
+
 async def start_engine(
     state: ServerState,
     nursery: trio.Nursery,
-    load: Callable[[Config], Backend] = load_backend,
+    build: Callable[[Config], SpeechPipeline] = load_pipeline,
     runner: ModelRunner | None = None,
 ) -> None:
-    """Load the backend off the event loop, warm it, start the engine loop, then say ready."""
+    """Build the pipeline off the event loop, warm it, start the engine loop, then say ready."""
     config = state.config
-
-    def build() -> SpeechPipeline:
-        backend = load(config)
-        pipeline = SpeechPipeline(backend, config)
-        log.info("backend %s on %s: %s", backend.name, backend.device, backend.source)
-        return pipeline
-
-    pipeline = await trio.to_thread.run_sync(build)
+    pipeline = await trio.to_thread.run_sync(build, config)
     engine = Engine(pipeline, config, runner)
     await engine.warm_up()
     await nursery.start(engine.run)
@@ -104,21 +103,22 @@ async def main(
     port: int,
     *,
     handle_signals: bool = True,
-    load: Callable[[Config], Backend] = load_backend,
+    build: Callable[[Config], SpeechPipeline] = load_pipeline,
     runner: ModelRunner | None = None,
     task_status: trio.TaskStatus[tuple[int, ServerState]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until cancelled or drained; ``started`` gets (port, state) once ready.
 
-    ``load`` and ``runner`` are for tests: a backend built by the test, and the model run
-    inline for virtual time; production uses the configured backend on a model thread.
+    ``build`` and ``runner`` are for tests and benches: a pipeline around a backend they
+    made (or already loaded), and the model run inline for virtual time; production loads
+    the configured backend and runs it on a model thread.
     """
     state = ServerState(config, None, MetricsLog(config.server.metrics_log))
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, state, host, port)
         if handle_signals:
             nursery.start_soon(drain_on_signal, state, nursery.cancel_scope)
-        await start_engine(state, nursery, load, runner)
+        await start_engine(state, nursery, build, runner)
         task_status.started((bound, state))
 
 

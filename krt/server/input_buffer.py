@@ -37,7 +37,7 @@ class InputBuffer:
         *complete, rest = split_sentences(self._text + text)
         while count_words(rest) >= self.max_words:
             window, overflow = _first_words(rest, self.max_words)
-            head, kept = cut_run_on(window)
+            head, kept = cut_run_on(window, last_word_complete=bool(overflow))
             if not head.strip():
                 break
             complete.append(head)
@@ -60,7 +60,8 @@ class InputBuffer:
 
 
 def _first_words(text: str, count: int) -> tuple[str, str]:
-    """``text`` split after its ``count``-th word; the second part keeps its leading space."""
+    """``text`` split after its ``count``-th word; the second part keeps its leading space,
+    so a non-empty second part means that word is complete."""
     match = re.match(rf"\s*(?:\S+\s+){{{count - 1}}}\S+", text)
     if match is None:
         return text, ""

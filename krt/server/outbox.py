@@ -19,7 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from krt import protocol
-from krt.engine.pipeline import PcmBatch
+from krt.engine.facade import PcmBatch
 from krt.server.responses import Response
 
 if TYPE_CHECKING:

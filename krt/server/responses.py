@@ -1,13 +1,14 @@
 """One response's life, from ``response.create`` to the metrics line, in one place.
 
-A response is *open* from the moment the client is told ``response.created`` until its
-last event (``response.completed``, ``response.canceled`` or ``response.error``) is on
-the wire; only then is it *settled*: it leaves the server's in-flight count (which a
-drain waits on) and, unless it failed, lands in the metrics log. Until then a
-``response.cancel`` or ``barge`` can still stop it, even when its synthesis is done and
-only its audio is still queued for a slow client; a cancel *retires* it at once, so a
-second cancel gets ``unknown_response``.
-A connection that vanishes settles every open response as canceled.
+A response is *opened* when krt accepts it (just before ``response.created`` is queued)
+and *settled* once its last event (``response.completed``, ``response.canceled`` or
+``response.error``) is on the wire: then it leaves the server's in-flight count (which a
+drain waits on) and, unless it failed, lands in the metrics log. Until it is *retired* a
+``response.cancel`` or ``barge`` can stop it, even when its synthesis is done and only
+its audio is still queued for a slow client. A cancel retires it at once (a second cancel
+gets ``unknown_response``), and so does a failure, whose ``response.error`` is never
+turned into a cancel; a completed response is retired when it is settled. A connection
+that vanishes settles every unsettled response as canceled, but for failed ones.
 
 The server-wide side is :class:`InFlight`: how many responses are open across all
 connections, and whether the server is draining (then no new one may open). It is the
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt import SAMPLE_RATE
-from krt.engine.pipeline import SpeechPlan
+from krt import PCM_BYTES_PER_SECOND
+from krt.engine.facade import SpeechPlan
 from krt.errors import SpeechError
 from krt.metrics.record import ResponseRecord
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 
 class Outcome(enum.Enum):
-    """Where a response stands; every state but OPEN is final."""
+    """Where a response stands. OPEN moves once; a cancel may still turn COMPLETED into
+    CANCELED while the completion is queued, FAILED and CANCELED are final."""
 
     OPEN = "open"
     COMPLETED = "completed"
@@ -116,6 +118,8 @@ class ResponseBook:
 
     def cancel(self, response: Response) -> None:
         """Stop it now: its scope is cancelled, and queued audio and events of it are dropped."""
+        assert response.outcome is not Outcome.FAILED, "a failed response is retired at once"
+        assert not response.settled, "a settled response is retired"
         response.outcome = Outcome.CANCELED
         response.scope.cancel(reason="response.cancel")
         self.retire(response)
@@ -123,11 +127,14 @@ class ResponseBook:
     def end(self, response: Response, outcome: Outcome) -> None:
         """Its synthesis is over (completed or failed), unless it was canceled first.
 
-        It stays addressable until its last event is on the wire: its audio may still be
-        queued for a slow client, and a cancel must be able to stop that too.
+        A completed response stays addressable until its last event is on the wire: its
+        audio may still be queued for a slow client, and a cancel must stop that too. A
+        failed one is retired now, so its ``response.error`` always reaches the client.
         """
         if response.outcome is Outcome.OPEN:
             response.outcome = outcome
+        if response.outcome is Outcome.FAILED:
+            self.retire(response)
 
     def retire(self, response: Response) -> None:
         """No event may address it any more (a late cancel gets ``unknown_response``)."""
@@ -160,7 +167,7 @@ class ResponseBook:
             request_id=response.response_id,
             ttfb_ms=response.ttfb_ms(),
             wall_s=trio.current_time() - response.received_at,
-            audio_s=response.audio_bytes / 2 / SAMPLE_RATE,
+            audio_s=response.audio_bytes / PCM_BYTES_PER_SECOND,
             canceled=response.canceled,
             voice=response.plan.voice,
             backend=self._backend,

@@ -157,15 +157,16 @@ class Session:
                 "unsupported_format", f"sample_rate must be {SAMPLE_RATE} (Kokoro's native rate)"
             )
             return
-        try:
-            if patch.voice is not None:
+        if patch.voice is not None:
+            try:
                 self.engine.resolve_voice(patch.voice)
+            except SpeechError as exc:
+                await self._refuse_update("invalid_voice", exc.message)
+                return
+        try:
             speed = self.engine.resolve_speed(patch.speed if patch.speed is not None else self.settings.speed)
         except SpeechError as exc:
-            code: protocol.RequestErrorCode = (
-                "invalid_voice" if exc.code == "invalid_voice" else "invalid_speed"
-            )
-            await self._refuse_update(code, exc.message)
+            await self._refuse_update("invalid_speed", exc.message)
             return
         if patch.voice is not None:
             self.settings.voice = patch.voice

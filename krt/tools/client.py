@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from krt import SAMPLE_RATE, protocol
+from krt import PCM_BYTES_PER_SECOND, protocol
 from krt.audio import write_wav
-from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.commands import ToolError, add_mode_arguments, connected, pieces_of
 from krt.client.target import add_target_arguments, resolve_target
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(report(traces))
     if pcm:
         write_wav(args.out, pcm)
-        print(f"wrote {args.out}: {len(pcm) / 2 / SAMPLE_RATE:.2f} s of audio from {target.describe()}")
+        print(f"wrote {args.out}: {len(pcm) / PCM_BYTES_PER_SECOND:.2f} s of audio from {target.describe()}")
     for trace in failed:
         reason = (
             f"{trace.error_code}: {trace.error_message}" if trace.error_code else "no answer from the server"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.commands import ToolError, add_mode_arguments, connected, pieces_of
 from krt.client.figures import percentile
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES

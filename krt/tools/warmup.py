@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from krt.audio import write_wav
-from krt.client.cli import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.commands import ToolError, add_mode_arguments, connected, pieces_of
 from krt.client.target import add_target_arguments, resolve_target
 from krt.tools.client import report
 

@@ -1,0 +1,71 @@
+"""An engine, and the server state around it, built the way the tests need them.
+
+``start_engine`` runs the model inline (``InlineRunner``) unless told otherwise, so the
+engine and whole sessions run on virtual time; ``start_state`` adds what a session
+needs from the server. The helpers read back what a test asserts on: the PCM the plain
+pipeline makes for a text, and the metrics log's lines.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from krt.engine.facade import Engine
+from krt.engine.pipeline import SpeechPipeline
+from krt.engine.runner import InlineRunner
+from krt.metrics.record import MetricsLog
+from krt.server.state import ServerState
+from krt.synth.fake_backend import FakeBackend
+from tests.conftest import make_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import trio
+
+    from krt.config import Config
+    from krt.engine.runner import ModelRunner
+    from krt.synth.backend import Backend
+
+NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+LONG_TEXT = " ".join(f"Sentence number {n} goes on for a while." for n in range(1, 9))
+
+
+def sentences(word: str, count: int) -> str:
+    """``<word> one. <word> two. …``: segments a test can tell apart by their first word."""
+    return " ".join(f"{word} {number}." for number in NUMBERS[:count])
+
+
+def engine_config(**env: str) -> Config:
+    return make_config(KRT_BACKEND="fake", **env)
+
+
+async def start_engine(
+    nursery: trio.Nursery, config: Config, backend: Backend, runner: ModelRunner | None = None
+) -> Engine:
+    engine = Engine(SpeechPipeline(backend, config), config, runner or InlineRunner())
+    await nursery.start(engine.run)
+    return engine
+
+
+async def start_state(nursery: trio.Nursery, tmp_path: Path, backend: Backend, **env: str) -> ServerState:
+    """The server's shared state around an engine that runs its model inline."""
+    config = engine_config(**env)
+    engine = await start_engine(nursery, config, backend)
+    return ServerState(config, engine, MetricsLog(tmp_path / "metrics.log"), ready=True)
+
+
+def expected_pcm(state: ServerState, text: str) -> bytes:
+    """What the plain pipeline renders for ``text`` in the session's default voice."""
+    pipeline = SpeechPipeline(FakeBackend(), state.config)
+    return b"".join(chunk for batch in pipeline.rendering(pipeline.plan(text, "female")) for chunk in batch)
+
+
+def metrics_lines(tmp_path: Path) -> dict[str, dict[str, object]]:
+    """The metrics log by request id (one line per response, or the test fails)."""
+    path = tmp_path / "metrics.log"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    by_id = {record["request_id"]: record for record in records}
+    assert len(by_id) == len(records), "one line per response"
+    return by_id
