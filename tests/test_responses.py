@@ -90,6 +90,9 @@ async def test_a_failed_response_leaves_the_count_but_not_a_metrics_line(tmp_pat
     books = Books(tmp_path)
     response = books.opened("r1")
     books.book.end(response, Outcome.FAILED)
+    # Retired at once: a barge or cancel cannot turn its queued response.error into a cancel.
+    assert "r1" not in books.book
+    assert books.book.addressable() == []
     books.book.settle(response)
     assert books.in_flight.count == 0
     assert books.lines() == []
