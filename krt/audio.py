@@ -29,6 +29,12 @@ LIMITER_KNEE = 0.9
 EDGE_FADE_SAMPLES = 96
 """4 ms raised-cosine ramps at segment edges: inaudible on speech, enough to kill clicks."""
 
+AUDIBLE_THRESHOLD = 10 ** (-50 / 20)
+"""-50 dBFS: a caller hears nothing quieter; the first sample above it is "first audible"."""
+LEAD_PAD_SAMPLES = 360
+"""15 ms kept before a segment's first audible sample, so a soft onset rising out of the
+threshold and the fade-in both land on audio that was quiet anyway."""
+
 
 def soft_limit(audio: FloatAudio) -> FloatAudio:
     """Map any float signal into (-1, 1), identity below the knee, tanh-shaped above it.
@@ -76,6 +82,41 @@ def shape_segment(chunks: Iterable[FloatAudio], fade: int = EDGE_FADE_SAMPLES) -
             held = audio
     if held.size:
         yield held * _ramp(held.size)[::-1]
+
+
+def trim_silence(chunks: Iterable[FloatAudio], tail_samples: int) -> Iterator[FloatAudio]:
+    """A segment without the silence Kokoro puts around it: ~350 ms before the first sound
+    and ~500 ms after the last, which a caller would otherwise wait through.
+
+    Everything before the first audible sample but ``LEAD_PAD_SAMPLES`` is dropped, and
+    the quiet after the last audible sample is cut or padded with zeros to exactly
+    ``tail_samples``, the pause the caller hears before whatever follows. Quiet stretches
+    between sounds are kept as they are. Streaming: audio leaves as soon as it is known
+    not to be trailing silence, so the first sound is never held back. A segment with no
+    audible sample at all yields nothing.
+    """
+    lead = np.zeros(0, dtype=np.float32)
+    quiet = np.zeros(0, dtype=np.float32)
+    started = False
+    for chunk in chunks:
+        audio = np.asarray(chunk, dtype=np.float32).ravel()
+        loud = np.flatnonzero(np.abs(audio) > AUDIBLE_THRESHOLD)
+        if not started:
+            if loud.size == 0:
+                lead = np.concatenate([lead, audio])[-LEAD_PAD_SAMPLES:]
+                continue
+            started = True
+            quiet = np.concatenate([lead, audio[: loud[0]]])[-LEAD_PAD_SAMPLES:]
+            audio, loud = audio[loud[0] :], loud - loud[0]
+        if loud.size == 0:
+            quiet = np.concatenate([quiet, audio])
+            continue
+        end = loud[-1] + 1
+        yield np.concatenate([quiet, audio[:end]])
+        quiet = audio[end:]
+    if started and tail_samples > 0:
+        tail = quiet[:tail_samples]
+        yield np.concatenate([tail, np.zeros(tail_samples - tail.size, dtype=np.float32)])
 
 
 class PcmChunker:

@@ -125,6 +125,14 @@ class SegmentConfig:
     max_utterance_words: int = knob(
         "MAX_UTTERANCE_WORDS", 400, "A response with more words is refused as too_long.", _at_least(1)
     )
+    trim_silence: bool = knob(
+        "TRIM_SILENCE",
+        True,
+        "Cut the model's silence around each segment (~350 ms before, ~500 ms after).",
+    )
+    sentence_pause_ms: int = knob(
+        "SENTENCE_PAUSE_MS", 350, "Silence between two sentences of one response.", _between(0, 5000)
+    )
 
 
 @attrs.frozen

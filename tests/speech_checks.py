@@ -53,3 +53,12 @@ def assert_sounds_like_speech(pcm: bytes, words: int) -> None:
     assert not np.isnan(audio).any()
     assert float(np.sqrt(np.mean(audio**2))) > 0.01, "audio is (nearly) silent"
     assert np.mean(np.abs(audio) >= 0.999) < 1e-4, "audio is clipping"
+
+
+def quiet_runs_ms(pcm: bytes, threshold: float = 10 ** (-50 / 20)) -> tuple[float, list[float], float]:
+    """Silence a caller hears, at -50 dBFS: before the first sound, between sounds (the
+    runs, longest first) and after the last sound, in milliseconds."""
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+    loud = np.flatnonzero(np.abs(audio) > threshold)
+    gaps = sorted((np.diff(loud) - 1) / 24, reverse=True)
+    return loud[0] / 24, [float(gap) for gap in gaps], (audio.size - loud[-1] - 1) / 24

@@ -5,12 +5,15 @@ import wave
 import numpy as np
 
 from krt.audio import (
+    AUDIBLE_THRESHOLD,
     EDGE_FADE_SAMPLES,
+    LEAD_PAD_SAMPLES,
     PcmChunker,
     pcm16_to_float,
     shape_segment,
     soft_limit,
     to_pcm16,
+    trim_silence,
     write_wav,
 )
 
@@ -92,3 +95,58 @@ def test_wav_file_header(tmp_path):
             24000,
             2400,
         )
+
+
+def utterance(lead_ms: int, sound_ms: int, gap_ms: int, tail_ms: int) -> np.ndarray:
+    """Kokoro's shape: silence, a sound, a pause inside the sentence, a sound, silence."""
+    quiet = 0.001  # -60 dBFS: below the audible threshold, but not digital zero
+    t = np.arange(sound_ms * 24, dtype=np.float32) / 24_000
+    sound = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    return np.concatenate(
+        [np.full(n * 24, quiet, dtype=np.float32) for n in (lead_ms,)]
+        + [sound, np.full(gap_ms * 24, quiet, dtype=np.float32), sound]
+        + [np.full(tail_ms * 24, quiet, dtype=np.float32)]
+    )
+
+
+def in_chunks(audio: np.ndarray, size: int) -> list[np.ndarray]:
+    return [audio[start : start + size] for start in range(0, audio.size, size)]
+
+
+def test_trimming_starts_at_the_first_sound_and_ends_with_exactly_the_pause_asked_for():
+    audio = utterance(lead_ms=350, sound_ms=300, gap_ms=90, tail_ms=500)
+    trimmed = np.concatenate(list(trim_silence([audio], tail_samples=24 * 200)))
+    loud = np.flatnonzero(np.abs(trimmed) > AUDIBLE_THRESHOLD)
+    assert trimmed.size - (loud[-1] + 1) == 24 * 200  # the tail is the pause, exactly
+    # Everything from the first sound to the last, the pause inside the sentence with it,
+    # is the model's own audio, untouched.
+    heard = np.flatnonzero(np.abs(audio) > AUDIBLE_THRESHOLD)
+    np.testing.assert_array_equal(trimmed[loud[0] : loud[-1] + 1], audio[heard[0] : heard[-1] + 1])
+    assert loud[0] == LEAD_PAD_SAMPLES
+
+
+def test_a_pause_longer_than_the_models_silence_is_padded_with_zeros():
+    audio = utterance(lead_ms=10, sound_ms=100, gap_ms=0, tail_ms=50)
+    trimmed = np.concatenate(list(trim_silence([audio], tail_samples=24 * 400)))
+    assert np.all(trimmed[-24 * 350 :] == 0.0)
+    assert np.flatnonzero(np.abs(trimmed) > AUDIBLE_THRESHOLD)[-1] == trimmed.size - 24 * 400 - 1
+
+
+def test_trimming_gives_the_same_audio_however_the_backend_chunks_it():
+    audio = utterance(lead_ms=350, sound_ms=250, gap_ms=120, tail_ms=480)
+    whole = np.concatenate(list(trim_silence([audio], tail_samples=24 * 300)))
+    for size in (1, 7, 480, 600 * 4, 12_000, audio.size):
+        pieces = list(trim_silence(in_chunks(audio, size), tail_samples=24 * 300))
+        np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+def test_the_first_sound_leaves_with_the_chunk_that_holds_it():
+    audio = utterance(lead_ms=350, sound_ms=250, gap_ms=120, tail_ms=480)
+    chunks = in_chunks(audio, 24 * 400)  # the first chunk holds the first 50 ms of sound
+    first = next(trim_silence(iter(chunks), tail_samples=0))
+    assert np.abs(first).max() > AUDIBLE_THRESHOLD
+
+
+def test_a_segment_with_no_audible_sample_is_dropped_whole():
+    silence = np.full(24_000, 0.001, dtype=np.float32)
+    assert list(trim_silence(in_chunks(silence, 4800), tail_samples=24 * 300)) == []

@@ -7,6 +7,7 @@ import re
 import attrs
 import pytest
 
+from krt.engine.pipeline import SpeechPipeline
 from krt.errors import ModelUnavailableError
 from krt.synth import packaged
 from krt.synth.backend import MAX_TOKENS
@@ -15,6 +16,7 @@ from tests.speech_checks import (
     MAX_MEAN_WORD_ERROR_RATE,
     assert_sounds_like_speech,
     mean_word_error_rate,
+    quiet_runs_ms,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,6 +33,23 @@ def test_speech_is_plausible_audible_and_unclipped(onnx_pipeline):
     for voice in ("female", "male"):
         pcm = b"".join(onnx_pipeline.speak(text, voice))
         assert_sounds_like_speech(pcm, words=len(text.split()))
+
+
+def test_speech_starts_at_once_and_sentences_are_one_pause_apart(onnx_pipeline, real_config):
+    text = "Hello there. How can I help you today?"
+    raw_pipeline = SpeechPipeline(
+        onnx_pipeline.backend,
+        attrs.evolve(real_config, segments=attrs.evolve(real_config.segments, trim_silence=False)),
+        onnx_pipeline.phonemizer,
+    )
+    raw_lead, raw_gaps, raw_tail = quiet_runs_ms(b"".join(raw_pipeline.speak(text)))
+    assert raw_lead > 250 and raw_tail > 350  # what Kokoro itself puts around speech
+    lead, gaps, tail = quiet_runs_ms(b"".join(onnx_pipeline.speak(text)))
+    assert lead <= 15
+    assert tail <= 40
+    pause = real_config.segments.sentence_pause_ms
+    assert pause <= gaps[0] <= pause + 40  # the sentence break, lead pad and soft onset included
+    assert raw_gaps[0] > gaps[0] + 300  # Kokoro's own break: a tail and a lead, ~0.8 s
 
 
 def test_speed_changes_duration(onnx_pipeline):

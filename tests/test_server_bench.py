@@ -14,9 +14,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
+from krt import protocol
 from krt.bench.load import LevelResult, StreamResult, run_barge_in, summarize_barge_in, summarize_level
 from krt.client.figures import Stalls, jain_index, percentile, stalls
-from krt.client.speech import ResponseTrace, open_speech_client
+from krt.client.speech import ResponseTrace, SpeechClient, open_speech_client
 
 # --- stalls ---------------------------------------------------------------------------------
 
@@ -195,3 +196,27 @@ def test_bench_server_with_the_fake_backend_reports_every_figure(tmp_path):
         assert (level["leaked_bytes"], level["stuck"], level["errors"]) == (0, 0, 0)
     assert not (tmp_path / "logs").exists(), "the bench must not write the operator's metrics log"
     assert "concurrency 2: 4/4" in done.stderr
+
+
+def _delta(response: str, pcm: bytes) -> protocol.OutputAudioDelta:
+    return protocol.OutputAudioDelta(response, base64.b64encode(pcm).decode())
+
+
+@pytest.mark.parametrize(
+    ("sound_arrives", "heard_at"),
+    [
+        (0.6, 0.9),  # the sound arrives while the silence still plays: heard after 400 ms of it
+        (1.2, 1.2),  # the player ran dry at 0.9 and waits: heard the moment it arrives
+    ],
+)
+def test_first_audible_is_when_a_real_time_player_reaches_the_first_sound(sound_arrives, heard_at):
+    client = SpeechClient(ws=None)  # type: ignore[arg-type]  # frames are fed by hand
+    trace = ResponseTrace("r", "text", sent_at=0.0)
+    client.traces["r"] = trace
+    silence = bytes(2 * 4800)  # 200 ms of digital zeros
+    sound = np.concatenate([np.zeros(10, "<i2"), np.full(470, 3000, "<i2")]).tobytes()
+    client._record(_delta("r", silence), 0.5)
+    client._record(_delta("r", silence), 0.55)
+    client._record(_delta("r", sound), sound_arrives)
+    assert trace.ttfb == 0.5
+    assert trace.first_audible == pytest.approx(heard_at + 10 / 24_000)

@@ -153,6 +153,7 @@ def summarize_level(level: LevelResult) -> dict[str, object]:
     """The figures of one concurrency level, ready for a table row or a JSON line."""
     traces = level.traces
     ttfbs = [t.ttfb * 1000 for t in traces if t.ttfb is not None]
+    audible = [t.first_audible * 1000 for t in traces if t.first_audible is not None]
     stalled = [t.stalls() for t in traces]
     # A stream refused outright (every response busy) has no rate to speak of: it shows in
     # the busy count, not as an xRT of 0 that would read like a stalled stream.
@@ -165,6 +166,8 @@ def summarize_level(level: LevelResult) -> dict[str, object]:
         "completed": sum(t.outcome == "completed" for t in traces),
         "ttfb_p50_ms": _round(percentile(ttfbs, 50), 1),
         "ttfb_p95_ms": _round(percentile(ttfbs, 95), 1),
+        "audible_p50_ms": _round(percentile(audible, 50), 1),
+        "audible_p95_ms": _round(percentile(audible, 95), 1),
         "audio_s": round(audio, 2),
         "wall_s": round(level.wall_seconds, 2),
         "aggregate_xrt": round(audio / level.wall_seconds, 2) if level.wall_seconds > 0 else None,

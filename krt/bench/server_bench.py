@@ -171,6 +171,7 @@ COLUMNS = (
     ("responses", "resp", 5),
     ("ttfb_p50_ms", "TTFB p50 ms", 12),
     ("ttfb_p95_ms", "TTFB p95 ms", 12),
+    ("audible_p50_ms", "heard p50 ms", 13),
     ("aggregate_xrt", "agg xRT", 8),
     ("stream_xrt", "stream xRT", 24),
     ("fairness", "Jain", 6),
@@ -217,6 +218,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
         print("".join(f"{_cell(level[key]):>{width}}" for key, _, width in COLUMNS))
     print()
     print(
+        f"heard = first sample above -50 dBFS as a real-time player reaches it; "
         f"stalled = responses where a real-time player starting at the first byte pauses; "
         f"wall {run['wall_s']} s, peak RSS {run['peak_rss_mb']} MB, "
         f"engine busy refusals {run['engine_busy_rejections']}"

@@ -62,6 +62,8 @@ def summarize(level: LevelResult) -> dict[str, Any]:
         "ttfb_p50_ms": _ms(ttfbs, 50),
         "ttfb_p95_ms": _ms(ttfbs, 95),
         "ttfb_p99_ms": _ms(ttfbs, 99),
+        "audible_p50_ms": base["audible_p50_ms"],
+        "audible_p95_ms": base["audible_p95_ms"],
         "first_audio_p50_ms": _ms(firsts, 50),
         "first_audio_p95_ms": _ms(firsts, 95),
         "aggregate_xrt": base["aggregate_xrt"],
@@ -152,6 +154,7 @@ COLUMNS = (
     ("ttfb_p50_ms", "TTFB p50 ms", 13, ".0f"),
     ("ttfb_p95_ms", "p95 ms", 8, ".0f"),
     ("ttfb_p99_ms", "p99 ms", 8, ".0f"),
+    ("audible_p95_ms", "heard p95 ms", 14, ".0f"),
     ("first_audio_p95_ms", "1st audio p95 ms", 18, ".0f"),
     ("aggregate_xrt", "agg xRT", 9, ".2f"),
     ("stream_xrt_min", "min stream xRT", 16, ".2f"),
@@ -160,7 +163,8 @@ COLUMNS = (
     ("errors", "errors", 8, "d"),
     ("stuck", "stuck", 7, "d"),
 )
-"""Key, header, width, format. TTFB is per response; the first-audio column (per text)
+"""Key, header, width, format. TTFB is per response, and so is "heard": when a real-time
+player reaches the first sample above -50 dBFS. The first-audio column (per text)
 is shown in ``sentences`` mode only, since in ``single`` mode it is the TTFB column."""
 
 
@@ -189,6 +193,8 @@ def format_level(level: Mapping[str, Any], mode: str) -> str:
         f"busy {level['busy']}, errors {level['errors']}, stuck {level['stuck']})",
         f"TTFB       p50 {cell(level['ttfb_p50_ms'])} ms, p95 {cell(level['ttfb_p95_ms'])} ms, "
         f"p99 {cell(level['ttfb_p99_ms'])} ms (per response)",
+        f"heard      p50 {cell(level['audible_p50_ms'])} ms, p95 {cell(level['audible_p95_ms'])} ms "
+        "(first sample above -50 dBFS, as a real-time player reaches it)",
     ]
     if mode == "sentences":
         lines.append(

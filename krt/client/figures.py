@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 import attrs
+import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -46,6 +47,16 @@ def stalls(schedule: Iterable[tuple[float, float]], noise_floor: float = 0.0) ->
             played_until = arrived
         played_until += duration
     return Stalls(count, total)
+
+
+AUDIBLE_PCM16 = round(32767 * 10 ** (-50 / 20))
+"""-50 dBFS as a PCM16 magnitude: the quietest sample a caller hears."""
+
+
+def first_audible_sample(pcm: bytes) -> int | None:
+    """Index of the first PCM16 sample louder than -50 dBFS, None if there is none."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > AUDIBLE_PCM16)
+    return int(loud[0]) if loud.size else None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -26,8 +26,8 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from krt import PCM_BYTES_PER_SECOND, protocol
-from krt.client.figures import STALL_NOISE_FLOOR_S, Stalls, stalls
+from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE, protocol
+from krt.client.figures import STALL_NOISE_FLOOR_S, Stalls, first_audible_sample, stalls
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -53,6 +53,9 @@ class ResponseTrace:
     """Arrival time of each audio delta."""
     sizes: list[int] = attrs.field(factory=list)
     """PCM bytes of each audio delta."""
+    first_audible_at: float | None = None
+    """When a player that starts at the first byte and plays in real time reaches the first
+    sample above -50 dBFS: the moment the caller hears something. Leading silence counts."""
     outcome: str | None = None
     """``completed``, ``canceled`` or ``error`` (``error_code`` says which): its last event."""
     timed_out: bool = False
@@ -79,6 +82,21 @@ class ResponseTrace:
     @property
     def audio_seconds(self) -> float:
         return sum(self.sizes) / PCM_BYTES_PER_SECOND
+
+    def playback_reaches(self, arrival: float) -> float:
+        """When a real-time player that started at the first byte (pausing whenever it runs
+        dry) starts playing a delta arriving at ``arrival`` after the ones received so far."""
+        played_until = arrival
+        for index, (arrived, size) in enumerate(zip(self.arrivals, self.sizes, strict=True)):
+            played_until = (
+                arrived if index == 0 else max(played_until, arrived)
+            ) + size / PCM_BYTES_PER_SECOND
+        return max(played_until, arrival)
+
+    @property
+    def first_audible(self) -> float | None:
+        """Seconds from sending the request to the first sound a caller hears."""
+        return None if self.first_audible_at is None else self.first_audible_at - self.sent_at
 
     @property
     def cancel_latency(self) -> float | None:
@@ -190,6 +208,8 @@ class SpeechClient:
             if trace.finished:
                 trace.leaked_bytes += len(pcm)
                 return
+            if trace.first_audible_at is None and (index := first_audible_sample(pcm)) is not None:
+                trace.first_audible_at = trace.playback_reaches(now) + index / SAMPLE_RATE
             trace.arrivals.append(now)
             trace.sizes.append(len(pcm))
             if trace.pcm is not None:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from krt.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment
-from krt.engine.segmenter import Segmenter, split_in_two
+from krt import SAMPLE_RATE
+from krt.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment, trim_silence
+from krt.engine.segmenter import Segmenter, ends_sentence, split_in_two
 from krt.errors import SpeechError
 from krt.g2p import Phonemizer, tokenize
 from krt.synth.backend import MAX_TOKENS, Backend
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0
+CLAUSE_PAUSE_MS = 120
+"""Silence after a piece cut mid-sentence (a long first sentence, a segment over the
+model's context): about a comma's pause, so the cut does not sound like a full stop."""
+END_PAUSE_MS = 40
+"""Silence after the last sound of a response: the caller's turn may start right away."""
 
 
 @attrs.frozen
@@ -100,21 +106,43 @@ class SpeechPipeline:
         log.debug("segment of %d tokens split in two", len(tokens))
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
 
-    def render_segment(self, plan: SpeechPlan, text: str) -> Generator[FloatAudio, None, None]:
+    def render_segment(
+        self, plan: SpeechPlan, text: str, *, last: bool = True
+    ) -> Generator[FloatAudio, None, None]:
         """Shaped float audio of one planned segment, chunk by chunk as the model yields it.
+
+        With ``TRIM_SILENCE`` each piece starts at its first sound and ends with the pause
+        its place calls for: ``SENTENCE_PAUSE_MS`` after a sentence, a clause pause after a
+        mid-sentence cut, a short one at the very end of the response (``last``), each
+        divided by the speed.
 
         Any failure on the way (G2P, voice styling, the model) fails this response as
         ``synthesis_failed``; it must never take the engine loop with it.
         """
         try:
-            for piece in self.tokenize_segment(text):
+            pieces = self.tokenize_segment(text)
+            for index, piece in enumerate(pieces):
                 style = self.backend.voices.style(plan.voice, len(piece.tokens))
-                yield from shape_segment(self.backend.synthesize(piece.tokens, style, plan.speed))
+                audio = self.backend.synthesize(piece.tokens, style, plan.speed)
+                if self.config.segments.trim_silence:
+                    final = last and index == len(pieces) - 1
+                    audio = trim_silence(audio, self._pause_samples(piece.text, final, plan.speed))
+                yield from shape_segment(audio)
         except SpeechError:
             raise
         except Exception as exc:
             log.exception("synthesis failed on %r", text[:80])
             raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
+
+    def _pause_samples(self, text: str, final: bool, speed: float) -> int:
+        """The pause after a piece, in samples; faster speech pauses for less, as people do."""
+        if final:
+            pause_ms = END_PAUSE_MS
+        elif ends_sentence(text):
+            pause_ms = self.config.segments.sentence_pause_ms
+        else:
+            pause_ms = min(CLAUSE_PAUSE_MS, self.config.segments.sentence_pause_ms)
+        return round(pause_ms * SAMPLE_RATE / 1000 / speed)
 
     def rendering(self, plan: SpeechPlan) -> Rendering:
         return Rendering(self, plan)
@@ -177,7 +205,8 @@ class Rendering:
                         return tail
                     break
                 text = self.plan.segments[self._next_segment]
-                self._segment = self._pipeline.render_segment(self.plan, text)
+                last = self._next_segment == len(self.plan.segments) - 1
+                self._segment = self._pipeline.render_segment(self.plan, text, last=last)
                 self.chars_started += len(text)
             audio = next(self._segment, None)
             if audio is None:

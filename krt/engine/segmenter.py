@@ -42,6 +42,11 @@ def cut_run_on(text: str, *, last_word_complete: bool = False) -> tuple[str, str
     return " ".join(words[:-1]), words[-1]
 
 
+def ends_sentence(text: str) -> bool:
+    """Whether ``text`` ends with a sentence mark (closing quotes and brackets allowed)."""
+    return _ends_with_boundary(text.rstrip(), SENTENCE_PUNCTUATION)
+
+
 def count_words(text: str) -> int:
     return len(text.split())
 
