@@ -130,8 +130,11 @@ class SegmentConfig:
         True,
         "Cut the model's silence around each segment (~350 ms before, ~500 ms after).",
     )
-    sentence_pause_ms: int = knob(
-        "SENTENCE_PAUSE_MS", 350, "Silence between two sentences of one response.", _between(0, 5000)
+    sentence_pause_ms: int | None = knob(
+        "SENTENCE_PAUSE_MS",
+        None,
+        "Silence between two segments of one response; empty = the model's own (~0.8 s).",
+        attrs.validators.optional(_between(0, 5000)),
     )
 
 
@@ -251,6 +254,13 @@ def _parse(raw: str, kind: Any) -> Any:
             return float(text)
         except ValueError:
             raise ValueError("must be a number") from None
+    if kind == int | None:
+        if not text:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("must be a whole number, or empty") from None
     if kind == Path | None:
         return Path(text).expanduser() if text else None
     if kind is Path:

@@ -115,7 +115,7 @@ def in_chunks(audio: np.ndarray, size: int) -> list[np.ndarray]:
 
 def test_trimming_starts_at_the_first_sound_and_ends_with_exactly_the_pause_asked_for():
     audio = utterance(lead_ms=350, sound_ms=300, gap_ms=90, tail_ms=500)
-    trimmed = np.concatenate(list(trim_silence([audio], tail_samples=24 * 200)))
+    trimmed = np.concatenate(list(trim_silence([audio], lead=True, tail_samples=24 * 200)))
     loud = np.flatnonzero(np.abs(trimmed) > AUDIBLE_THRESHOLD)
     assert trimmed.size - (loud[-1] + 1) == 24 * 200  # the tail is the pause, exactly
     # Everything from the first sound to the last, the pause inside the sentence with it,
@@ -127,26 +127,39 @@ def test_trimming_starts_at_the_first_sound_and_ends_with_exactly_the_pause_aske
 
 def test_a_pause_longer_than_the_models_silence_is_padded_with_zeros():
     audio = utterance(lead_ms=10, sound_ms=100, gap_ms=0, tail_ms=50)
-    trimmed = np.concatenate(list(trim_silence([audio], tail_samples=24 * 400)))
+    trimmed = np.concatenate(list(trim_silence([audio], lead=True, tail_samples=24 * 400)))
     assert np.all(trimmed[-24 * 350 :] == 0.0)
     assert np.flatnonzero(np.abs(trimmed) > AUDIBLE_THRESHOLD)[-1] == trimmed.size - 24 * 400 - 1
 
 
 def test_trimming_gives_the_same_audio_however_the_backend_chunks_it():
     audio = utterance(lead_ms=350, sound_ms=250, gap_ms=120, tail_ms=480)
-    whole = np.concatenate(list(trim_silence([audio], tail_samples=24 * 300)))
+    whole = np.concatenate(list(trim_silence([audio], lead=True, tail_samples=24 * 300)))
     for size in (1, 7, 480, 600 * 4, 12_000, audio.size):
-        pieces = list(trim_silence(in_chunks(audio, size), tail_samples=24 * 300))
+        pieces = list(trim_silence(in_chunks(audio, size), lead=True, tail_samples=24 * 300))
         np.testing.assert_array_equal(np.concatenate(pieces), whole)
 
 
 def test_the_first_sound_leaves_with_the_chunk_that_holds_it():
     audio = utterance(lead_ms=350, sound_ms=250, gap_ms=120, tail_ms=480)
     chunks = in_chunks(audio, 24 * 400)  # the first chunk holds the first 50 ms of sound
-    first = next(trim_silence(iter(chunks), tail_samples=0))
+    first = next(trim_silence(iter(chunks), lead=True, tail_samples=0))
     assert np.abs(first).max() > AUDIBLE_THRESHOLD
 
 
 def test_a_segment_with_no_audible_sample_is_dropped_whole():
     silence = np.full(24_000, 0.001, dtype=np.float32)
-    assert list(trim_silence(in_chunks(silence, 4800), tail_samples=24 * 300)) == []
+    assert list(trim_silence(in_chunks(silence, 4800), lead=True, tail_samples=24 * 300)) == []
+
+
+def test_each_end_can_be_left_as_the_model_made_it():
+    audio = utterance(lead_ms=350, sound_ms=250, gap_ms=120, tail_ms=480)
+    chunks = in_chunks(audio, 4800)
+    untouched = np.concatenate(list(trim_silence(chunks, lead=False, tail_samples=None)))
+    np.testing.assert_array_equal(untouched, audio)
+    head_only = np.concatenate(list(trim_silence(chunks, lead=True, tail_samples=None)))
+    assert head_only.size == audio.size - (24 * 350 + 1) + LEAD_PAD_SAMPLES  # sin(0) is silent too
+    np.testing.assert_array_equal(head_only[-24 * 480 :], audio[-24 * 480 :])
+    tail_only = np.concatenate(list(trim_silence(chunks, lead=False, tail_samples=24 * 100)))
+    np.testing.assert_array_equal(tail_only[: 24 * 350], audio[: 24 * 350])
+    assert tail_only.size < audio.size - 24 * 300

@@ -111,10 +111,13 @@ class SpeechPipeline:
     ) -> Generator[FloatAudio, None, None]:
         """Shaped float audio of one planned segment, chunk by chunk as the model yields it.
 
-        With ``TRIM_SILENCE`` each piece starts at its first sound and ends with the pause
-        its place calls for: ``SENTENCE_PAUSE_MS`` after a sentence, a clause pause after a
-        mid-sentence cut, a short one at the very end of the response (``last``), each
-        divided by the speed.
+        With ``TRIM_SILENCE`` a response ends shortly after its last sound (``last``).
+        The rest of the model's silence stays unless ``SENTENCE_PAUSE_MS`` is set: while a
+        segment is computed whole, the ~350 ms before its first sound and the ~500 ms after
+        its last are what keep a real-time player fed until the next segment is ready
+        (measured on a 2-core CPU, trimming them made 3 of 8 responses stall at
+        concurrency 1), and trimming the start of a one-segment response made an offline
+        Whisper read the torch backend's male voice less reliably.
 
         Any failure on the way (G2P, voice styling, the model) fails this response as
         ``synthesis_failed``; it must never take the engine loop with it.
@@ -125,8 +128,12 @@ class SpeechPipeline:
                 style = self.backend.voices.style(plan.voice, len(piece.tokens))
                 audio = self.backend.synthesize(piece.tokens, style, plan.speed)
                 if self.config.segments.trim_silence:
-                    final = last and index == len(pieces) - 1
-                    audio = trim_silence(audio, self._pause_samples(piece.text, final, plan.speed))
+                    ends = last and index == len(pieces) - 1
+                    audio = trim_silence(
+                        audio,
+                        lead=self.config.segments.sentence_pause_ms is not None,
+                        tail_samples=self._pause_samples(piece.text, ends, plan.speed),
+                    )
                 yield from shape_segment(audio)
         except SpeechError:
             raise
@@ -134,14 +141,16 @@ class SpeechPipeline:
             log.exception("synthesis failed on %r", text[:80])
             raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
 
-    def _pause_samples(self, text: str, final: bool, speed: float) -> int:
-        """The pause after a piece, in samples; faster speech pauses for less, as people do."""
+    def _pause_samples(self, text: str, final: bool, speed: float) -> int | None:
+        """The silence after a piece, in samples (None: the model's own); faster speech
+        pauses for less, as people do."""
+        pause_ms = self.config.segments.sentence_pause_ms
         if final:
             pause_ms = END_PAUSE_MS
-        elif ends_sentence(text):
-            pause_ms = self.config.segments.sentence_pause_ms
-        else:
-            pause_ms = min(CLAUSE_PAUSE_MS, self.config.segments.sentence_pause_ms)
+        elif pause_ms is None:
+            return None
+        elif not ends_sentence(text):
+            pause_ms = min(CLAUSE_PAUSE_MS, pause_ms)
         return round(pause_ms * SAMPLE_RATE / 1000 / speed)
 
     def rendering(self, plan: SpeechPlan) -> Rendering:
