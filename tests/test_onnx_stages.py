@@ -1,0 +1,68 @@
+"""The Kokoro graph cut into front end and decoder: the two stages give exactly its audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from krt.errors import ModelUnavailableError
+from krt.g2p import tokenize
+from krt.synth import packaged
+from krt.synth.onnx_stages import KOKORO_DECODER_INPUTS, SAMPLES_PER_FRAME, split_kokoro_graph
+
+TEXTS = (
+    "Hello there.",
+    "Your package left our warehouse this morning and should reach you by Friday afternoon at the latest.",
+    "Thanks for calling, I have pulled up your account, and I can see the two orders you placed last "
+    "week; the first one has already shipped, the second is waiting for a part, and I expect it to "
+    "leave our warehouse on Monday, so you should have both of them by the end of next week.",
+)
+
+
+def session(model: onnx.ModelProto):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    return onnxruntime.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+@pytest.mark.integration
+def test_front_end_then_decoder_is_exactly_the_whole_graph(onnx_pipeline, model_cache_dir):
+    whole = onnx.load(str(packaged.packaged_onnx_model(model_cache_dir)))
+    stages = split_kokoro_graph(whole)
+    full, front_end, decoder = session(whole), session(stages.front_end), session(stages.decoder)
+    backend = onnx_pipeline.backend
+    # Short and long segments in one voice, and the blended default male voice once.
+    for text, voice in ((TEXTS[0], "female"), (TEXTS[1], "male"), (TEXTS[2], "female")):
+        tokens = tokenize(onnx_pipeline.phonemizer.phonemize(text), backend.vocab)
+        style = backend.voices.style(backend.voices.resolve(voice), len(tokens))
+        feeds = {
+            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+            "style": style.astype(np.float32),
+            "speed": np.array([1.0], dtype=np.float32),
+        }
+        (audio,) = full.run(None, feeds)
+        asr, f0, noise = front_end.run(None, feeds)
+        cut = KOKORO_DECODER_INPUTS
+        (staged,) = decoder.run(None, {cut.asr: asr, cut.f0: f0, cut.noise: noise, cut.style: feeds["style"]})
+        # Same operators on the same inputs on the same CPU kernels: bit for bit.
+        np.testing.assert_array_equal(staged, audio)
+        frames = asr.shape[-1]
+        assert f0.shape[-1] == noise.shape[-1] == 2 * frames
+        assert np.asarray(audio).size == frames * SAMPLES_PER_FRAME
+
+
+def test_a_graph_that_is_not_a_kokoro_export_is_a_clear_error():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["tokens"], ["audio"])],
+        "not-kokoro",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, None])],
+        [helper.make_tensor_value_info("audio", TensorProto.INT64, [1, None])],
+    )
+    with pytest.raises(ModelUnavailableError, match="cannot split this ONNX graph"):
+        split_kokoro_graph(helper.make_model(graph))
