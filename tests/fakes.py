@@ -200,6 +200,15 @@ class MemoryClient(Client):
         self.arrivals.append(trio.current_time())
         return event
 
+    async def next_response(self) -> tuple[dict[str, Any], float]:
+        """The next event and when it arrived; when it creates a response, every event
+        through that response's completion is read too (and kept in ``events``/``audio``)."""
+        event = await self.receive()
+        arrived = self.arrivals[-1]
+        if event["type"] == "response.created":
+            await self.receive_until("response.completed", event["response"])
+        return event, arrived
+
     async def receive_until_closed(self) -> int | None:
         """Read every event until the server closes the connection; its close code."""
         try:

@@ -77,9 +77,7 @@ async def test_buffered_input_is_spoken_exactly_flush_idle_ms_after_the_last_app
         await client.send("input.append", text=" my friend")
         # The first append's deadline (first + 0.160) passes quietly: the second restarted it.
         await client.expect_nothing_before(second + 0.159)
-        created = await client.receive()
-        arrived = client.arrivals[-1]
-        await client.receive_until("response.completed", created["response"])
+        created, arrived = await client.next_response()
 
         assert created["type"] == "response.created"
         assert second + 0.160 <= arrived <= second + 0.160 + TICK
@@ -94,9 +92,7 @@ async def test_input_commit_speaks_buffered_input_at_once_and_only_once(nursery,
         sent = trio.current_time()
         await client.send("input.append", text="No sentence end here")
         await client.send("input.commit")
-        created = await client.receive()
-        arrived = client.arrivals[-1]
-        await client.receive_until("response.completed", created["response"])
+        created, arrived = await client.next_response()
         await client.expect_nothing_before(sent + 1.0)  # the idle flush finds nothing left
 
         assert created["type"] == "response.created"
@@ -112,14 +108,10 @@ async def test_a_finished_sentence_is_spoken_at_once_and_the_rest_waits(nursery,
 
         sent = trio.current_time()
         await client.send("input.append", text="Hi there. And then")
-        sentence = await client.receive()
-        sentence_at = client.arrivals[-1]
-        await client.receive_until("response.completed", sentence["response"])
-        rest = await client.receive_until("response.created")
-        rest_at = client.arrivals[-1]
-        await client.receive_until("response.completed", rest["response"])
+        sentence, sentence_at = await client.next_response()
+        rest, rest_at = await client.next_response()
 
-        assert sentence["type"] == "response.created"
+        assert sentence["type"] == rest["type"] == "response.created"
         assert sentence_at == sent
         assert sent + 0.160 <= rest_at <= sent + 0.160 + TICK
         assert bytes(client.audio[sentence["response"]]) == expected_pcm(state, "Hi there.")

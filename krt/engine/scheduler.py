@@ -254,6 +254,7 @@ class Scheduler:
         quantum = self.quanta.priority_quantum_bytes if first else self.quanta.quantum_bytes
         produced = 0
         chars_before = job.rendering.chars_started
+        error: SpeechError | None = None
         try:
             while produced < quantum and not job.withdrawn:
                 batch = next(job.rendering, None)
@@ -262,15 +263,11 @@ class Scheduler:
                 self.runner.call_soon(self._deliver, job, batch)
                 produced += sum(map(len, batch))
         except SpeechError as exc:
-            return TurnResult(job.rendering.chars_started - chars_before, exc)
+            error = exc
         except Exception as exc:  # a backend bug fails this job, never the engine loop
             log.exception("turn of %s failed", job.label)
             error = SpeechError("synthesis_failed", f"synthesis failed: {exc}")
-            return TurnResult(job.rendering.chars_started - chars_before, error)
-        finally:
-            if job.withdrawn:
-                job.rendering.close()
-        return TurnResult(job.rendering.chars_started - chars_before, None)
+        return TurnResult(job.rendering.chars_started - chars_before, error)
 
     def _estimate_turn(self, job: Job) -> float:
         return job.rendering.upcoming_chars() * self._seconds_per_char
@@ -301,12 +298,14 @@ class Scheduler:
                 result = await self.runner.run(self._turn, job)
             finally:
                 self._in_turn = None
+                if job.withdrawn:
+                    # Withdrawn during the turn (``_release`` leaves a job in its turn
+                    # alone): the model is done with it now, even when this loop is being
+                    # cancelled, so its segment is closed here, on the Trio thread.
+                    job.rendering.close()
             self._turns += 1
             self._measure(result.chars, trio.current_time() - started)
             if job.withdrawn:
-                # Withdrawn during the turn, perhaps after the turn last looked: the model
-                # is done with it now, so its segment can be closed here.
-                job.rendering.close()
                 continue
             if result.error is not None:
                 job.send.send_nowait(result.error)

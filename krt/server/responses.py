@@ -158,7 +158,6 @@ class ResponseBook:
         for response in list(self._unsettled):
             if response.outcome is not Outcome.FAILED:
                 response.outcome = Outcome.CANCELED
-            self.retire(response)
             self.settle(response)
 
     def _record(self, response: Response) -> ResponseRecord:

@@ -198,22 +198,14 @@ class Session:
                 voice if voice is not None else self.settings.voice,
                 speed if speed is not None else self.settings.speed,
             )
+            if self._queue_send.statistics().current_buffer_used >= MAX_PENDING_RESPONSES:
+                raise SpeechError("busy", f"{MAX_PENDING_RESPONSES} responses already queued here")
             response = Response(response_id, plan, trio.current_time())
             self.responses.open(response)
         except SpeechError as exc:
             await self.outbox.event(protocol.ResponseError(response_id, exc.code, exc.message))
             return
-        try:
-            self._queue_send.send_nowait(response)
-        except trio.WouldBlock:
-            self.responses.end(response, Outcome.FAILED)
-            self.responses.settle(response)
-            await self.outbox.event(
-                protocol.ResponseError(
-                    response_id, "busy", f"{MAX_PENDING_RESPONSES} responses already queued here"
-                )
-            )
-            return
+        self._queue_send.send_nowait(response)  # room was checked with no await since
         await self.outbox.event(protocol.ResponseCreated(response_id))
 
     async def _cancel(self, response: Response) -> None:
