@@ -113,8 +113,11 @@ class SegmentConfig:
     split_pattern: str = knob(
         "KOKORO_SPLIT_PATTERN", r"(?<=[.!?…])\s+|\n+", "Regex that cuts text into segments.", _regex
     )
-    first_max_words: int = knob(
-        "FIRST_SEGMENT_MAX_WORDS", 8, "The first segment has at most this many words.", _at_least(1)
+    first_max_words: int | None = knob(
+        "FIRST_SEGMENT_MAX_WORDS",
+        None,
+        "Cut the first sentence after at most this many words (at least 3 each side); empty = never.",
+        attrs.validators.optional(_at_least(1)),
     )
     first_boundaries: str = knob(
         "FIRST_SEGMENT_BOUNDARIES", ",;:.!?—", "Characters that make a natural cut for the first segment."
@@ -128,12 +131,12 @@ class SegmentConfig:
     trim_silence: bool = knob(
         "TRIM_SILENCE",
         True,
-        "Cut the model's silence around each segment (~350 ms before, ~500 ms after).",
+        "Skip the model's silence around each segment (~350 ms before, ~500 ms after).",
     )
     sentence_pause_ms: int | None = knob(
         "SENTENCE_PAUSE_MS",
-        None,
-        "Silence between two segments of one response; empty = the model's own (~0.8 s).",
+        350,
+        "Silence between two sentences of one response; empty = the model's own (~0.8 s).",
         attrs.validators.optional(_between(0, 5000)),
     )
 
@@ -184,10 +187,16 @@ class AdmissionConfig:
 @attrs.frozen
 class SchedulerConfig:
     quantum_bytes: int = knob(
-        "SCHED_QUANTUM_BYTES", 48000, "PCM bytes a stream may produce per round-robin turn.", _at_least(2)
+        "SCHED_QUANTUM_BYTES",
+        144000,
+        "Largest decoder window (PCM bytes) a stream makes in one turn on the model.",
+        _at_least(2),
     )
     priority_quantum_bytes: int = knob(
-        "PRIORITY_QUANTUM_BYTES", 24000, "PCM bytes per turn for first segments.", _at_least(2)
+        "PRIORITY_QUANTUM_BYTES",
+        57600,
+        "A response's first decoder window (PCM bytes); later ones double up to SCHED_QUANTUM_BYTES.",
+        _at_least(2),
     )
 
 

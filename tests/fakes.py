@@ -8,6 +8,7 @@ arguments and the production objects stay as they are.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -21,16 +22,19 @@ from krt.protocol import WS_PATH
 from krt.server.listener import serve_websocket
 from krt.server.session import Session
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
+from krt.synth.windows import CONTEXT_FRAMES, SAMPLES_PER_FRAME
 from tests.server_harness import Client
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Sequence
 
     import numpy as np
     from trio.testing import MockClock
     from trio_websocket import WebSocketConnection
 
+    from krt.audio import FloatAudio
     from krt.server.state import ServerState
+    from krt.synth.windows import PreparedSegment
 
 
 class RecordingFake(FakeBackend):
@@ -38,7 +42,8 @@ class RecordingFake(FakeBackend):
 
     It can also hold a segment on the model thread until the test releases it (so the
     test knows exactly which turn is in progress), or fail a segment like a broken model.
-    Segments are named by their lower-cased text (the fake's phonemes are the text).
+    Segments are named by their lower-cased text (the fake's phonemes are the text); a
+    segment's model call is its ``prepare``, the first step of its first window.
     """
 
     def __init__(
@@ -48,12 +53,13 @@ class RecordingFake(FakeBackend):
         self._symbols = {token: symbol for symbol, token in self.vocab.items()}
         self.calls: list[str] = []
         self.unfinished = 0
-        """Segments whose audio generator has started and not yet ended or been closed."""
+        """Prepared segments the engine still holds: a segment is let go when its last
+        window is decoded or its response is withdrawn (the pipeline closes it)."""
         self._fail = set(fail)
         self._reached = {text: trio.Event() for text in hold}
         self._release = {text: threading.Event() for text in hold}
 
-    def synthesize(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> Iterator[np.ndarray]:
+    def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
         # SpelledPhonemizer makes the tokens the segment's own (lower-cased) text.
         text = "".join(self._symbols[token] for token in tokens)
         self.calls.append(text)
@@ -62,11 +68,13 @@ class RecordingFake(FakeBackend):
             self._release[text].wait(timeout=10)
         if text in self._fail:
             raise RuntimeError(f"the model broke on {text!r}")
+        segment = super().prepare(tokens, style, speed)
         self.unfinished += 1
-        try:
-            yield from super().synthesize(tokens, style, speed)
-        finally:
-            self.unfinished -= 1
+        weakref.finalize(segment, self._let_go)
+        return segment
+
+    def _let_go(self) -> None:
+        self.unfinished -= 1
 
     async def reached(self, text: str) -> None:
         """Return once the model thread is holding at the start of this segment."""
@@ -104,27 +112,51 @@ class CrashingG2PFake(FakeBackend):
         return CrashingPhonemizer(self.trigger)
 
 
+def decoded_frames(segment: PreparedSegment, start: int, stop: int) -> int:
+    """Frames the model computes to decode the window [start, stop) of ``segment``: the
+    window and ``CONTEXT_FRAMES`` on each side, where the segment has them."""
+    return min(segment.frames, stop + CONTEXT_FRAMES) - max(0, start - CONTEXT_FRAMES)
+
+
 class ClockedFake(FakeBackend):
     """The fake backend computing on virtual time, for an engine run inline (InlineRunner).
 
-    Each chunk of audio is released only after advancing ``clock`` by its duration ×
-    ``ratio`` with ``MockClock.jump``, where the plain fake would sleep on the real
-    clock: compute times are then exact, and the Trio loop is blocked for them just as
-    an inline model blocks it. ``computed`` adds up the seconds jumped so far.
+    Each decoder window advances ``clock`` by the duration of the frames it decodes
+    (context included, as ``compute_ratio`` counts them) × ``ratio`` with
+    ``MockClock.jump``, where the plain fake would sleep on the real clock: compute times
+    are then exact, and the Trio loop is blocked for them just as an inline model blocks
+    it. The front end (``prepare``) is free. ``computed`` adds up the seconds so far, and
+    ``windows`` notes each window's segment (its lower-cased text) and seconds. With no
+    clock nothing is jumped: it only tallies what a rendering costs on this model.
     """
 
-    def __init__(self, clock: MockClock, ratio: float) -> None:
+    def __init__(self, clock: MockClock | None, ratio: float) -> None:
         super().__init__(compute_ratio=0.0)
         self.clock = clock
         self.ratio = ratio
         self.computed = 0.0
+        self.windows: list[tuple[str, float]] = []
+        self._symbols = {token: symbol for symbol, token in self.vocab.items()}
+        self._texts: weakref.WeakKeyDictionary[PreparedSegment, str] = weakref.WeakKeyDictionary()
 
-    def synthesize(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> Iterator[np.ndarray]:
-        for chunk in super().synthesize(tokens, style, speed):
-            seconds = chunk.size / SAMPLE_RATE * self.ratio
+    def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
+        segment = super().prepare(tokens, style, speed)
+        self._texts[segment] = "".join(self._symbols[token] for token in tokens)
+        return segment
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
+        audio = super().decode(segment, start, stop)
+        seconds = decoded_frames(segment, start, stop) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.ratio
+        if self.clock is not None:
             self.clock.jump(seconds)
-            self.computed += seconds
-            yield chunk
+        self.computed += seconds
+        self.windows.append((self._texts[segment], seconds))
+        return audio
+
+    def computed_for(self, word: str) -> float:
+        """Seconds computed for the segments that start with ``word`` (one job's, when
+        each job's segments start with a word of its own, as ``sentences`` makes them)."""
+        return sum(seconds for text, seconds in self.windows if text.split()[0] == word)
 
 
 @attrs.define(eq=False)

@@ -14,9 +14,12 @@ from krt.synth.backend import MAX_TOKENS
 from krt.synth.onnx_backend import OnnxBackend
 from tests.speech_checks import (
     MAX_MEAN_WORD_ERROR_RATE,
+    MAX_WINDOWED_MEL_DB,
+    WINDOW_TEXTS,
     assert_sounds_like_speech,
     mean_word_error_rate,
     quiet_runs_ms,
+    windowed_against_whole,
 )
 
 pytestmark = pytest.mark.integration
@@ -45,11 +48,12 @@ def test_speech_starts_at_once_and_sentences_are_one_pause_apart(onnx_pipeline, 
     raw_lead, raw_gaps, raw_tail = quiet_runs_ms(b"".join(pipeline_with(trim_silence=False).speak(text)))
     assert raw_lead > 250 and raw_tail > 350  # what Kokoro itself puts around speech
     lead, gaps, tail = quiet_runs_ms(b"".join(onnx_pipeline.speak(text)))
-    assert tail <= 40  # the default: a response ends on its last sound
-    assert (lead, gaps[0]) == pytest.approx((raw_lead, raw_gaps[0]), abs=1)  # the rest is the model's
-    _lead, paced, _tail = quiet_runs_ms(b"".join(pipeline_with(sentence_pause_ms=350).speak(text)))
-    assert 350 <= paced[0] <= 350 + 80  # the pause, the 60 ms lead pad and the soft onset
-    assert raw_gaps[0] > paced[0] + 250  # Kokoro's own break: a tail and a lead, ~0.8 s
+    assert lead <= 60  # the default: the first sound within LEAD_PAD_SAMPLES
+    assert tail <= 40  # and the response ends on its last sound
+    assert 350 <= gaps[0] <= 350 + 80  # SENTENCE_PAUSE_MS, the 60 ms lead pad and the soft onset
+    assert raw_gaps[0] > gaps[0] + 250  # Kokoro's own break: a tail and a lead, ~0.8 s
+    _lead, own, _tail = quiet_runs_ms(b"".join(pipeline_with(sentence_pause_ms=None).speak(text)))
+    assert own[0] == pytest.approx(raw_gaps[0], abs=1)  # empty: the model's own break
 
 
 def test_speed_changes_duration(onnx_pipeline):
@@ -90,3 +94,16 @@ def test_corrupt_cached_model_is_joined_again(tmp_path):
     cached = packaged.packaged_onnx_model(tmp_path)
     cached.write_bytes(b"not a model")
     assert packaged.packaged_onnx_model(tmp_path).stat().st_size > 90_000_000
+
+
+@pytest.mark.parametrize("voice", ["female", "male"])
+def test_windows_join_into_what_the_whole_decode_sounds_like(onnx_pipeline, voice):
+    seams_seen = 0
+    for text in WINDOW_TEXTS:
+        mel, clicks, seams = windowed_against_whole(
+            onnx_pipeline.backend, onnx_pipeline.phonemizer, text, voice
+        )
+        assert mel <= MAX_WINDOWED_MEL_DB, text
+        assert clicks == 0, text
+        seams_seen += seams
+    assert seams_seen >= 4

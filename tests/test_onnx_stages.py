@@ -10,7 +10,8 @@ from onnx import TensorProto, helper
 from krt.errors import ModelUnavailableError
 from krt.g2p import tokenize
 from krt.synth import packaged
-from krt.synth.onnx_stages import KOKORO_DECODER_INPUTS, SAMPLES_PER_FRAME, split_kokoro_graph
+from krt.synth.onnx_stages import KOKORO_DECODER_INPUTS, split_kokoro_graph
+from krt.synth.windows import SAMPLES_PER_FRAME
 
 TEXTS = (
     "Hello there.",
@@ -47,7 +48,10 @@ def test_front_end_then_decoder_is_exactly_the_whole_graph(onnx_pipeline, model_
             "speed": np.array([1.0], dtype=np.float32),
         }
         (audio,) = full.run(None, feeds)
-        asr, f0, noise = front_end.run(None, feeds)
+        asr, f0, noise, durations = front_end.run(None, feeds)
+        # The front end also says how many frames each position (pads included) lasts.
+        assert durations.size == len(tokens) + 2
+        assert int(durations.sum()) == asr.shape[-1]
         cut = KOKORO_DECODER_INPUTS
         (staged,) = decoder.run(None, {cut.asr: asr, cut.f0: f0, cut.noise: noise, cut.style: feeds["style"]})
         # Same operators on the same inputs on the same CPU kernels: bit for bit.

@@ -2,32 +2,45 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from krt.engine.pipeline import SpeechPipeline
+from krt.engine.pipeline import LEAD_FRAMES, TAIL_FRAMES, SpeechPipeline
 from krt.errors import SpeechError
 from krt.synth.backend import MAX_TOKENS
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
+from krt.synth.windows import PreparedSegment, WindowJoiner
 from tests.conftest import make_config
 from tests.speech_checks import quiet_runs_ms
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
 
 class RecordingBackend(FakeBackend):
-    """The fake backend, remembering the token count of every segment it was asked for."""
+    """The fake backend, remembering every segment it prepared and every window it decoded."""
 
     def __init__(self) -> None:
         super().__init__()
         self.token_counts: list[int] = []
+        self.prepared: list[PreparedSegment] = []
+        self.windows: list[tuple[PreparedSegment, int, int]] = []
 
-    def synthesize(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> Iterator[np.ndarray]:
+    def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
         self.token_counts.append(len(tokens))
-        yield from super().synthesize(tokens, style, speed)
+        segment = super().prepare(tokens, style, speed)
+        self.prepared.append(segment)
+        return segment
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> np.ndarray:
+        self.windows.append((segment, start, stop))
+        return super().decode(segment, start, stop)
+
+    def spans(self, segment: PreparedSegment) -> list[tuple[int, int]]:
+        return [(start, stop) for decoded, start, stop in self.windows if decoded is segment]
 
 
 class RecordingPhonemizer(SpelledPhonemizer):
@@ -107,19 +120,23 @@ def test_first_segment_is_rendered_before_the_rest_is_phonemized():
     assert phonemizer.seen == ["Hi there."]
 
 
-def test_first_segment_is_short(fake_pipeline):
-    plan = fake_pipeline.plan("Okay so here is a rather long first sentence that keeps going on and on.")
-    assert len(plan.segments[0].split()) <= 8
-    assert (
-        " ".join(plan.segments) == "Okay so here is a rather long first sentence that keeps going on and on."
+def test_sentences_are_whole_by_default_and_a_configured_first_cut_leaves_no_fragment():
+    text = "Okay so here is a rather long first sentence that keeps going on and on."
+    whole = SpeechPipeline(FakeBackend(), make_config()).plan(text)
+    assert whole.segments == (text,)
+    cut = SpeechPipeline(FakeBackend(), make_config(FIRST_SEGMENT_MAX_WORDS="8")).plan(text)
+    assert len(cut.segments[0].split()) <= 8
+    assert " ".join(cut.segments) == text
+    almost = "These days a chicken leg is a rare dish."  # 9 words: a cut at 8 would orphan "dish."
+    assert SpeechPipeline(FakeBackend(), make_config(FIRST_SEGMENT_MAX_WORDS="8")).plan(almost).segments == (
+        almost,
     )
 
 
 def test_model_failure_is_synthesis_failed():
     class BrokenBackend(FakeBackend):
-        def synthesize(self, tokens, style, speed):
+        def decode(self, segment, start, stop):
             raise RuntimeError("CUDA error: device-side assert triggered")
-            yield  # pragma: no cover
 
     pipeline = SpeechPipeline(BrokenBackend(), make_config())
     with pytest.raises(SpeechError) as caught:
@@ -143,20 +160,55 @@ def test_fake_backend_is_deterministic(fake_pipeline):
     )
 
 
-def test_a_rendering_can_pause_between_batches_and_closing_it_frees_the_segment():
-    from tests.fakes import RecordingFake
-
-    backend = RecordingFake()
+def test_a_rendering_makes_a_window_per_batch_and_closing_it_stops_all_model_work():
+    backend = RecordingBackend()
     pipeline = SpeechPipeline(backend, make_config())
-    rendering = pipeline.rendering(pipeline.plan("One two three. Four five six. Seven eight nine."))
+    rendering = pipeline.rendering(pipeline.plan("One two three four five six seven eight nine ten eleven."))
     first = next(rendering)
     assert rendering.started and not rendering.done
-    assert backend.unfinished == 1  # paused mid-segment: the backend's generator is open
+    assert len(backend.windows) == 1  # one window, not the whole sentence
     rendering.close()
-    assert backend.unfinished == 0
     assert rendering.done
     assert list(rendering) == []
+    assert len(backend.windows) == 1
     assert all(len(chunk) == 960 for chunk in first)
+
+
+def test_windows_cover_the_audible_frames_once_in_order_starting_small_and_growing():
+    backend = RecordingBackend()
+    config = make_config(PRIORITY_QUANTUM_BYTES=str(6 * 1200), SCHED_QUANTUM_BYTES=str(40 * 1200))
+    pipeline = SpeechPipeline(backend, config)
+    text = "The first sentence is long enough for several windows of the decoder to be cut from it. And a second."
+    list(pipeline.rendering(pipeline.plan(text)))
+    assert len(backend.prepared) == 2
+    for index, segment in enumerate(backend.prepared):
+        spans = backend.spans(segment)
+        # Contiguous, in order, each frame once: from just before the first sound (the
+        # silent lead is not decoded) to just after the last, never the whole silent tail.
+        assert all(stop == next_start for (_, stop), (next_start, _) in itertools.pairwise(spans))
+        assert spans[0][0] == segment.lead_frames - LEAD_FRAMES
+        assert spans[-1][1] == segment.frames - segment.tail_frames + TAIL_FRAMES
+        if index == 0:
+            sizes = [stop - start for start, stop in spans]
+            assert len(sizes) >= 3
+            assert sizes[0] <= 6 + 1  # the first window is the priority quantum (cut may move ±25 %)
+            assert max(sizes) <= 40 + 20  # later ones grow to the quantum (the last may absorb a sliver)
+            assert sizes[1] > sizes[0]
+
+
+def test_a_windowed_decode_joins_into_the_whole_decode_on_the_fake():
+    backend = FakeBackend()
+    segment = backend.prepare(list(range(1, 40)), backend.voices.style("fake_female", 39), 1.0)
+    whole = backend.decode(segment, 0, segment.frames)
+    joiner = WindowJoiner()
+    cuts = [0, 7, 19, 50, segment.frames]
+    joined = np.concatenate(
+        [
+            joiner.join(backend.decode(segment, a, b), last=b == segment.frames)
+            for a, b in itertools.pairwise(cuts)
+        ]
+    )
+    np.testing.assert_allclose(joined, whole, atol=1e-6)
 
 
 def test_a_rendering_carries_part_chunks_across_segments_and_matches_speak(fake_pipeline):
@@ -179,22 +231,19 @@ def test_a_response_starts_at_its_first_sound_and_sentences_are_one_pause_apart(
         assert tail <= 40  # END_PAUSE_MS: the caller's turn comes at once
 
 
-def test_by_default_only_silence_that_cannot_cause_a_stall_is_trimmed():
-    def speak(text: str, **env: str) -> bytes:
-        return b"".join(SpeechPipeline(FakeBackend(), make_config(**env)).speak(text))
-
-    for text in ("Sure, one moment.", "Hello there. How are you?"):
-        lead, _gaps, tail = quiet_runs_ms(speak(text))
-        raw_lead, _raw_gaps, _raw_tail = quiet_runs_ms(speak(text, TRIM_SILENCE="false"))
-        assert tail <= 40  # nothing follows the end of a response
-        assert lead == raw_lead  # its start stays the model's (see render_segment for why)
-    two_sentences = "Hello there. How are you?"
-    trimmed, raw = speak(two_sentences), speak(two_sentences, TRIM_SILENCE="false")
-    lead, gaps, tail = quiet_runs_ms(trimmed)
-    raw_lead, raw_gaps, _raw_tail = quiet_runs_ms(raw)
+def test_by_default_a_response_starts_at_its_first_sound_with_natural_sentence_pauses():
+    backend = RecordingBackend()
+    pipeline = SpeechPipeline(backend, make_config())
+    lead, gaps, tail = quiet_runs_ms(b"".join(pipeline.speak("Hello there. How are you?")))
+    assert lead <= 60
+    assert 350 <= gaps[0] <= 350 + 60  # SENTENCE_PAUSE_MS's default
     assert tail <= 40
-    assert lead == raw_lead  # a second segment follows: its compute hides behind this silence
-    assert gaps[0] == raw_gaps[0]  # and the break between them is the model's own
+    # The silence was never decoded: only the frames between the padding positions.
+    for segment in backend.prepared:
+        decoded = sum(stop - start for start, stop in backend.spans(segment))
+        assert (
+            decoded == segment.frames - segment.lead_frames - segment.tail_frames + LEAD_FRAMES + TAIL_FRAMES
+        )
 
 
 def test_without_trimming_the_models_own_silence_is_kept():

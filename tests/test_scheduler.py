@@ -1,18 +1,10 @@
-"""The shared engine on the fake backend: order, priority, fairness, admission, cancel, errors.
+"""The shared engine schedules decoder windows: earliest deadline first, capacity admission.
 
-These run the model in a real worker thread (``ThreadRunner``, as in production), so
-they run on the real clock (``autojump_clock`` would take a busy model thread for an
-idle one; tests/test_virtual_time.py runs the engine inline on virtual time). They
-synchronise on what the backend records and on events, never on sleeps; the only
-sleeping is the fake model's own compute time, kept to a few milliseconds per segment.
-
-Every segment text here spells ``<word> <number>.``, 10 to 14 characters: 0.65–0.91 s
-of fake audio, two backend chunks (0.5 s and the rest), which the rendering hands on as
-PCM batches (the head, the rest, and the 96-sample faded tail, carried into the next
-segment's first batch when it does not fill a 20 ms chunk). Several tests choose quanta
-that make a turn exactly one of those batches (``ONE_CHUNK_TURNS``) or exactly one segment
-started (``ONE_SEGMENT_TURNS``), so the order of model turns is exact and can be reasoned
-out from the scheduler's rules alone.
+These run the engine inline on virtual time (``InlineRunner`` and ``autojump_clock``):
+the fake model's compute is a ``MockClock.jump`` proportional to the frames it decodes
+(context included), so who got which window when, and whether a real-time player of
+each stream would have run dry, are exact. ``test_scheduler.py`` runs the same engine on
+a real model thread.
 """
 
 from __future__ import annotations
@@ -21,443 +13,376 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
-import numpy as np
 import pytest
 import trio
 import trio.testing
 
+from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE
 from krt.engine.pipeline import SpeechPipeline
 from krt.engine.runner import ThreadRunner
-from krt.engine.scheduler import JOB_BUFFER_BATCHES
+from krt.engine.scheduler import AHEAD_SECONDS, CAPACITY_HEADROOM
 from krt.errors import SpeechError
 from krt.synth.fake_backend import FakeBackend
-from tests.fakes import RecordingFake
-from tests.inline_engine import engine_config, sentences
-from tests.inline_engine import start_engine as start_inline_or_threaded
+from krt.synth.windows import SAMPLES_PER_FRAME
+from tests.inline_engine import engine_config, start_engine
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Sequence
+
+    import numpy as np
+    from trio.testing import MockClock
 
     from krt.config import Config
     from krt.engine.facade import Engine
     from krt.engine.pipeline import SpeechPlan
-    from krt.engine.scheduler import Job
+    from krt.synth.windows import PreparedSegment
 
 pytestmark = pytest.mark.trio
 
-CHUNK_SAMPLES = 480
-"""20 ms at 24 kHz: the default STREAM_CHUNK_SECONDS."""
-
-ONE_CHUNK_TURNS = {"SCHED_QUANTUM_BYTES": "2", "PRIORITY_QUANTUM_BYTES": "2"}
-"""Quanta of one sample: every turn produces exactly one shaped chunk."""
-ONE_SEGMENT_TURNS = {"SCHED_QUANTUM_BYTES": "30000", "PRIORITY_QUANTUM_BYTES": "30000"}
-"""Quanta of 15 000 samples: a turn finishes the segment in progress (its 96-sample tail),
-starts the next and stops after that one's second chunk (11 904 + ≥ 3 600 samples), so
-every turn starts exactly one segment and the recorded calls are the turns."""
+LONG = (
+    "{word} has a sentence long enough to be decoded in several windows of growing size, one after another."
+)
+"""About 6.5 s of fake audio per sentence."""
 
 
-async def start_engine(nursery: trio.Nursery, config: Config, backend: RecordingFake) -> Engine:
-    """These tests run the model on a real thread, as production does."""
-    return await start_inline_or_threaded(nursery, config, backend, ThreadRunner())
+@attrs.frozen
+class Window:
+    owner: str
+    """The first word of the segment, which names the job in these tests."""
+    start: int
+    stop: int
+    at: float
+    """Virtual time the window's compute began."""
 
 
-def pcm_samples(batches: Iterable[tuple[bytes, ...]]) -> np.ndarray:
-    return np.frombuffer(b"".join(chunk for batch in batches for chunk in batch), dtype="<i2")
+class ClockedWindows(FakeBackend):
+    """The fake backend computing on virtual time, recording every window it decodes.
+
+    Decoding frames costs ``ratio`` × their duration (the context frames too), jumped on
+    ``clock``; a segment whose text is in ``fail`` breaks in the front end like a model
+    bug would.
+    """
+
+    def __init__(self, clock: MockClock, ratio: float, *, fail: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.clock = clock
+        self.ratio = ratio
+        self.fail = set(fail)
+        self.windows: list[Window] = []
+        self._symbols = {token: symbol for symbol, token in self.vocab.items()}
+        self._owners: dict[int, tuple[PreparedSegment, str]] = {}
+
+    def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
+        text = "".join(self._symbols[token] for token in tokens)
+        if text in self.fail:
+            raise RuntimeError(f"the model broke on {text!r}")
+        segment = super().prepare(tokens, style, speed)
+        self._owners[id(segment)] = (segment, text.split()[0])
+        return segment
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> np.ndarray:
+        self.windows.append(Window(self._owners[id(segment)][1], start, stop, trio.current_time()))
+        return super().decode(segment, start, stop)
+
+    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> np.ndarray:
+        self.clock.jump((hi - lo) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.ratio)
+        return super()._decode_span(segment, lo, hi)
+
+    def owners(self) -> list[str]:
+        return [window.owner for window in self.windows]
 
 
-def expected_audio(config: Config, plan: SpeechPlan, segments: slice = slice(None)) -> np.ndarray:
-    """What the plain pipeline renders for (some segments of) a plan, without the engine."""
+@attrs.define
+class Player:
+    """A real-time player of one stream: when each batch arrived, and how long the player
+    would have run dry waiting for it."""
+
+    batches: list[bytes] = attrs.field(factory=list)
+    arrivals: list[float] = attrs.field(factory=list)
+    error: SpeechError | None = None
+    left_at: float | None = None
+    _waiters: list[tuple[float, trio.Event]] = attrs.field(factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(map(len, self.batches)) / PCM_BYTES_PER_SECOND
+
+    def received(self, batch: bytes) -> None:
+        self.batches.append(batch)
+        self.arrivals.append(trio.current_time())
+        for seconds, event in self._waiters:
+            if self.seconds >= seconds:
+                event.set()
+
+    async def wait_for_audio(self, seconds: float) -> None:
+        """Return once this many seconds of audio have arrived."""
+        event = trio.Event()
+        self._waiters.append((seconds, event))
+        if self.seconds >= seconds:
+            event.set()
+        await event.wait()
+
+    @property
+    def pcm(self) -> bytes:
+        return b"".join(self.batches)
+
+    def stalls(self) -> list[float]:
+        """Seconds of silence a player that started at the first audio would have heard."""
+        stalls, played_until = [], None
+        for batch, arrival in zip(self.batches, self.arrivals, strict=True):
+            if played_until is None:
+                played_until = arrival
+            elif arrival > played_until + 1e-9:
+                stalls.append(arrival - played_until)
+                played_until = arrival
+            played_until += len(batch) / PCM_BYTES_PER_SECOND
+        return stalls
+
+
+async def play(engine: Engine, plan: SpeechPlan, player: Player, *, leave_after: int | None = None) -> None:
+    try:
+        async with engine.stream(plan, plan.segments[0].split()[0]) as job:
+            async for batch in job:
+                player.received(b"".join(batch))
+                if len(player.batches) == leave_after:
+                    player.left_at = trio.current_time()
+                    break
+    except SpeechError as exc:
+        player.error = exc
+
+
+def expected_pcm(config: Config, plan: SpeechPlan) -> bytes:
     pipeline = SpeechPipeline(FakeBackend(), config)
-    return pcm_samples(pipeline.rendering(attrs.evolve(plan, segments=plan.segments[segments])))
+    return b"".join(chunk for batch in pipeline.rendering(plan) for chunk in batch)
 
 
-async def collect(job: Job) -> np.ndarray:
-    return pcm_samples([batch async for batch in job])
+def long_text(word: str, sentences: int) -> str:
+    return " ".join([LONG.format(word=word)] * sentences)
 
 
-async def collect_into(results: dict[str, np.ndarray], label: str, job: Job) -> None:
-    results[label] = await collect(job)
-
-
-async def read_into(chunks: list[tuple[bytes, ...]], engine: Engine, plan: SpeechPlan, label: str) -> None:
-    """Read a job's chunks as they come, keeping them even if the iteration fails."""
-    async with engine.stream(plan, label) as job:
-        async for chunk in job:
-            chunks.append(chunk)
-
-
-async def stream_job(
-    engine: Engine,
-    plan: SpeechPlan,
-    label: str,
-    results: dict[str, np.ndarray],
-    *,
-    begin: trio.Event | None = None,
-    leave_after: int | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """A session's side of one job: admitted before ``started``; reads once ``begin`` is set."""
-    chunks: list[tuple[bytes, ...]] = []
-    async with engine.stream(plan, label) as job:
-        task_status.started()
-        if begin is not None:
-            await begin.wait()
-        async for chunk in job:
-            chunks.append(chunk)
-            if len(chunks) == leave_after:
-                break
-    results[label] = pcm_samples(chunks)
-
-
-async def try_stream(engine: Engine, plan: SpeechPlan, label: str) -> None:
-    async with engine.stream(plan, label):
-        pass
-
-
-def longest_run(owners: list[str]) -> int:
-    longest = run = 0
-    for index, owner in enumerate(owners):
-        run = run + 1 if index and owners[index - 1] == owner else 1
-        longest = max(longest, run)
-    return longest
-
-
-# -- one job ----------------------------------------------------------------------------
-
-
-async def test_a_single_job_streams_all_its_audio_in_order_and_ends_cleanly(nursery):
-    with trio.fail_after(10):
-        config = engine_config()
-        backend = RecordingFake(compute_ratio=0.005)
-        engine = await start_engine(nursery, config, backend)
-        plan = engine.plan(sentences("alpha", 4))
-
-        async with engine.stream(plan, "a") as job:
-            assert engine.statistics().active == 1
-            audio = await collect(job)  # the iteration ends by itself after the last chunk
-
-        np.testing.assert_array_equal(audio, expected_audio(config, plan))
-        assert backend.calls == list(plan.segments)
-        await trio.testing.wait_all_threads_completed()
-        stats = engine.statistics()
-        assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)
-        assert stats.turns > 0
-        assert backend.unfinished == 0
-
-
-# -- priority and fairness --------------------------------------------------------------
-
-
-async def test_a_new_job_gets_its_first_segment_right_after_the_turn_in_progress(nursery):
-    with trio.fail_after(10):
-        config = engine_config(**ONE_SEGMENT_TURNS)
-        backend = RecordingFake(compute_ratio=0.002, hold=["alpha three."])
-        engine = await start_engine(nursery, config, backend)
-        plan_a = engine.plan(sentences("alpha", 6))
-        plan_c = engine.plan(sentences("charlie", 6))
-        plan_b = engine.plan(sentences("bravo", 2))
-        results: dict[str, np.ndarray] = {}
-        try:
-            async with (
-                engine.stream(plan_a, "a") as job_a,
-                engine.stream(plan_c, "c") as job_c,
-                trio.open_nursery() as sessions,
-            ):
-                sessions.start_soon(collect_into, results, "a", job_a)
-                sessions.start_soon(collect_into, results, "c", job_c)
-                await backend.reached("alpha three.")  # the model thread is in A's third turn
-                await sessions.start(stream_job, engine, plan_b, "b", results)
-                backend.release()
-        finally:
-            backend.release()
-
-        # Round robin alone would have given C its third turn before B's first.
-        assert backend.calls[:6] == [
-            "alpha one.",
-            "charlie one.",
-            "alpha two.",
-            "charlie two.",
-            "alpha three.",
-            "bravo one.",
-        ]
-        for label, plan in (("a", plan_a), ("b", plan_b), ("c", plan_c)):
-            np.testing.assert_array_equal(results[label], expected_audio(config, plan))
-
-
-@pytest.mark.parametrize(
-    ("quantum_bytes", "most_in_a_row"),
-    [
-        # One chunk per turn: a segment takes three turns, so starts strictly alternate.
-        ("2", 1),
-        # One segment started per turn (ONE_SEGMENT_TURNS): strict alternation too.
-        ("30000", 1),
-        # 1 s of audio per turn: a turn always reaches the end of the segment it is in
-        # (segments are < 1 s) and stops within the next one (two segments are > 1 s),
-        # so it starts one or two segments; then the other job has its turn.
-        ("48000", 2),
-    ],
-)
-async def test_two_long_jobs_take_turns_and_neither_starves(nursery, quantum_bytes, most_in_a_row):
-    with trio.fail_after(10):
-        config = engine_config(SCHED_QUANTUM_BYTES=quantum_bytes, PRIORITY_QUANTUM_BYTES=quantum_bytes)
-        backend = RecordingFake(compute_ratio=0.002)
-        engine = await start_engine(nursery, config, backend)
-        plan_a = engine.plan(sentences("alpha", 8))
-        plan_b = engine.plan(sentences("bravo", 8))
-        results: dict[str, np.ndarray] = {}
-
-        async with (
-            engine.stream(plan_a, "a") as job_a,
-            engine.stream(plan_b, "b") as job_b,
-            trio.open_nursery() as readers,
-        ):
-            readers.start_soon(collect_into, results, "a", job_a)
-            readers.start_soon(collect_into, results, "b", job_b)
-
-        owners = [text.split()[0] for text in backend.calls]
-        # Only while both jobs have segments left to start could one of them starve.
-        both_have_work = next(
-            end
-            for end in range(len(owners))
-            if 8 in (owners[:end].count("alpha"), owners[:end].count("bravo"))
-        )
-        assert longest_run(owners[:both_have_work]) <= most_in_a_row, owners
-        if most_in_a_row == 1:
-            assert backend.calls == [
-                text for pair in zip(plan_a.segments, plan_b.segments, strict=True) for text in pair
-            ]
-        np.testing.assert_array_equal(results["a"], expected_audio(config, plan_a))
-        np.testing.assert_array_equal(results["b"], expected_audio(config, plan_b))
-
-
-# -- admission --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("first_leaves_early", [False, True], ids=["first-finishes", "first-leaves"])
-async def test_a_second_job_waits_for_the_only_slot_and_a_third_is_busy(nursery, first_leaves_early):
-    with trio.fail_after(10):
-        config = engine_config(
-            MAX_CONCURRENT_JOBS="1", MAX_QUEUED_REQUESTS="1", QUEUE_WAIT_SLA_MS="600000", **ONE_CHUNK_TURNS
-        )
-        backend = RecordingFake(compute_ratio=0.002)
-        engine = await start_engine(nursery, config, backend)
-        plan_a = engine.plan(sentences("alpha", 4))
-        plan_b = engine.plan(sentences("bravo", 3))
-        plan_c = engine.plan(sentences("charlie", 1))
-        results: dict[str, np.ndarray] = {}
-        begin = trio.Event()
-
-        async with trio.open_nursery() as sessions:
-            leave_after = 1 if first_leaves_early else None
-            await sessions.start(
-                partial(stream_job, begin=begin, leave_after=leave_after), engine, plan_a, "a", results
-            )
-            await sessions.start(stream_job, engine, plan_b, "b", results)
-            stats = engine.statistics()
-            assert (stats.active, stats.waiting) == (1, 1)
-
-            with pytest.raises(SpeechError) as refused:
-                await try_stream(engine, plan_c, "c")
-            assert refused.value.code == "busy"
-            assert engine.statistics().busy_rejections == 1
-            begin.set()
-
-        owners = [text.split()[0] for text in backend.calls]
-        assert "bravo" in owners
-        assert "alpha" not in owners[owners.index("bravo") :]  # B's model work only once A is gone
-        assert "charlie" not in owners
-        np.testing.assert_array_equal(results["b"], expected_audio(config, plan_b))
-        if first_leaves_early:
-            # A left after one chunk: it never got all its segments.
-            assert len(backend.started("alpha")) < len(plan_a.segments)
-        else:
-            np.testing.assert_array_equal(results["a"], expected_audio(config, plan_a))
-        stats = engine.statistics()
-        assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 1)
-
-
-async def test_a_full_engine_queue_refuses_busy_even_with_free_slots(nursery):
-    with trio.fail_after(10):
-        config = engine_config(MAX_CONCURRENT_JOBS="4", QUEUE_MAXSIZE="2", QUEUE_WAIT_SLA_MS="600000")
-        backend = RecordingFake()
-        engine = await start_engine(nursery, config, backend)
-        plans = [engine.plan(sentences(word, 1)) for word in ("alpha", "bravo", "charlie")]
-
-        async with engine.stream(plans[0], "a") as job_a, engine.stream(plans[1], "b") as job_b:
-            with pytest.raises(SpeechError) as refused:
-                await try_stream(engine, plans[2], "c")
-            assert refused.value.code == "busy"
-            assert engine.statistics().busy_rejections == 1
-            await collect(job_a)
-            await collect(job_b)
-
-        await try_stream(engine, plans[2], "c")  # room again once the others are done
-        assert engine.statistics().busy_rejections == 1
-
-
-# -- the wait SLA -----------------------------------------------------------------------
-
-FORTY_CHARACTERS = "alpha one two three four five six seven."
-"""One first segment of 8 words (FIRST_SEGMENT_MAX_WORDS): 2.6 s of fake audio."""
-
-
-@pytest.mark.parametrize(
-    ("compute_ratio", "admitted"),
-    [
-        # 2.6 s × 0.05 = 130 ms measured for A's first segment, which B would wait behind.
-        (0.05, False),
-        # Pure numpy: a few ms.
-        (0.0, True),
-    ],
-    ids=["slow-engine", "fast-engine"],
-)
-async def test_a_job_that_would_wait_past_the_sla_behind_first_segments_is_busy(
-    nursery, compute_ratio, admitted
+async def test_one_stream_gets_a_small_first_window_then_growing_ones_and_all_its_audio(
+    nursery, autojump_clock
 ):
-    with trio.fail_after(10):
-        config = engine_config(QUEUE_WAIT_SLA_MS="50")
-        backend = RecordingFake(compute_ratio=compute_ratio)
-        engine = await start_engine(nursery, config, backend)
-        await engine.warm_up(FORTY_CHARACTERS)  # measures this engine on this very segment
-        plan_a = engine.plan(FORTY_CHARACTERS)
-        plan_b = engine.plan(sentences("bravo", 1))
+    config = engine_config()
+    backend = ClockedWindows(autojump_clock, ratio=0.3)
+    engine = await start_engine(nursery, config, backend)
+    await engine.warm_up()
+    warm_up_windows = len(backend.windows)
+    plan = engine.plan(long_text("alpha", 2))
+    player = Player()
+    await play(engine, plan, player)
 
-        # An idle engine admits A however slow it is: nothing is ahead of it.
-        async with engine.stream(plan_a, "a") as job_a:
-            if admitted:
-                async with engine.stream(plan_b, "b") as job_b:
-                    np.testing.assert_array_equal(await collect(job_b), expected_audio(config, plan_b))
-            else:
-                with pytest.raises(SpeechError) as refused:
-                    await try_stream(engine, plan_b, "b")
-                assert refused.value.code == "busy"
-                assert "QUEUE_WAIT_SLA_MS" in refused.value.message
-            assert engine.statistics().busy_rejections == (0 if admitted else 1)
-            np.testing.assert_array_equal(await collect(job_a), expected_audio(config, plan_a))
-
-        # Idle again: the same engine, however slow, admits B now.
-        async with engine.stream(plan_b, "b") as job_b:
-            np.testing.assert_array_equal(await collect(job_b), expected_audio(config, plan_b))
-        assert engine.statistics().busy_rejections == (0 if admitted else 1)
+    assert player.pcm == expected_pcm(config, plan)
+    sizes = [window.stop - window.start for window in backend.windows[warm_up_windows:]]
+    first_window_frames = config.scheduler.priority_quantum_bytes // (2 * SAMPLES_PER_FRAME)
+    assert sizes[0] <= first_window_frames * 1.25
+    assert sizes[1] > sizes[0]
+    assert player.stalls() == []
+    stats = engine.statistics()
+    assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)
+    assert stats.turns >= len(sizes)  # a turn may also just flush held-back audio
 
 
-@pytest.mark.parametrize(
-    ("first_job_segments", "admitted"),
-    [
-        # ≈ 100 characters ahead (A's first segment, then all of A for the slot): ≈ 325 ms.
-        (8, False),
-        # 20 characters ahead: ≈ 65 ms.
-        (1, True),
-    ],
-)
-async def test_a_job_that_would_wait_past_the_sla_for_a_slot_is_busy(nursery, first_job_segments, admitted):
-    with trio.fail_after(10):
-        config = engine_config(MAX_CONCURRENT_JOBS="1", MAX_QUEUED_REQUESTS="4", QUEUE_WAIT_SLA_MS="150")
-        backend = RecordingFake(compute_ratio=0.05)
-        engine = await start_engine(nursery, config, backend)
-        await engine.warm_up()  # ≈ 3.25 ms per character
-        plan_a = engine.plan(sentences("alpha", first_job_segments))
-        plan_b = engine.plan(sentences("bravo", 1))
+async def test_a_newcomers_first_window_comes_between_two_windows_of_a_running_stream(
+    nursery, autojump_clock
+):
+    config = engine_config()
+    backend = ClockedWindows(autojump_clock, ratio=0.15)
+    engine = await start_engine(nursery, config, backend)
+    alpha, bravo = Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play, engine, engine.plan(long_text("alpha", 3)), alpha)
+        await alpha.wait_for_audio(2.0)  # alpha is well under way
+        alpha_windows_when_bravo_came = backend.owners().count("alpha")
+        sessions.start_soon(play, engine, engine.plan(long_text("bravo", 1)), bravo)
 
-        async with engine.stream(plan_a, "a") as job_a:
-            if admitted:
-                async with engine.stream(plan_b, "b") as job_b:
-                    assert engine.statistics().waiting == 1
-                    np.testing.assert_array_equal(await collect(job_a), expected_audio(config, plan_a))
-                    np.testing.assert_array_equal(await collect(job_b), expected_audio(config, plan_b))
-            else:
-                with pytest.raises(SpeechError) as refused:
-                    await try_stream(engine, plan_b, "b")
-                assert refused.value.code == "busy"
-                assert engine.statistics().waiting == 0
-                np.testing.assert_array_equal(await collect(job_a), expected_audio(config, plan_a))
-        assert engine.statistics().busy_rejections == (0 if admitted else 1)
+    owners = backend.owners()
+    # At most the window already picked for alpha comes first; then bravo's first window.
+    assert owners.index("bravo") <= alpha_windows_when_bravo_came + 1
+    assert "alpha" in owners[owners.index("bravo") :]
+    first_bravo = backend.windows[owners.index("bravo")]
+    assert bravo.arrivals[0] - first_bravo.at < 1.0  # one small window's compute
+    assert alpha.stalls() == [] and bravo.stalls() == []
 
 
-# -- cancel, slow readers, failures -----------------------------------------------------
+@pytest.mark.parametrize("streams", [1, 2, 3])
+async def test_streams_that_arrive_together_never_stall_while_the_engine_has_capacity(
+    nursery, autojump_clock, streams
+):
+    config = engine_config()
+    # The fake decodes at 10x real time before context (about 6x with it): three
+    # real-time streams need half of the engine.
+    backend = ClockedWindows(autojump_clock, ratio=0.1)
+    engine = await start_engine(nursery, config, backend)
+    await engine.warm_up()
+    assert engine.statistics().slots >= streams
+    warm_up_windows = len(backend.windows)
+    words = ["alpha", "bravo", "charlie"][:streams]
+    players = {word: Player() for word in words}
+    async with trio.open_nursery() as sessions:
+        for word in words:
+            sessions.start_soon(play, engine, engine.plan(long_text(word, 2)), players[word])
+
+    for word, player in players.items():
+        assert player.error is None
+        assert player.pcm == expected_pcm(config, engine.plan(long_text(word, 2)))
+        assert player.stalls() == [], word
+    # Earliest deadline first: every newcomer's first window before anyone's second.
+    owners = backend.owners()[warm_up_windows:]
+    assert sorted(owners[:streams]) == sorted(words)
 
 
-@pytest.mark.parametrize("how", ["break", "cancel-scope"])
-async def test_leaving_a_job_stops_its_turn_at_the_next_chunk_and_others_go_on(nursery, how):
-    with trio.fail_after(10):
-        # A whole job per round-robin turn: only the cancel flag can stop A mid-turn.
-        config = engine_config(SCHED_QUANTUM_BYTES="100000000", PRIORITY_QUANTUM_BYTES="2")
-        backend = RecordingFake(compute_ratio=0.005, hold=["alpha two."])
-        engine = await start_engine(nursery, config, backend)
-        plan_a = engine.plan(sentences("alpha", 6))
-        plan_b = engine.plan(sentences("bravo", 3))
-        results: dict[str, np.ndarray] = {}
-        try:
-            async with trio.open_nursery() as sessions:
-                with trio.CancelScope() as scope:
-                    async with engine.stream(plan_a, "a") as job_a:
-                        await sessions.start(stream_job, engine, plan_b, "b", results)
-                        async for _chunk in job_a:
-                            # A's next turn is on the model thread, at its second segment.
-                            await backend.reached("alpha two.")
-                            if how == "break":
-                                break
-                            scope.cancel()
-                backend.release()
-        finally:
-            backend.release()
+async def test_the_stream_nearest_to_running_dry_goes_first(nursery, autojump_clock):
+    config = engine_config()
+    backend = ClockedWindows(autojump_clock, ratio=0.25)
+    engine = await start_engine(nursery, config, backend)
+    alpha, bravo = Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play, engine, engine.plan(long_text("alpha", 3)), alpha)
+        # Let alpha build up several seconds of audio ahead of its player.
+        await alpha.wait_for_audio(5.0)
+        sessions.start_soon(play, engine, engine.plan(long_text("bravo", 2)), bravo)
+        await bravo.wait_for_audio(0.01)
+        alpha_ahead = alpha.arrivals[0] + alpha.seconds
+        taken = len(backend.windows)
 
-        assert backend.started("alpha") == ["alpha one.", "alpha two."]
-        np.testing.assert_array_equal(results["b"], expected_audio(config, plan_b))
-        await trio.testing.wait_all_threads_completed()
-        stats = engine.statistics()
-        assert (stats.active, stats.waiting) == (0, 0)
-        assert backend.unfinished == 0  # A's interrupted segment was closed, not left open
-
-
-async def test_an_unread_job_does_not_hold_up_another_and_is_not_computed_ahead(nursery):
-    with trio.fail_after(10):
-        config = engine_config(**ONE_CHUNK_TURNS)
-        backend = RecordingFake(compute_ratio=0.002)
-        engine = await start_engine(nursery, config, backend)
-        plan_a = engine.plan(sentences("alpha", 8))
-        plan_b = engine.plan(sentences("bravo", 6))
-
-        async with engine.stream(plan_a, "a") as job_a, engine.stream(plan_b, "b") as job_b:
-            np.testing.assert_array_equal(await collect(job_b), expected_audio(config, plan_b))
-            # A got turns until JOB_BUFFER_BATCHES of its chunks waited: 8 chunks of three per
-            # segment is the start of its third segment. Without the limit, round robin would
-            # have started six of A's segments by the time B's eighteen chunks were done.
-            assert len(backend.started("alpha")) <= 3
-            assert job_a.receive.statistics().current_buffer_used <= JOB_BUFFER_BATCHES
-            np.testing.assert_array_equal(await collect(job_a), expected_audio(config, plan_a))
-
-
-async def test_a_model_failure_ends_that_job_with_synthesis_failed_and_the_engine_goes_on(nursery):
-    with trio.fail_after(10):
-        config = engine_config()
-        backend = RecordingFake(compute_ratio=0.002, fail=["alpha two."])
-        engine = await start_engine(nursery, config, backend)
-        plan_a = engine.plan(sentences("alpha", 3))
-        plan_b = engine.plan(sentences("bravo", 3))
-        plan_c = engine.plan(sentences("charlie", 2))
-        results: dict[str, np.ndarray] = {}
-        chunks_a: list[tuple[bytes, ...]] = []
-
-        async with trio.open_nursery() as sessions:
-            await sessions.start(stream_job, engine, plan_b, "b", results)
-            with pytest.raises(SpeechError) as failed:
-                await read_into(chunks_a, engine, plan_a, "a")
-            assert failed.value.code == "synthesis_failed"
-            assert "the model broke" in failed.value.message
-
-        # A's first segment arrived before the error, but for the part of a chunk it left
-        # for the next segment to fill; nothing of A after it was tried.
-        pipeline = SpeechPipeline(FakeBackend(), config)
-        first_segment = sum(
-            chunk.size for chunk in pipeline.render_segment(plan_a, plan_a.segments[0], last=False)
+    # After bravo's first window, bravo (whose player has less audio ahead) keeps the
+    # model until its player is as far ahead as alpha's; alpha never stalls meanwhile.
+    after = backend.windows[taken:]
+    bravo_run = next((i for i, w in enumerate(after) if w.owner == "alpha"), len(after))
+    assert bravo_run >= 1
+    assert all(w.owner == "bravo" for w in after[:bravo_run])
+    bravo_ahead_at_switch = (
+        bravo.arrivals[0]
+        + sum(
+            len(b) for b, at in zip(bravo.batches, bravo.arrivals, strict=True) if at <= after[bravo_run].at
         )
-        whole_chunks = first_segment // CHUNK_SAMPLES * CHUNK_SAMPLES
-        np.testing.assert_array_equal(pcm_samples(chunks_a), expected_audio(config, plan_a)[:whole_chunks])
-        assert backend.started("alpha") == ["alpha one.", "alpha two."]
-        np.testing.assert_array_equal(results["b"], expected_audio(config, plan_b))
-        async with engine.stream(plan_c, "c") as job_c:
-            np.testing.assert_array_equal(await collect(job_c), expected_audio(config, plan_c))
+        / PCM_BYTES_PER_SECOND
+    )
+    assert bravo_ahead_at_switch >= alpha_ahead - 1e-6
+    assert alpha.stalls() == [] and bravo.stalls() == []
+
+
+async def test_admission_holds_active_streams_to_the_measured_capacity(nursery, autojump_clock):
+    config = engine_config(MAX_CONCURRENT_JOBS="8", MAX_QUEUED_REQUESTS="1", QUEUE_WAIT_SLA_MS="600000")
+    # 3x real time before the context decoded around windows: one stream fits, two would stall.
+    backend = ClockedWindows(autojump_clock, ratio=1 / 3)
+    engine = await start_engine(nursery, config, backend)
+    await engine.warm_up()
+    stats = engine.statistics()
+    assert CAPACITY_HEADROOM < stats.capacity < 2 * CAPACITY_HEADROOM  # measured, context included
+    assert stats.slots == max(1, int(stats.capacity // CAPACITY_HEADROOM)) == 1
+
+    alpha, bravo, charlie = Player(), Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play, engine, engine.plan(long_text("alpha", 1)), alpha)
+        await trio.testing.wait_all_tasks_blocked()
+        sessions.start_soon(play, engine, engine.plan(long_text("bravo", 1)), bravo)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (engine.statistics().active, engine.statistics().waiting) == (1, 1)
+        sessions.start_soon(play, engine, engine.plan(long_text("charlie", 1)), charlie)
+
+    assert charlie.error is not None and charlie.error.code == "busy"
+    owners = backend.owners()
+    assert "alpha" not in owners[owners.index("bravo") :]  # bravo began once alpha was done
+    assert alpha.stalls() == [] and bravo.stalls() == []  # busy rather than stalls
+
+
+async def test_a_newcomer_is_busy_when_the_first_windows_ahead_of_it_pass_the_sla(nursery, autojump_clock):
+    backend = ClockedWindows(autojump_clock, ratio=0.25)
+    sla_ms = 1000
+    config = engine_config(QUEUE_WAIT_SLA_MS=str(sla_ms))
+    engine = await start_engine(nursery, config, backend)
+    await engine.warm_up()
+    first_window = engine.statistics().first_window_seconds
+    assert 0 < first_window < sla_ms / 1000
+    players = [Player() for _ in range(4)]
+    async with trio.open_nursery() as sessions:
+        for index, player in enumerate(players):  # four newcomers at the same instant
+            sessions.start_soon(play, engine, engine.plan(long_text(f"w{index}", 1)), player)
+
+    # Each newcomer waits for the first windows of those ahead of it.
+    admitted = [player for player in players if player.error is None]
+    assert 1 <= len(admitted) <= 1 + int(sla_ms / 1000 // first_window) < len(players)
+    for player in players:
+        if player.error is not None:
+            assert player.error.code == "busy"
+            assert "QUEUE_WAIT_SLA_MS" in player.error.message
+    assert engine.statistics().busy_rejections == len(players) - len(admitted)
+
+
+async def test_leaving_a_stream_stops_its_model_work_at_once(nursery, autojump_clock):
+    config = engine_config()
+    backend = ClockedWindows(autojump_clock, ratio=0.25)
+    engine = await start_engine(nursery, config, backend)
+    alpha, bravo = Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(partial(play, leave_after=2), engine, engine.plan(long_text("alpha", 3)), alpha)
+        sessions.start_soon(play, engine, engine.plan(long_text("bravo", 2)), bravo)
+    assert alpha.left_at is not None
+    assert all(window.at < alpha.left_at for window in backend.windows if window.owner == "alpha")
+    assert bravo.pcm == expected_pcm(config, engine.plan(long_text("bravo", 2)))
+    stats = engine.statistics()
+    assert (stats.active, stats.waiting) == (0, 0)
+
+
+async def test_an_unread_stream_is_not_computed_far_ahead_and_holds_up_no_one(nursery, autojump_clock):
+    config = engine_config()
+    backend = ClockedWindows(autojump_clock, ratio=0.1)
+    engine = await start_engine(nursery, config, backend)
+    bravo = Player()
+    async with engine.stream(engine.plan(long_text("alpha", 6)), "alpha"):  # never read
+        await play(engine, engine.plan(long_text("bravo", 2)), bravo)
+        await trio.sleep(30)
+        made = sum(
+            (w.stop - w.start) * SAMPLES_PER_FRAME / SAMPLE_RATE
+            for w in backend.windows
+            if w.owner == "alpha"
+        )
+    assert bravo.stalls() == []
+    # Alpha made at most AHEAD_SECONDS beyond what a player would have played by now,
+    # or JOB_BUFFER_BATCHES windows, whichever came first, not its whole 40 s.
+    assert made < AHEAD_SECONDS + 3.5 * 4
+
+
+async def test_a_model_failure_ends_that_stream_with_synthesis_failed_and_the_engine_goes_on(
+    nursery, autojump_clock
+):
+    config = engine_config()
+    text_a = "alpha one two three. alpha four five six."
+    backend = ClockedWindows(autojump_clock, ratio=0.25, fail=["alpha four five six."])
+    engine = await start_engine(nursery, config, backend)
+    alpha, bravo = Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play, engine, engine.plan(text_a), alpha)
+        sessions.start_soon(play, engine, engine.plan(long_text("bravo", 1)), bravo)
+    assert alpha.error is not None and alpha.error.code == "synthesis_failed"
+    assert "the model broke" in alpha.error.message
+    assert alpha.batches  # the first sentence was spoken before the failure
+    assert bravo.error is None
+    assert bravo.pcm == expected_pcm(config, engine.plan(long_text("bravo", 1)))
+    charlie = Player()
+    await play(engine, engine.plan("charlie speaks after it."), charlie)
+    assert charlie.error is None and charlie.batches
+    stats = engine.statistics()
+    assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)
+
+
+async def test_on_a_real_model_thread_streams_finish_and_a_leaver_frees_its_slot(nursery):
+    """The production runner: model work on a worker thread, the Trio side reading."""
+    with trio.fail_after(20):
+        config = engine_config(MAX_CONCURRENT_JOBS="1", MAX_QUEUED_REQUESTS="1", QUEUE_WAIT_SLA_MS="600000")
+        engine = await start_engine(nursery, config, FakeBackend(compute_ratio=0.01), ThreadRunner())
+        alpha, bravo = Player(), Player()
+        async with trio.open_nursery() as sessions:
+            sessions.start_soon(
+                partial(play, leave_after=1), engine, engine.plan(long_text("alpha", 3)), alpha
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            sessions.start_soon(play, engine, engine.plan(long_text("bravo", 1)), bravo)
+        assert alpha.left_at is not None
+        assert bravo.error is None
+        assert bravo.pcm == expected_pcm(config, engine.plan(long_text("bravo", 1)))
         await trio.testing.wait_all_threads_completed()
         stats = engine.statistics()
         assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)

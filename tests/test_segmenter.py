@@ -20,6 +20,29 @@ def test_sentences_become_segments_in_order():
     assert segmenter().split(text) == ["Hi.", "How are you today?", "I hope all is well!", "See you soon."]
 
 
+def test_sentences_are_whole_unless_a_first_cut_is_configured():
+    text = "Well, after the long meeting today, we decided to move the launch to next week. Bye."
+    assert segmenter().split(text) == [
+        "Well, after the long meeting today, we decided to move the launch to next week.",
+        "Bye.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limit", "text"),
+    [
+        ("1", "one, two three four five six."),
+        ("2", "one two, three four five six."),
+        ("8", "These days a chicken leg is a rare dish."),
+        ("8", "one two three four five six seven, eight nine ten."),
+    ],
+)
+def test_no_first_cut_leaves_a_piece_under_three_words(limit, text):
+    pieces = segmenter(FIRST_SEGMENT_MAX_WORDS=limit).split(text)
+    assert " ".join(pieces) == text
+    assert all(len(piece.split()) >= 3 for piece in pieces)
+
+
 def test_long_first_sentence_is_cut_at_the_last_boundary_within_the_limit():
     text = "Well, after the long meeting today, we decided to move the launch to next week. Bye."
     assert segmenter(FIRST_SEGMENT_MAX_WORDS="8").split(text) == [

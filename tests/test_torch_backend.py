@@ -12,8 +12,11 @@ from krt.engine.pipeline import SpeechPipeline
 from krt.errors import ModelUnavailableError
 from tests.speech_checks import (
     MAX_MEAN_WORD_ERROR_RATE,
+    MAX_WINDOWED_MEL_DB,
+    WINDOW_TEXTS,
     assert_sounds_like_speech,
     mean_word_error_rate,
+    windowed_against_whole,
 )
 
 pytestmark = pytest.mark.integration
@@ -86,3 +89,14 @@ def test_incomplete_local_directory_says_what_is_missing(torch_config, tmp_path)
     config = attrs.evolve(torch_config, model=attrs.evolve(torch_config.model, model_dir=tmp_path))
     with pytest.raises(ModelUnavailableError, match=r"kokoro-v1_0\.pth is missing"):
         TorchBackend(config)
+
+
+@pytest.mark.parametrize("voice", ["female", "male"])
+def test_torch_windows_join_into_what_the_whole_decode_sounds_like(torch_pipeline, voice):
+    for text in WINDOW_TEXTS[1:]:
+        mel, clicks, seams = windowed_against_whole(
+            torch_pipeline.backend, torch_pipeline.phonemizer, text, voice
+        )
+        assert seams >= 2
+        assert mel <= MAX_WINDOWED_MEL_DB, text
+        assert clicks == 0, text

@@ -1,20 +1,27 @@
 """Timing a user can hear, on virtual time: idle flush, admission, drain, send timeout.
 
 The engine runs its model inline (``InlineRunner``) and ``ClockedFake`` advances the
-``MockClock`` by each chunk's audio seconds × a ratio, so compute times are exact and
-the clock only moves when the model computes or when every task waits for a deadline
-(``autojump_clock``). Sessions run over memory streams with a real trio-websocket client.
+``MockClock`` by each decoder window's frames (context included) × a ratio, so compute
+times are exact and the clock only moves when the model computes or when every task
+waits for a deadline (``autojump_clock``). Sessions run over memory streams with a real
+trio-websocket client.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import math
+import re
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
+from krt import PCM_BYTES_PER_SECOND
 from krt.engine.facade import WARM_UP_TEXT, Engine
+from krt.engine.pipeline import SpeechPipeline, SpeechPlan
+from krt.engine.scheduler import AUDIO_SECONDS_PER_CHAR, CAPACITY_HEADROOM
 from krt.errors import SpeechError
 from krt.g2p import tokenize
 from krt.server.app import drain
@@ -32,23 +39,44 @@ from tests.inline_engine import (
 
 if TYPE_CHECKING:
     from krt.config import Config
-    from krt.engine.pipeline import SpeechPlan
+    from krt.engine.scheduler import Job
     from krt.server.state import ServerState
 
 pytestmark = pytest.mark.trio
 
 TICK = 1e-9
 """Autojumps land on a deadline give or take float rounding; nothing else may pass."""
-ONE_CHUNK_TURNS = {"SCHED_QUANTUM_BYTES": "2", "PRIORITY_QUANTUM_BYTES": "2"}
-"""Every engine turn is one backend chunk: the finest the inline model can be interrupted."""
 
 
-def compute_seconds(config: Config, plan: SpeechPlan, ratio: float) -> float:
-    """The fake model's compute for a plan: each token is SECONDS_PER_TOKEN of audio."""
+def warm_up_plan(config: Config) -> SpeechPlan:
+    """What ``Engine.warm_up`` renders: its text, in the female voice at the default speed."""
+    pipeline = SpeechPipeline(FakeBackend(), config)
+    return SpeechPlan(pipeline.voices.female, pipeline.resolve_speed(None), (WARM_UP_TEXT,))
+
+
+def turn_costs(config: Config, plan: SpeechPlan, ratio: float) -> list[tuple[float, float]]:
+    """(audio seconds, compute seconds) of each batch the plain pipeline renders for
+    ``plan`` on ClockedFake's model: what each engine turn makes and costs while the
+    scheduler leaves its windows as they are (a response's first turn, the warm-up). A
+    last turn that computes but finds no audio left counts as a batch of none."""
+    meter = ClockedFake(None, ratio)
+    rendering = SpeechPipeline(meter, config).rendering(plan)
+    costs = []
+    while True:
+        before = meter.computed
+        batch = next(rendering, None)
+        if batch is None and meter.computed == before:
+            return costs
+        costs.append((sum(map(len, batch or ())) / PCM_BYTES_PER_SECOND, meter.computed - before))
+
+
+def token_seconds(config: Config, plan: SpeechPlan, ratio: float) -> float:
+    """The compute of the token frames of a plan alone, each token SECONDS_PER_TOKEN of
+    audio: a floor for what the model spends on it (lead, tail and context come on top)."""
     backend = FakeBackend()
     phonemizer = backend.make_phonemizer()
     tokens = sum(len(tokenize(phonemizer.phonemize(text), backend.vocab)) for text in plan.segments)
-    return tokens * SECONDS_PER_TOKEN * ratio
+    return tokens * SECONDS_PER_TOKEN / plan.speed * ratio
 
 
 def created_ids(client: MemoryClient) -> list[str]:
@@ -58,6 +86,13 @@ def created_ids(client: MemoryClient) -> list[str]:
 async def try_stream(engine: Engine, plan: SpeechPlan, label: str) -> None:
     async with engine.stream(plan, label):
         pass
+
+
+async def until_full(job: Job) -> None:
+    """Let virtual time pass until ``job``, which nobody reads, has its buffer full: from
+    then on the model has nothing to do for it. (Polled: nothing signals a full buffer.)"""
+    while job.has_room():  # noqa: ASYNC110
+        await trio.sleep(0.01)
 
 
 # -- incremental input ------------------------------------------------------------------
@@ -121,34 +156,55 @@ async def test_a_finished_sentence_is_spoken_at_once_and_the_rest_waits(nursery,
 # -- admission --------------------------------------------------------------------------
 
 
-async def test_warm_up_calibrates_the_speed_from_the_clocked_compute(nursery, autojump_clock):
+@pytest.mark.parametrize("ratio", [0.5, 0.2, 0.1])
+async def test_warm_up_calibrates_capacity_and_first_window_from_the_clocked_compute(
+    nursery, autojump_clock, ratio
+):
     with trio.fail_after(10):
         config = engine_config()
-        backend = ClockedFake(autojump_clock, ratio=0.5)
-        engine = await start_engine(nursery, config, backend)
+        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=ratio))
+        unmeasured = engine.statistics()
+        assert (unmeasured.capacity, unmeasured.slots) == (0.0, config.admission.max_concurrent_jobs)
+        costs = turn_costs(config, warm_up_plan(config), ratio)
+        first_compute = costs[0][1]
+        later_audio = sum(audio for audio, _compute in costs[1:])
+        later_compute = sum(compute for _audio, compute in costs[1:])
         started = trio.current_time()
         await engine.warm_up()
 
-        # Two runs of 40 characters, 40 tokens: 2.6 s of audio each, computed at half of it.
-        assert len(WARM_UP_TEXT) == 40
-        assert trio.current_time() - started == pytest.approx(2 * 1.3, abs=TICK)
-        assert engine.statistics().seconds_per_char == pytest.approx(1.3 / 40, abs=TICK)
+        # Two runs of the warm-up text (on a real model the first pays for lazy set-up).
+        assert trio.current_time() - started == pytest.approx(2 * (first_compute + later_compute), abs=TICK)
+        stats = engine.statistics()
+        # What a newcomer ahead will cost, and the audio per second of a stream's later windows.
+        assert stats.first_window_seconds == pytest.approx(first_compute, abs=TICK)
+        assert stats.capacity == pytest.approx(later_audio / later_compute, rel=1e-9)
+        # Each window's context is computed and thrown away: less than the raw 1/ratio.
+        assert stats.capacity < 1 / ratio
+        sustainable = max(1, math.floor(stats.capacity / CAPACITY_HEADROOM))
+        assert stats.slots == min(config.admission.max_concurrent_jobs, sustainable)
+        if ratio >= 1 / (2 * CAPACITY_HEADROOM):
+            assert stats.slots == 1  # such a model never sustains two streams in real time
+        assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)
 
 
-@pytest.mark.parametrize(("sla_ms", "admitted"), [("300", False), ("350", True)])
+@pytest.mark.parametrize(("margin_ms", "admitted"), [(-25, False), (25, True)])
 async def test_a_newcomer_is_busy_when_its_predicted_wait_exceeds_the_sla(
-    nursery, autojump_clock, sla_ms, admitted
+    nursery, autojump_clock, margin_ms, admitted
 ):
     with trio.fail_after(30):
-        config = engine_config(QUEUE_WAIT_SLA_MS=sla_ms)
-        backend = ClockedFake(autojump_clock, ratio=0.5)
-        engine = await start_engine(nursery, config, backend)
-        await engine.warm_up()  # 32.5 ms of compute per character
-        plan_a = engine.plan(sentences("alpha", 3))
+        ratio = 0.2
+        # B would wait for A's first window. A's first sentence is the warm-up's, so that
+        # window is the very one the warm-up measured: the prediction is exact.
+        predicted = turn_costs(engine_config(), warm_up_plan(engine_config()), ratio)[0][1]
+        sla_ms = math.floor(predicted * 1000) + margin_ms
+        config = engine_config(QUEUE_WAIT_SLA_MS=str(sla_ms))
+        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=ratio))
+        await engine.warm_up()
+        plan_a = engine.plan(f"{WARM_UP_TEXT} {sentences('alpha', 2)}")
         plan_b = engine.plan(sentences("bravo", 2))
-        # B would wait for A's first segment ("alpha one.", 10 characters): 325 ms.
-        predicted = compute_seconds(config, engine.plan(plan_a.segments[0]), ratio=0.5)
-        assert predicted == pytest.approx(0.325)
+        assert plan_a.segments[0] == WARM_UP_TEXT
+        assert turn_costs(config, plan_a, ratio)[0][1] == pytest.approx(predicted, abs=TICK)
+        assert engine.statistics().slots >= 2  # a slot is free for B: it waits for no stream's end
 
         async with engine.stream(plan_a, "a") as job_a:
             if admitted:
@@ -161,10 +217,45 @@ async def test_a_newcomer_is_busy_when_its_predicted_wait_exceeds_the_sla(
                 with pytest.raises(SpeechError) as refused:
                     await try_stream(engine, plan_b, "b")
                 assert refused.value.code == "busy"
-                assert "predicted wait 325 ms exceeds QUEUE_WAIT_SLA_MS=300" in refused.value.message
+                said = re.search(
+                    r"predicted wait (\d+) ms exceeds QUEUE_WAIT_SLA_MS=(\d+)", refused.value.message
+                )
+                assert said is not None, refused.value.message
+                assert int(said[1]) == pytest.approx(predicted * 1000, abs=0.5 + 1e-6)
+                assert int(said[2]) == sla_ms
             async for _batch in job_a:
                 pass
         assert engine.statistics().busy_rejections == (0 if admitted else 1)
+
+
+async def test_with_no_free_slot_a_newcomer_also_waits_for_the_shortest_stream_to_play(
+    nursery, autojump_clock
+):
+    with trio.fail_after(30):
+        ratio = 0.2
+        first_window = turn_costs(engine_config(), warm_up_plan(engine_config()), ratio)[0][1]
+        text_a = sentences("alpha", 4)
+        # A has not started: all of it is still to play, at AUDIO_SECONDS_PER_CHAR.
+        reference = SpeechPipeline(FakeBackend(), engine_config()).plan(text_a)
+        playback = sum(map(len, reference.segments)) * AUDIO_SECONDS_PER_CHAR / reference.speed
+        # B, the first to wait, waits for A's first window and then for A to finish playing;
+        # C also waits for B's turn at the slot, which the same estimate puts a playback later.
+        wait_b, wait_c = first_window + playback, first_window + 2 * playback
+        sla_ms = math.floor((wait_b + wait_c) / 2 * 1000)
+        config = engine_config(MAX_CONCURRENT_JOBS="1", QUEUE_WAIT_SLA_MS=str(sla_ms))
+        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=ratio))
+        await engine.warm_up()
+
+        plan_b = engine.plan(sentences("bravo", 1))
+        async with engine.stream(engine.plan(text_a), "a"), engine.stream(plan_b, "b"):
+            assert (engine.statistics().active, engine.statistics().waiting) == (1, 1)
+            with pytest.raises(SpeechError) as refused:
+                await try_stream(engine, engine.plan(sentences("charlie", 1)), "c")
+        assert refused.value.code == "busy"
+        said = re.search(r"predicted wait (\d+) ms", refused.value.message)
+        assert said is not None, refused.value.message
+        assert int(said[1]) == pytest.approx(wait_c * 1000, abs=0.5 + 1e-6)
+        assert engine.statistics().busy_rejections == 1
 
 
 async def test_a_job_waiting_for_a_slot_starts_when_the_one_ahead_finishes(nursery, autojump_clock):
@@ -184,7 +275,10 @@ async def test_a_job_waiting_for_a_slot_starts_when_the_one_ahead_finishes(nurse
                 pass
 
         assert job_a.queue_seconds == 0
-        assert job_b.queue_seconds == pytest.approx(compute_seconds(config, plan_a, 0.5), abs=TICK)
+        # B's first turn came the moment the model had made all of A, none of B before.
+        a_compute = backend.computed_for("alpha")
+        assert a_compute >= token_seconds(config, plan_a, 0.5)
+        assert job_b.queue_seconds == pytest.approx(a_compute, abs=TICK)
 
 
 async def test_the_engine_is_busy_at_exactly_its_concurrency_and_queue_limits(nursery, autojump_clock):
@@ -192,15 +286,17 @@ async def test_the_engine_is_busy_at_exactly_its_concurrency_and_queue_limits(nu
         config = engine_config(
             MAX_CONCURRENT_JOBS="2", MAX_QUEUED_REQUESTS="3", QUEUE_WAIT_SLA_MS="100000000"
         )
-        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=0.5))
+        # Fast enough that MAX_CONCURRENT_JOBS, not the capacity, is what limits the slots.
+        engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=0.1))
         await engine.warm_up()
+        assert engine.statistics().slots == 2
         plan = engine.plan(LONG_TEXT)
 
         async with contextlib.AsyncExitStack() as streams:
             jobs = [await streams.enter_async_context(engine.stream(plan, f"j{n}")) for n in range(5)]
             await trio.sleep(1)  # virtual: the two active jobs get turns until their buffers fill
             stats = engine.statistics()
-            assert (stats.active, stats.waiting, stats.busy_rejections) == (2, 3, 0)
+            assert (stats.slots, stats.active, stats.waiting, stats.busy_rejections) == (2, 2, 3, 0)
             for label in ("j5", "j6"):
                 with pytest.raises(SpeechError) as refused:
                     await try_stream(engine, plan, label)
@@ -211,7 +307,7 @@ async def test_the_engine_is_busy_at_exactly_its_concurrency_and_queue_limits(nu
             async for _batch in jobs[0]:  # the first finishes; the oldest waiting one moves up
                 pass
             stats = engine.statistics()
-            assert (stats.active, stats.waiting) == (2, 2)
+            assert (stats.slots, stats.active, stats.waiting) == (2, 2, 2)
             await streams.enter_async_context(engine.stream(plan, "j7"))
             assert (engine.statistics().active, engine.statistics().waiting) == (2, 3)
         assert engine.statistics().busy_rejections == 2
@@ -224,9 +320,12 @@ async def test_queue_maxsize_caps_the_jobs_even_with_a_free_slot(nursery, autoju
         plan = engine.plan(LONG_TEXT)
 
         async with engine.stream(plan, "a"), engine.stream(plan, "b"):
+            stats = engine.statistics()
+            assert (stats.slots, stats.active) == (4, 2)  # unmeasured: every slot allowed, two free
             with pytest.raises(SpeechError) as refused:
                 await try_stream(engine, plan, "c")
             assert refused.value.code == "busy"
+            assert "2 responses are already in the engine" in refused.value.message
             assert engine.statistics().active == 2
         assert engine.statistics().busy_rejections == 1
 
@@ -258,8 +357,6 @@ async def test_drain_refuses_new_responses_and_closes_1001_once_the_last_one_is_
         speaking = await MemoryClient.connect(nursery, state)
         idle = await MemoryClient.connect(nursery, state)
         text = sentences("alpha", 3)
-        compute = compute_seconds(state.config, state.engine.plan(text), ratio=0.5)
-        assert compute == pytest.approx(1.04)
 
         sent = trio.current_time()
         await speaking.send("response.create", response_id="r1", input=text)
@@ -281,7 +378,10 @@ async def test_drain_refuses_new_responses_and_closes_1001_once_the_last_one_is_
             (refused,) = [event for event in client.events if event.get("response") == response]
             assert (refused["type"], refused["code"]) == ("response.error", "busy")
         assert (speaking_code, idle_code) == (1001, 1001)
-        # Closed the moment r1's last event was out: exactly its compute after it was sent.
+        # Closed the moment r1's last event was out: exactly its compute after it was sent
+        # (all the model did; at least the frames of every token of r1).
+        compute = backend.computed
+        assert compute >= token_seconds(state.config, state.engine.plan(text), ratio=0.5)
         assert speaking.closed_at == pytest.approx(sent + compute, abs=TICK)
         assert idle.closed_at == pytest.approx(sent + compute, abs=TICK)
         assert state.in_flight.count == 0
@@ -303,7 +403,8 @@ async def test_drain_gives_up_after_krt_drain_seconds_and_closes_1001(nursery, t
 
         # Another stream holds the only slot and reads nothing: once its buffer is full
         # the model idles, and r1 waits for the slot for as long as anyone lets it.
-        async with engine.stream(engine.plan(LONG_TEXT), "hog"):
+        async with engine.stream(engine.plan(LONG_TEXT), "hog") as hog:
+            await until_full(hog)
             await client.send("response.create", response_id="r1", input="Waiting for a slot.")
             await client.receive_until("response.created", "r1")
             assert engine.statistics().waiting == 1
@@ -363,11 +464,22 @@ async def test_a_client_that_stops_reading_is_dropped_after_ws_send_timeout_and_
         assert engine.statistics().active == 1
         await reader.send("response.create", response_id="r1", input=LONG_TEXT)
         await reader.receive_until("response.completed", "r1")
-        assert trio.current_time() == pytest.approx(sent + 1, abs=TICK)  # it held up nobody
         await stuck.ended.wait()
 
         assert stuck.ended_at == pytest.approx(sent + 2, abs=TICK)
         assert bytes(reader.audio["r1"]) == expected_pcm(state, LONG_TEXT)
+        # It held up nobody: r1's first audio came the moment it was asked for (the model
+        # computes in no time), and a player started then never ran dry.
+        deltas = [
+            (arrived, event)
+            for arrived, event in zip(reader.arrivals, reader.events, strict=True)
+            if event["type"] == "response.output_audio.delta" and event["response"] == "r1"
+        ]
+        assert deltas[0][0] == pytest.approx(sent + 1, abs=TICK)
+        played = 0.0
+        for arrived, event in deltas:
+            assert arrived <= deltas[0][0] + played + TICK
+            played += len(base64.b64decode(event["delta"])) / PCM_BYTES_PER_SECOND
         stats = engine.statistics()
         assert (stats.active, stats.waiting) == (0, 0)
         assert state.sessions == 1

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from krt import PCM_BYTES_PER_SECOND
 from krt.engine.pipeline import PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import Scheduler
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from krt.config import Config
-    from krt.engine.pipeline import SpeechPipeline
+    from krt.engine.pipeline import Rendering, SpeechPipeline
     from krt.engine.runner import ModelRunner
     from krt.engine.scheduler import EngineStatistics, Job
 
@@ -56,7 +57,7 @@ class Engine:
     def __init__(self, pipeline: SpeechPipeline, config: Config, runner: ModelRunner | None = None) -> None:
         self._pipeline = pipeline
         self._runner = runner if runner is not None else ThreadRunner()
-        self._scheduler = Scheduler(self._runner, config.admission, config.scheduler)
+        self._scheduler = Scheduler(self._runner, config.admission)
 
     def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
@@ -91,25 +92,47 @@ class Engine:
     async def warm_up(self, text: str = WARM_UP_TEXT) -> None:
         """Synthesize before the server says it is ready: the first call pays for lazy
         initialisation (seconds on CPU), so a second one measures the real speed, which
-        admission then predicts waits with."""
+        admission then sizes the engine with: how long a first window takes, and how many
+        audio seconds the later windows make per second."""
         # Built directly, not through plan(): the warm-up must not depend on request limits
         # such as MAX_UTTERANCE_WORDS.
         plan = SpeechPlan(self._pipeline.voices.female, self._pipeline.resolve_speed(None), (text,))
-
-        def synthesize() -> None:
-            for _batch in self._pipeline.rendering(plan):
-                pass
-
-        started = trio.current_time()
-        await self._runner.run(synthesize)
-        first = trio.current_time() - started
-        started = trio.current_time()
-        await self._runner.run(synthesize)
-        second = trio.current_time() - started
-        if second > 0:
-            self._scheduler.calibrate(second / len(text))
-        log.info("engine warm: first run %.3f s, then %.3f s for %d characters", first, second, len(text))
+        first_window = later = later_compute = 0.0
+        later_frames = 0
+        for attempt in ("first", "second"):
+            rendering = self._pipeline.rendering(plan)
+            started = trio.current_time()
+            await self._runner.run(_first_batch, rendering)
+            first_window = trio.current_time() - started
+            first_frames = rendering.windows.frames_decoded
+            later = await self._runner.run(_drain_seconds, rendering)
+            later_compute = trio.current_time() - started - first_window
+            later_frames = rendering.windows.frames_decoded - first_frames
+            log.info(
+                "engine warm-up, %s run: first window in %.3f s, then %.2f s of audio in %.3f s",
+                attempt,
+                first_window,
+                later,
+                later_compute,
+            )
+        measured = later > 0 and later_compute > 0 and later_frames > 0
+        self._scheduler.calibrate(
+            first_window,
+            later / later_compute if measured else None,
+            later_compute / later_frames if measured else None,
+        )
+        stats = self._scheduler.statistics()
+        log.info("engine capacity %.2f audio s per s: %d streams at once", stats.capacity, stats.slots)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The engine loop; runs until cancelled (a turn in progress is finished first)."""
         await self._scheduler.run(task_status=task_status)
+
+
+def _first_batch(rendering: Rendering) -> PcmBatch | None:
+    return next(rendering, None)
+
+
+def _drain_seconds(rendering: Rendering) -> float:
+    """Render the rest of ``rendering``; the seconds of audio it made."""
+    return sum(sum(map(len, batch)) for batch in rendering) / PCM_BYTES_PER_SECOND

@@ -26,6 +26,14 @@ from krt.engine.segmenter import Segmenter, ends_sentence, split_in_two
 from krt.errors import SpeechError
 from krt.g2p import Phonemizer, tokenize
 from krt.synth.backend import MAX_TOKENS, Backend
+from krt.synth.windows import (
+    CONTEXT_FRAMES,
+    CUT_SLACK,
+    SAMPLES_PER_FRAME,
+    PreparedSegment,
+    WindowJoiner,
+    cut_window,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -42,6 +50,74 @@ CLAUSE_PAUSE_MS = 120
 model's context): about a comma's pause, so the cut does not sound like a full stop."""
 END_PAUSE_MS = 40
 """Silence after the last sound of a response: the caller's turn may start right away."""
+LEAD_FRAMES = 3
+"""Frames decoded before a segment's first sound when its lead is trimmed: 75 ms, room for
+``LEAD_PAD_SAMPLES`` and the onset that rises before the first token's frames."""
+TAIL_FRAMES = 2
+"""Frames decoded after a segment's last token when its tail is trimmed: the decay."""
+
+
+MIN_WINDOW_FRAMES = CONTEXT_FRAMES
+"""The smallest window a cap may ask for, however little time a stream has left. A window
+costs its frames plus ``2 * CONTEXT_FRAMES``: at ~8 ms per frame (2-core CPU) a window of
+32 frames still makes more audio (0.8 s) than it costs (0.77 s), so a stream short of
+time catches up; a smaller one would fall further behind with every window."""
+
+
+class WindowSizes:
+    """How many frames each decode window of one response asks for.
+
+    A small first window (``PRIORITY_QUANTUM_BYTES``) so the first audio comes soon, then
+    each twice the last, up to ``SCHED_QUANTUM_BYTES``: larger windows amortise the
+    ``CONTEXT_FRAMES`` decoded on each side, and the largest stays short enough that a
+    newcomer's first window waits for at most one of them. The scheduler may cap the next
+    window (``limit_compute``) to what the stream's player has buffered, so a window is
+    never so long that the player runs dry while it is computed.
+    """
+
+    def __init__(self, first_frames: int, max_frames: int) -> None:
+        self._next = max(1, first_frames)
+        self._max = max(self._next, max_frames)
+        self._limit: int | None = None
+        self.frames_decoded = 0
+        """Frames decoded so far, context included: what the compute is measured against."""
+
+    @classmethod
+    def from_bytes(cls, first_bytes: int, max_bytes: int) -> WindowSizes:
+        per_frame = SAMPLES_PER_FRAME * 2
+        return cls(round(first_bytes / per_frame), round(max_bytes / per_frame))
+
+    def limit_compute(self, seconds: float | None, seconds_per_frame: float) -> None:
+        """Cap the next window so that decoding it, context and all, takes about ``seconds``
+        (None: no cap beyond the schedule)."""
+        if seconds is None or seconds_per_frame <= 0:
+            self._limit = None
+        else:
+            self._limit = max(MIN_WINDOW_FRAMES, int(seconds / seconds_per_frame) - 2 * CONTEXT_FRAMES)
+
+    def next_size(self) -> int:
+        """The next window's frames: the schedule's, or the cap when lower, but never under
+        half the schedule, so a run of caps cannot shrink the windows towards their
+        context-heavy minimum (where the engine falls behind on every stream at once)."""
+        size = self.peek()
+        self._next = min(self._max, size * 2)
+        return size
+
+    def peek(self) -> int:
+        """What ``next_size`` would return, without taking it."""
+        size = self._next
+        if self._limit is not None and self._limit < size:
+            size = max(self._limit, size // 2)
+        return size
+
+    def expected_cost_frames(self) -> int:
+        """Frames the next window will decode, context included (at most; a segment's
+        edges have less context)."""
+        return int(self.peek() * (1 + CUT_SLACK)) + 2 * CONTEXT_FRAMES
+
+    def count(self, start: int, stop: int, frames: int) -> None:
+        """Note a window [start, stop) of a segment of ``frames`` as decoded."""
+        self.frames_decoded += min(frames, stop + CONTEXT_FRAMES) - max(0, start - CONTEXT_FRAMES)
 
 
 @attrs.frozen
@@ -107,17 +183,16 @@ class SpeechPipeline:
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
 
     def render_segment(
-        self, plan: SpeechPlan, text: str, *, last: bool = True
+        self, plan: SpeechPlan, text: str, windows: WindowSizes, *, first: bool = True, last: bool = True
     ) -> Generator[FloatAudio, None, None]:
-        """Shaped float audio of one planned segment, chunk by chunk as the model yields it.
+        """Shaped float audio of one planned segment, a decoder window per step.
 
-        With ``TRIM_SILENCE`` a response ends shortly after its last sound (``last``).
-        The rest of the model's silence stays unless ``SENTENCE_PAUSE_MS`` is set: while a
-        segment is computed whole, the ~350 ms before its first sound and the ~500 ms after
-        its last are what keep a real-time player fed until the next segment is ready
-        (measured on a 2-core CPU, trimming them made 3 of 8 responses stall at
-        concurrency 1), and trimming the start of a one-segment response made an offline
-        Whisper read the torch backend's male voice less reliably.
+        The front end runs first (it is cheap); its durations say where the silence
+        before the first sound and after the last is, and with ``TRIM_SILENCE`` those
+        frames are never decoded: the response starts within ``LEAD_PAD_SAMPLES`` of its
+        first sound, sentences are separated by ``SENTENCE_PAUSE_MS`` and the response
+        ends ``END_PAUSE_MS`` after its last sound. Each step decodes the next window
+        (``windows`` says how big) and yields what of it is final.
 
         Any failure on the way (G2P, voice styling, the model) fails this response as
         ``synthesis_failed``; it must never take the engine loop with it.
@@ -126,20 +201,39 @@ class SpeechPipeline:
             pieces = self.tokenize_segment(text)
             for index, piece in enumerate(pieces):
                 style = self.backend.voices.style(plan.voice, len(piece.tokens))
-                audio = self.backend.synthesize(piece.tokens, style, plan.speed)
-                if self.config.segments.trim_silence:
-                    ends = last and index == len(pieces) - 1
-                    audio = trim_silence(
-                        audio,
-                        lead=self.config.segments.sentence_pause_ms is not None,
-                        tail_samples=self._pause_samples(piece.text, ends, plan.speed),
-                    )
+                prepared = self.backend.prepare(piece.tokens, style, plan.speed)
+                ends = last and index == len(pieces) - 1
+                trim = self.config.segments.trim_silence
+                pause = self._pause_samples(piece.text, ends, plan.speed) if trim else None
+                lead = trim and (self.config.segments.sentence_pause_ms is not None or (first and index == 0))
+                audio = self._decode(prepared, windows, lead=lead, tail=pause is not None)
+                if trim:
+                    audio = trim_silence(audio, lead=lead, tail_samples=pause)
                 yield from shape_segment(audio)
         except SpeechError:
             raise
         except Exception as exc:
             log.exception("synthesis failed on %r", text[:80])
             raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
+
+    def _decode(
+        self, prepared: PreparedSegment, windows: WindowSizes, *, lead: bool, tail: bool
+    ) -> Iterator[FloatAudio]:
+        """The joined audio of ``prepared``'s frames, a window at a time; the silent
+        padding frames at either end are skipped where they will be trimmed anyway."""
+        start = max(0, prepared.lead_frames - LEAD_FRAMES) if lead else 0
+        end = prepared.frames - max(0, prepared.tail_frames - TAIL_FRAMES) if tail else prepared.frames
+        end = max(end, start + 1)
+        joiner = WindowJoiner()
+        while start < end:
+            first = windows.frames_decoded == 0
+            stop = cut_window(prepared, start, windows.next_size(), end, at_least=first)
+            audio = self.backend.decode(prepared, start, stop)
+            windows.count(start, stop, prepared.frames)
+            if stop < prepared.frames and stop == end:
+                audio = audio[: (stop - start) * SAMPLES_PER_FRAME]
+            yield joiner.join(audio, last=stop == end)
+            start = stop
 
     def _pause_samples(self, text: str, final: bool, speed: float) -> int | None:
         """The silence after a piece, in samples (None: the model's own); faster speech
@@ -179,8 +273,8 @@ class Rendering:
         self._segment: Generator[FloatAudio, None, None] | None = None
         self._next_segment = 0
         self._finished = False
-        self.chars_started = 0
-        """Characters of the segments begun so far: what compute is measured against."""
+        quanta = pipeline.config.scheduler
+        self.windows = WindowSizes.from_bytes(quanta.priority_quantum_bytes, quanta.quantum_bytes)
 
     @property
     def started(self) -> bool:
@@ -194,17 +288,12 @@ class Rendering:
         """Characters of the segment in progress and those not begun."""
         return sum(len(text) for text in self.plan.segments[self._next_segment :])
 
-    def upcoming_chars(self) -> int:
-        """Characters of the segment the next batch would begin; 0 in mid-segment or at the end."""
-        if self._segment is not None or self._next_segment >= len(self.plan.segments):
-            return 0
-        return len(self.plan.segments[self._next_segment])
-
     def __iter__(self) -> Rendering:
         return self
 
     def __next__(self) -> PcmBatch:
-        """The next non-empty batch; raises SpeechError (``synthesis_failed``) if the model fails."""
+        """The next non-empty batch, usually one decoder window's worth; raises SpeechError
+        (``synthesis_failed``) if the model fails."""
         while not self._finished:
             if self._segment is None:
                 if self._next_segment >= len(self.plan.segments):
@@ -214,9 +303,10 @@ class Rendering:
                         return tail
                     break
                 text = self.plan.segments[self._next_segment]
-                last = self._next_segment == len(self.plan.segments) - 1
-                self._segment = self._pipeline.render_segment(self.plan, text, last=last)
-                self.chars_started += len(text)
+                first, last = self._next_segment == 0, self._next_segment == len(self.plan.segments) - 1
+                self._segment = self._pipeline.render_segment(
+                    self.plan, text, self.windows, first=first, last=last
+                )
             audio = next(self._segment, None)
             if audio is None:
                 self._segment = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, TypeVar, TypeVarTuple, Unpack
 
 import trio
+import trio.testing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,11 +50,13 @@ class InlineRunner:
     """Model work on the Trio thread itself, for tests on virtual time with a fast backend.
 
     The work blocks the event loop while it runs, which is what makes the order of
-    events exact; a checkpoint before it keeps ``run`` a real await point.
+    events exact. Before it, every other task runs until it blocks, as it would while a
+    real model thread computes: a reader takes the audio of the last turn when it was
+    made, not after the next turn.
     """
 
     async def run(self, work: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        await trio.lowlevel.checkpoint()
+        await trio.testing.wait_all_tasks_blocked()
         return work(*args)
 
     def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:

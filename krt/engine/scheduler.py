@@ -1,20 +1,29 @@
-"""The scheduler: one model, many streams, fair turns, admission in front.
+"""The scheduler: one model, many streams, a decoder window per turn, admission in front.
 
-Every response becomes a *job*. Jobs are admitted up to ``MAX_CONCURRENT_JOBS`` active
-at once, up to ``MAX_QUEUED_REQUESTS`` more wait for a slot, and a job whose predicted
-wait for its first audio exceeds ``QUEUE_WAIT_SLA_MS`` is refused as ``busy`` right away
-(a voice agent would rather fall back than have its caller listen to silence). The
-prediction uses compute times measured on this machine, per character of text.
+Every response becomes a *job*. A turn on the model thread is one decoder window of one
+job (``pipeline.WindowSizes``: a small first window, then larger ones), so a newcomer's
+first window never waits for more than the window in progress, and barge-in takes
+effect within one window's compute.
 
-The engine loop gives active jobs turns on the model thread. A job whose first segment
-has not started goes first (time to first audio is what a caller hears), and may produce
-``PRIORITY_QUANTUM_BYTES`` in its turn; the others take round-robin turns of
-``SCHED_QUANTUM_BYTES``. A turn never interrupts a backend mid-chunk; with backends that
-hand out one chunk per segment, a turn is one segment.
+Whose turn it is: the job with the earliest *deadline*. A started job's deadline is the
+moment a real-time player that began at its first audio would run dry (first audio +
+audio made so far); a job with no audio yet is already late, its deadline is when it
+was submitted. So newcomers go first unless a running stream is about to stall, and no
+stream stalls while the machine has the capacity for all of them. A job is not given
+turns more than ``AHEAD_SECONDS`` ahead of its player, so a response that will be
+interrupted wastes little, and a slow reader holds back only its own stream.
+
+Admission is decided from capacity, measured: the audio seconds the engine makes per
+second of model time (``capacity``, averaged over turns, calibrated by the warm-up). At
+most ``floor(capacity / CAPACITY_HEADROOM)`` streams are active (and never more than
+``MAX_CONCURRENT_JOBS``); up to ``MAX_QUEUED_REQUESTS`` more wait for a slot, and a job
+whose predicted wait for its first turn exceeds ``QUEUE_WAIT_SLA_MS`` is refused as
+``busy`` at once (a voice agent would rather fall back than have its caller listen to
+silence).
 
 Withdrawing a job (barge-in, disconnect) only flags it: queued work is dropped at once,
-and a turn in progress on the model thread runs to its next chunk boundary, where the
-flag is checked, and its audio is thrown away. The model thread is never abandoned.
+and a window in progress on the model thread runs to its end, where the flag is
+checked, and its audio is thrown away. The model thread is never abandoned.
 
 Model calls go through a :class:`~krt.engine.runner.ModelRunner` and time is read from
 Trio's clock, so the same scheduler runs on a worker thread in production and inline on
@@ -33,13 +42,15 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.engine.pipeline import PcmBatch, Rendering
+from krt import PCM_BYTES_PER_SECOND
+from krt.engine.pipeline import MIN_WINDOW_FRAMES, PcmBatch, Rendering
 from krt.errors import SpeechError
+from krt.synth.windows import CONTEXT_FRAMES, CUT_SLACK
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from krt.config import AdmissionConfig, SchedulerConfig
+    from krt.config import AdmissionConfig
     from krt.engine.pipeline import SpeechPlan
     from krt.engine.runner import ModelRunner
 
@@ -48,9 +59,19 @@ log = logging.getLogger(__name__)
 JOB_BUFFER_BATCHES = 8
 """Batches a job may have waiting for its session before it gets no more turns, so a
 slow client holds back only its own stream, never the engine."""
-
-INITIAL_SECONDS_PER_CHAR = 0.02
-"""Used until the first measured turn; warm-up replaces it before the server is ready."""
+AHEAD_SECONDS = 8.0
+"""A started job gets no turn while its player has more than this much audio ahead."""
+CAPACITY_HEADROOM = 1.1
+"""Active streams are held to capacity / this: what is left covers the cost of first
+windows and the drift of a shared machine."""
+WINDOW_SLACK_SHARE = 0.9
+"""A started stream's next window is sized to compute in this share of the time its
+player has left. (Dividing it among the started streams was measured worse: windows
+shrink to the minimum, whose context costs as much as the window, and near capacity
+the streams fall behind for good.)"""
+AUDIO_SECONDS_PER_CHAR = 0.065
+"""Kokoro speaks about 15 characters of English text per second at speed 1: how long a
+job not yet synthesized will take to play."""
 
 
 @attrs.define(eq=False)
@@ -66,14 +87,24 @@ class Job:
     withdrawn: bool = False
     """Its reader left (done, cancelled, disconnected): nothing more is made or delivered."""
     first_turn_at: float | None = None
+    first_audio_at: float | None = None
+    audio_made: float = 0.0
+    """Seconds of audio made so far."""
 
     @property
     def plan(self) -> SpeechPlan:
         return self.rendering.plan
 
     @property
-    def waiting_for_first_segment(self) -> bool:
-        return not self.rendering.started
+    def waiting_for_first_audio(self) -> bool:
+        return self.first_audio_at is None
+
+    @property
+    def deadline(self) -> float:
+        """When a real-time player of this job runs dry; a job with no audio is due at once."""
+        if self.first_audio_at is None:
+            return self.submitted_at
+        return self.first_audio_at + self.audio_made
 
     @property
     def done(self) -> bool:
@@ -84,8 +115,10 @@ class Job:
         """How long the job waited for its first turn on the model (None until it had one)."""
         return None if self.first_turn_at is None else self.first_turn_at - self.submitted_at
 
-    def remaining_chars(self) -> int:
-        return self.rendering.remaining_chars()
+    def remaining_playback(self, now: float) -> float:
+        """Seconds until its player would finish: what is buffered plus what is still to make."""
+        buffered = max(0.0, self.deadline - now) if self.first_audio_at is not None else 0.0
+        return buffered + self.rendering.remaining_chars() * AUDIO_SECONDS_PER_CHAR / self.plan.speed
 
     def has_room(self) -> bool:
         return self.send.statistics().current_buffer_used < JOB_BUFFER_BATCHES
@@ -111,66 +144,93 @@ class EngineStatistics:
     """Jobs admitted and synthesizing."""
     waiting: int
     """Jobs admitted but waiting for an active slot."""
-    seconds_per_char: float
-    """Measured model compute per character of text (exponential average)."""
+    capacity: float
+    """Audio seconds the engine makes per second of model time (exponential average; 0
+    until measured)."""
+    slots: int
+    """Streams it admits as active at that capacity (at most MAX_CONCURRENT_JOBS)."""
+    first_window_seconds: float
+    """Measured compute of a response's first window (front end included): what each
+    newcomer ahead adds to the predicted wait."""
     turns: int
-    """Model-thread turns taken since start."""
+    """Model-thread turns (decoder windows) taken since start."""
     busy_rejections: int
     """Requests refused because the predicted wait was too long or the queue was full."""
 
 
 @attrs.frozen
 class TurnResult:
-    chars: int
+    audio_seconds: float
     error: SpeechError | None
 
 
-class Scheduler:
-    """Admission and fair turns on the model; the engine facade opens streams through it."""
+def _batch_seconds(batch: PcmBatch) -> float:
+    return sum(map(len, batch)) / PCM_BYTES_PER_SECOND
 
-    def __init__(self, runner: ModelRunner, admission: AdmissionConfig, quanta: SchedulerConfig) -> None:
+
+class Scheduler:
+    """Admission and earliest-deadline turns on the model; the engine facade opens streams through it."""
+
+    def __init__(self, runner: ModelRunner, admission: AdmissionConfig) -> None:
         self.runner = runner
         self.admission = admission
-        self.quanta = quanta
         self._active: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
         self._wakeup = trio.Event()
         self._in_turn: Job | None = None
         self._turn_started = 0.0
         self._turn_estimate = 0.0
-        self._seconds_per_char = INITIAL_SECONDS_PER_CHAR
+        self._capacity: float | None = None
+        """Unknown until measured (the warm-up measures it before the server is ready)."""
+        self._first_window_seconds: float | None = None
+        """Unknown until measured, then an exponential average."""
+        self._seconds_per_frame: float | None = None
+        """Model time per decoded frame, context included; unknown until measured."""
         self._turns = 0
         self._busy = 0
 
     def statistics(self) -> EngineStatistics:
         return EngineStatistics(
-            len(self._active), len(self._waiting), self._seconds_per_char, self._turns, self._busy
+            len(self._active),
+            len(self._waiting),
+            self._capacity or 0.0,
+            self.slots(),
+            self._first_window_seconds or 0.0,
+            self._turns,
+            self._busy,
         )
 
     # -- admission ---------------------------------------------------------------------
 
-    def predicted_wait(self) -> float:
-        """Seconds until a job submitted now would start its first segment.
+    def slots(self) -> int:
+        """Streams that may be active at once: what the measured capacity sustains in real
+        time, at least one, at most ``MAX_CONCURRENT_JOBS``."""
+        if self._capacity is None:
+            return self.admission.max_concurrent_jobs
+        sustainable = max(1, math.floor(self._capacity / CAPACITY_HEADROOM))
+        return min(self.admission.max_concurrent_jobs, sustainable)
 
-        With a free slot, it waits for the rest of the turn in progress and the first
-        segments already queued (they share its priority). Without one, it also waits for
-        a slot: the active jobs share the model, so the first to finish needs about its
-        remaining work times their number, and each job already waiting takes a slot first.
+    def predicted_wait(self) -> float:
+        """Seconds until a job submitted now would get its first turn.
+
+        With a free slot, it waits for the rest of the window in progress and the first
+        windows of the newcomers ahead of it. Without one, it also waits for a slot: the
+        active job nearest its end frees one when its player finishes, and each job
+        already waiting takes a slot first.
         """
-        per_char = self._seconds_per_char
-        wait = per_char * sum(
-            len(job.plan.segments[0]) for job in self._active if job.waiting_for_first_segment
-        )
+        now = trio.current_time()
+        ahead = sum(1 for job in self._active if job.waiting_for_first_audio and job is not self._in_turn)
+        wait = ahead * (self._first_window_seconds or 0.0)
         if self._in_turn is not None:
-            wait += max(0.0, self._turn_estimate - (trio.current_time() - self._turn_started))
-        if len(self._active) < self.admission.max_concurrent_jobs:
+            wait += max(0.0, self._turn_estimate - (now - self._turn_started))
+        if len(self._active) < self.slots():
             return wait
-        shortest = min(job.remaining_chars() for job in self._active) * per_char
-        return wait + shortest * len(self._active) * (len(self._waiting) + 1)
+        shortest = min(job.remaining_playback(now) for job in self._active)
+        return wait + shortest * (len(self._waiting) + 1)
 
     def _admit(self, job: Job) -> None:
         queued = len(self._active) + len(self._waiting)
-        slot_free = len(self._active) < self.admission.max_concurrent_jobs
+        slot_free = len(self._active) < self.slots()
         if queued >= self.admission.queue_maxsize or (
             not slot_free and len(self._waiting) >= self.admission.max_queued_requests
         ):
@@ -195,9 +255,12 @@ class Scheduler:
         for queue in (self._active, self._waiting):
             if job in queue:
                 queue.remove(job)
-        while self._waiting and len(self._active) < self.admission.max_concurrent_jobs:
-            self._active.append(self._waiting.popleft())
+        self._fill_slots()
         self._wakeup.set()
+
+    def _fill_slots(self) -> None:
+        while self._waiting and len(self._active) < self.slots():
+            self._active.append(self._waiting.popleft())
 
     @asynccontextmanager
     async def stream(self, rendering: Rendering, label: str) -> AsyncIterator[Job]:
@@ -208,7 +271,7 @@ class Scheduler:
         more is computed for it and anything still in flight is discarded.
         """
         # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_BATCHES
-        # wait, so it never holds more than that plus one quantum.
+        # wait, so it never holds more than that plus one window.
         send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
         job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon)
         self._admit(job)
@@ -224,61 +287,119 @@ class Scheduler:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _pick(self) -> Job | None:
-        """Whose turn it is: the oldest job still waiting for its first segment, else the
-        next in round-robin order among jobs with room for more audio."""
-        ready = [job for job in self._active if not job.withdrawn and job.has_room()]
-        if not ready:
-            return None
-        newcomer = next((job for job in ready if job.waiting_for_first_segment), None)
-        return newcomer if newcomer is not None else self._rotate(ready[0])
+    def _due(self, job: Job, now: float) -> bool:
+        return (
+            not job.withdrawn
+            and job.has_room()
+            and (job.first_audio_at is None or job.deadline - now <= AHEAD_SECONDS)
+        )
 
-    def _rotate(self, job: Job) -> Job:
-        self._active.remove(job)
-        self._active.append(job)
-        return job
+    def _pick(self) -> Job | None:
+        """Whose turn it is: the earliest deadline among jobs that may have one (the
+        oldest first on a tie, so newcomers go in order of arrival)."""
+        now = trio.current_time()
+        ready = [job for job in self._active if self._due(job, now)]
+        return min(ready, key=lambda job: job.deadline) if ready else None
+
+    def _next_due_in(self) -> float:
+        """Seconds until a job held back for being far enough ahead is due again."""
+        now = trio.current_time()
+        ahead = [
+            job.deadline - AHEAD_SECONDS - now
+            for job in self._active
+            if not job.withdrawn and job.has_room() and job.first_audio_at is not None
+        ]
+        return max(0.0, min(ahead)) if ahead else math.inf
 
     def _deliver(self, job: Job, batch: PcmBatch) -> None:
-        """On the Trio thread, as soon as the model thread has a batch: TTFB is not a turn."""
-        if not job.withdrawn:
-            job.send.send_nowait(batch)
+        """On the Trio thread, as soon as the model thread has a batch."""
+        if job.withdrawn:
+            return
+        if job.first_audio_at is None:
+            job.first_audio_at = trio.current_time()
+        job.audio_made += _batch_seconds(batch)
+        job.send.send_nowait(batch)
 
     def _turn(self, job: Job) -> TurnResult:
-        """Runs on the model thread: produce up to one quantum of this job's PCM.
-
-        Each batch is handed to the Trio side the moment it exists; the withdrawn flag
-        is read between batches, which is as fine as a backend's chunks allow (a batch is
-        what one backend chunk became).
-        """
-        first = job.waiting_for_first_segment
-        quantum = self.quanta.priority_quantum_bytes if first else self.quanta.quantum_bytes
-        produced = 0
-        chars_before = job.rendering.chars_started
+        """Runs on the model thread: this job's next window, handed to the Trio side the
+        moment it exists."""
         error: SpeechError | None = None
+        seconds = 0.0
+        if job.withdrawn:  # left while this turn waited for the model thread
+            return TurnResult(seconds, error)
         try:
-            while produced < quantum and not job.withdrawn:
-                batch = next(job.rendering, None)
-                if batch is None:
-                    break
+            batch = next(job.rendering, None)
+            if batch is not None:
                 self.runner.call_soon(self._deliver, job, batch)
-                produced += sum(map(len, batch))
+                seconds = _batch_seconds(batch)
         except SpeechError as exc:
             error = exc
         except Exception as exc:  # a backend bug fails this job, never the engine loop
             log.exception("turn of %s failed", job.label)
             error = SpeechError("synthesis_failed", f"synthesis failed: {exc}")
-        return TurnResult(job.rendering.chars_started - chars_before, error)
+        return TurnResult(seconds, error)
 
-    def _estimate_turn(self, job: Job) -> float:
-        return job.rendering.upcoming_chars() * self._seconds_per_char
+    def _size_window(self, job: Job, now: float) -> None:
+        """Cap a started stream's next window to what its player can wait for, and to what
+        the other started streams can: each must still have time for a window of its own
+        before its player runs dry."""
+        per_frame = self._seconds_per_frame
+        if job.first_audio_at is None or per_frame is None:
+            job.rendering.windows.limit_compute(None, 0.0)
+            return
+        smallest_window = (MIN_WINDOW_FRAMES * (1 + CUT_SLACK) + 2 * CONTEXT_FRAMES) * per_frame
+        slack = job.deadline - now
+        others = sorted(
+            (
+                other.deadline - now
+                for other in self._active
+                if other is not job and other.first_audio_at is not None and not other.withdrawn
+            ),
+        )
+        queued_windows = 0.0
+        for other_slack in others:
+            # The others, in deadline order, each need a window of their own after this one.
+            queued_windows += smallest_window
+            room = other_slack - queued_windows
+            # One that cannot be saved by a smaller window here is not waited for: shrinking
+            # everyone's windows to their context-heavy minimum would starve them all.
+            if room >= smallest_window:
+                slack = min(slack, room)
+        job.rendering.windows.limit_compute(max(0.0, slack) * WINDOW_SLACK_SHARE, per_frame)
 
-    def _measure(self, chars: int, seconds: float) -> None:
-        if chars > 0 and seconds > 0:
-            self._seconds_per_char = 0.7 * self._seconds_per_char + 0.3 * (seconds / chars)
+    def _estimate_turn(self, job: Job, new: bool) -> float:
+        """Model seconds the turn about to start should take: what admission predicts with."""
+        if new:
+            return self._first_window_seconds or 0.0
+        return job.rendering.windows.expected_cost_frames() * (self._seconds_per_frame or 0.0)
 
-    def calibrate(self, seconds_per_char: float) -> None:
-        """Replace the estimate with a measured speed (the warm-up's second, warm run)."""
-        self._seconds_per_char = seconds_per_char
+    def _measure(self, job_was_new: bool, audio_seconds: float, frames: int, seconds: float) -> None:
+        if audio_seconds <= 0 or seconds <= 0:
+            return
+        if frames > 0:  # first windows too: their front end makes the estimate cautious
+            per_frame = seconds / frames
+            previous = self._seconds_per_frame
+            self._seconds_per_frame = per_frame if previous is None else 0.8 * previous + 0.2 * per_frame
+        if job_was_new:
+            previous_first = self._first_window_seconds
+            self._first_window_seconds = (
+                seconds if previous_first is None else 0.7 * previous_first + 0.3 * seconds
+            )
+        elif self._capacity is None:
+            self._capacity = audio_seconds / seconds
+        else:
+            self._capacity = 0.8 * self._capacity + 0.2 * (audio_seconds / seconds)
+
+    def calibrate(
+        self, first_window_seconds: float, capacity: float | None, seconds_per_frame: float | None
+    ) -> None:
+        """Replace the estimates with measured ones (the warm-up's second, warm run); a
+        warm-up that fits in one window measures only the first."""
+        self._first_window_seconds = first_window_seconds
+        if capacity is not None and seconds_per_frame is not None:
+            self._capacity = capacity
+            self._seconds_per_frame = seconds_per_frame
+        self._fill_slots()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The engine loop; runs until cancelled (a turn in progress is finished first)."""
@@ -287,13 +408,17 @@ class Scheduler:
             job = self._pick()
             if job is None:
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                with trio.move_on_after(self._next_due_in()):
+                    await self._wakeup.wait()
                 continue
             if job.first_turn_at is None:
                 job.first_turn_at = trio.current_time()
+            new = job.waiting_for_first_audio
+            self._size_window(job, trio.current_time())
+            frames_before = job.rendering.windows.frames_decoded
             self._in_turn = job
             started = self._turn_started = trio.current_time()
-            self._turn_estimate = self._estimate_turn(job)
+            self._turn_estimate = self._estimate_turn(job, new)
             try:
                 result = await self.runner.run(self._turn, job)
             finally:
@@ -304,7 +429,8 @@ class Scheduler:
                     # cancelled, so its segment is closed here, on the Trio thread.
                     job.rendering.close()
             self._turns += 1
-            self._measure(result.chars, trio.current_time() - started)
+            frames = job.rendering.windows.frames_decoded - frames_before
+            self._measure(new, result.audio_seconds, frames, trio.current_time() - started)
             if job.withdrawn:
                 continue
             if result.error is not None:

@@ -1,11 +1,13 @@
 """Text → the segments the model speaks one at a time.
 
-Time to first audio is the time to synthesize the first segment, so the first one is
-kept short (``FIRST_SEGMENT_MAX_WORDS``), preferably cut at a natural pause so the
-prosody of the join sounds intended. The rest follow the split pattern (sentences by
-default), because Kokoro phrases a whole sentence better than pieces of it. A segment
-must also fit the model's context (510 phoneme tokens), which only the phonemizer can
-tell: ``split_in_two`` gives the pipeline the best place to halve an oversize piece.
+Segments follow the split pattern (sentences by default), because Kokoro phrases a
+whole sentence better than pieces of it: a sentence cut short loses words at the cut.
+The first audio does not wait for a whole sentence anyway, since segments are decoded in
+windows. An operator may still cut the first segment short (``FIRST_SEGMENT_MAX_WORDS``),
+preferably at a natural pause, but no cut leaves a piece of fewer than
+``MIN_FRAGMENT_WORDS`` words: a lone word or two is what Kokoro garbles. A segment must
+also fit the model's context (510 phoneme tokens), which only the phonemizer can tell:
+``split_in_two`` gives the pipeline the best place to halve an oversize piece.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
 CLAUSE_PUNCTUATION = ",;:—–)]}"
 SENTENCE_PUNCTUATION = ".!?…"
 TRAILING_CLOSERS = "\"'”’»)]}"
+MIN_FRAGMENT_WORDS = 3
+"""Fewest words on either side of a first-segment cut."""
 
 
 def split_sentences(text: str) -> list[str]:
@@ -85,12 +89,18 @@ class Segmenter:
 
     def _cut_first(self, piece: str) -> tuple[str, str]:
         words = piece.split()
-        limit = self.config.first_max_words
-        if len(words) <= limit:
+        if self.config.first_max_words is None:
+            return piece, ""
+        limit = max(MIN_FRAGMENT_WORDS, self.config.first_max_words)
+        if len(words) < limit + MIN_FRAGMENT_WORDS:
             return piece, ""
         boundaries = self.config.first_boundaries
         cut = next(
-            (index for index in range(limit, 0, -1) if _ends_with_boundary(words[index - 1], boundaries)),
+            (
+                index
+                for index in range(limit, MIN_FRAGMENT_WORDS - 1, -1)
+                if _ends_with_boundary(words[index - 1], boundaries)
+            ),
             0,
         )
         if not cut:
@@ -98,7 +108,7 @@ class Segmenter:
                 cut = next(
                     (
                         i
-                        for i in range(limit + 1, len(words))
+                        for i in range(limit + 1, len(words) - MIN_FRAGMENT_WORDS + 1)
                         if _ends_with_boundary(words[i - 1], boundaries)
                     ),
                     len(words),

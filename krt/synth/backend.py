@@ -1,10 +1,11 @@
 """What every model backend offers the engine.
 
-A backend is blocking and meant to run in a worker thread. It turns the phoneme tokens
-of one segment into audio, handed out as an iterator of float32 chunks at 24 kHz, so a
-backend that vocodes in windows can let the start of a segment leave before the rest
-is computed. The caller may stop iterating at any chunk (barge-in); a backend must not
-hold resources across ``next`` calls that would leak when that happens.
+A backend is blocking and meant to run in a worker thread. It works in two stages
+(see ``windows.py``): ``prepare`` runs the front end on the phoneme tokens of one
+segment, and ``decode`` makes the float32 audio (24 kHz) of any frame window of the
+prepared segment, so the start of a sentence can leave long before the rest is made and
+the engine can interleave windows of several streams. A prepared segment holds only
+arrays: dropping it (barge-in) frees everything.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy as np
     import numpy.typing as npt
 
     from krt.audio import FloatAudio
     from krt.g2p import Phonemizer
+    from krt.synth.windows import PreparedSegment
     from krt.voices import VoiceCatalog
 
 MAX_TOKENS = 510
@@ -51,8 +53,19 @@ class Backend(Protocol):
         """The G2P this backend's tokens expect (the fake one skips spaCy to stay fast)."""
         ...
 
-    def synthesize(
-        self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float
-    ) -> Iterator[FloatAudio]:
-        """Audio for one segment of at most MAX_TOKENS tokens, in one or more chunks."""
+    def prepare(self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float) -> PreparedSegment:
+        """The front end on one segment of at most MAX_TOKENS tokens."""
         ...
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
+        """The audio of frames [start, stop) of ``segment``, plus ``SEAM_SAMPLES`` beyond
+        ``stop`` unless it is the segment's end (see ``windows.decode_window``)."""
+        ...
+
+
+def synthesize_whole(
+    backend: Backend, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float
+) -> FloatAudio:
+    """A segment decoded in one window: the reference a windowed decode is measured against."""
+    segment = backend.prepare(tokens, style, speed)
+    return backend.decode(segment, 0, segment.frames)

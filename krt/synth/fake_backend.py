@@ -1,8 +1,10 @@
 """A deterministic stand-in for Kokoro, for fast tests of everything above the engine.
 
-It produces speech-shaped audio (a voiced buzz per phoneme with a syllable envelope,
-pauses at punctuation) whose length follows the token count and speed the way Kokoro's
-does, and it can pretend to compute for a chosen fraction of the audio's duration, so
+It works in Kokoro's two stages: ``prepare`` gives per-token durations (a silent lead
+and tail around the tokens, as Kokoro's padding positions), and ``decode`` makes the
+speech-shaped audio (a voiced buzz per phoneme with a syllable envelope, silence at
+spaces and punctuation) of any frame window, the same samples however the windows are
+cut. It can pretend to compute for a chosen fraction of the audio it decodes, so
 scheduling and streaming behave as with a real model without loading one. Never the
 default: it has to be asked for with ``KRT_BACKEND=fake``.
 """
@@ -12,22 +14,29 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 
 from krt import SAMPLE_RATE
+from krt.synth.windows import SAMPLES_PER_FRAME, PreparedSegment, decode_window
 from krt.voices import VoiceCatalog
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from krt.audio import FloatAudio
 
-SECONDS_PER_TOKEN = 0.065
+FRAMES_PER_TOKEN = 3
+"""Decoder frames per token at speed 1 (75 ms), about Kokoro's average."""
+SECONDS_PER_TOKEN = FRAMES_PER_TOKEN * SAMPLES_PER_FRAME / SAMPLE_RATE
+LEAD_FRAMES = 4
+"""Silent frames of the leading padding position (Kokoro's are ~14)."""
+TAIL_FRAMES = 6
+"""Silent frames of the trailing padding position (Kokoro's are ~20)."""
 PAUSE_SYMBOLS = ",.;:!?—…"
 FAKE_VOICES = {"fake_female": 210.0, "fake_male": 115.0}
-"""Voice name → fundamental frequency (Hz); the style vector carries it to synthesize."""
-CHUNK_SECONDS = 0.5
+"""Voice name → fundamental frequency (Hz); the style vector carries it to the decoder."""
 
 
 class SpelledPhonemizer:
@@ -51,6 +60,16 @@ def _fake_packs() -> dict[str, npt.NDArray[np.float32]]:
     return packs
 
 
+@attrs.frozen
+class FakeFrames:
+    """The fake decoder's inputs: per frame, its token and where that token's frames are."""
+
+    token: npt.NDArray[np.int64]
+    token_start: npt.NDArray[np.int64]
+    token_frames: npt.NDArray[np.int64]
+    pitch: float
+
+
 class FakeBackend:
     name = "fake"
     device = "cpu"
@@ -59,43 +78,51 @@ class FakeBackend:
     def __init__(self, compute_ratio: float = 0.0, female: str = "", male: str = "") -> None:
         self.compute_ratio = compute_ratio
         self.vocab: Mapping[str, int] = _fake_vocab()
-        self._pause_ids = {self.vocab[s] for s in PAUSE_SYMBOLS}
-        self._space_id = self.vocab[" "]
+        self._silent_ids = {self.vocab[s] for s in PAUSE_SYMBOLS} | {self.vocab[" "], 0}
         self.voices = VoiceCatalog(
             packs=_fake_packs(), female=female or "fake_female", male=male or "fake_male"
         )
         self.segments_synthesized = 0
+        """Segments prepared: how far ahead of the listener synthesis got."""
 
     def make_phonemizer(self) -> SpelledPhonemizer:
         return SpelledPhonemizer()
 
-    def _token_audio(self, token: int, pitch: float, samples: int, phase: float) -> FloatAudio:
-        if token in self._pause_ids or token == self._space_id:
-            return np.zeros(samples, dtype=np.float32)
-        t = np.arange(samples, dtype=np.float32) / SAMPLE_RATE
-        f0 = pitch * (1.0 + 0.03 * ((token % 7) - 3))
-        voiced = sum(np.sin(2 * np.pi * f0 * k * t + phase) / k for k in range(1, 6))
-        envelope = np.sin(np.pi * np.arange(samples, dtype=np.float32) / samples) ** 2
-        return (0.25 * voiced * envelope).astype(np.float32)
-
-    def synthesize(
-        self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float
-    ) -> Iterator[FloatAudio]:
-        """Audio of ``SECONDS_PER_TOKEN / speed`` per token, in half-second chunks.
-
-        With ``compute_ratio`` set, each chunk is released only after sleeping that
-        fraction of its duration, like a model that runs at ``1/ratio`` × realtime.
-        """
-        pitch = float(style.ravel()[0]) or 150.0
-        per_token = max(1, round(SECONDS_PER_TOKEN / speed * SAMPLE_RATE))
-        audio = np.concatenate(
-            [self._token_audio(token, pitch, per_token, 0.7 * i) for i, token in enumerate(tokens)]
-            or [np.zeros(0, dtype=np.float32)]
-        )
+    def prepare(self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float) -> PreparedSegment:
+        """Kokoro's shape: a silent lead and tail around about ``FRAMES_PER_TOKEN / speed``
+        frames per token (punctuation and spaces silent), rounded so the total follows
+        the speed exactly."""
+        ends = np.maximum(np.round(np.arange(1, len(tokens) + 1) * FRAMES_PER_TOKEN / speed), 1)
+        per_token = np.diff(ends, prepend=0).clip(min=1).astype(int)
+        durations = (LEAD_FRAMES, *(int(d) for d in per_token), TAIL_FRAMES)
+        ids = np.array([0, *tokens, 0], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(durations)[:-1]])
+        token = np.repeat(ids, durations)
+        token_start, token_frames = np.repeat(starts, durations), np.repeat(durations, durations)
+        position = (np.arange(token.size) - token_start + 0.5) / token_frames
+        silent = np.isin(token, list(self._silent_ids))
+        loudness = np.where(silent, 0.0, np.sin(np.pi * position) ** 2).astype(np.float32)
         self.segments_synthesized += 1
-        step = round(CHUNK_SECONDS * SAMPLE_RATE)
-        for start in range(0, max(audio.size, 1), step):
-            chunk = audio[start : start + step]
-            if self.compute_ratio:
-                time.sleep(chunk.size / SAMPLE_RATE * self.compute_ratio)
-            yield chunk
+        frames = FakeFrames(token, token_start, token_frames, float(style.ravel()[0]) or 150.0)
+        return PreparedSegment(int(token.size), durations, loudness, frames)
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
+        """With ``compute_ratio`` set, sleeps that fraction of the decoded span's duration
+        (context included), like a model that runs at ``1/ratio`` × realtime."""
+        return decode_window(self._decode_span, segment, start, stop)
+
+    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
+        frames: FakeFrames = segment.decoder_inputs
+        samples = np.arange(lo * SAMPLES_PER_FRAME, hi * SAMPLES_PER_FRAME)
+        frame = samples // SAMPLES_PER_FRAME
+        token = frames.token[frame]
+        token_samples = frames.token_frames[frame] * SAMPLES_PER_FRAME
+        within = (samples - frames.token_start[frame] * SAMPLES_PER_FRAME) / token_samples
+        envelope = np.sin(np.pi * within) ** 2
+        f0 = frames.pitch * (1.0 + 0.03 * ((token % 7) - 3))
+        t = samples / SAMPLE_RATE
+        voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+        audio = np.where(np.isin(token, list(self._silent_ids)), 0.0, 0.25 * voiced * envelope)
+        if self.compute_ratio:
+            time.sleep((hi - lo) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.compute_ratio)
+        return audio.astype(np.float32)

@@ -3,7 +3,9 @@
 Default weights are the packaged int8 export (see ``packaged.py``); any Kokoro ONNX
 export can be used instead with ``KRT_ONNX_MODEL``. Exports differ in their input
 names (``tokens`` vs ``input_ids``) and the dtype of ``speed``, so both are read from
-the graph rather than assumed.
+the graph rather than assumed. The graph is cut at load time into its front end and its
+decoder (``onnx_stages.py``), each a session of its own, so segments are decoded in
+windows.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import numpy.typing as npt
 from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
+from krt.synth.onnx_stages import KOKORO_DECODER_INPUTS, split_kokoro_graph
 from krt.synth.voice_files import load_voice_packs
+from krt.synth.windows import PreparedSegment, decode_window
 from krt.voices import with_defaults
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from krt.audio import FloatAudio
     from krt.config import Config
@@ -37,6 +41,7 @@ class OnnxBackend:
     device = "cpu"
 
     def __init__(self, config: Config) -> None:
+        import onnx
         import onnxruntime
 
         model_config = config.model
@@ -67,10 +72,14 @@ class OnnxBackend:
         # and peaks higher).
         options.enable_mem_pattern = False
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = onnxruntime.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        stages = split_kokoro_graph(onnx.load(str(model_path)))
+        self._front_end, self._decoder = (
+            onnxruntime.InferenceSession(
+                stage.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            for stage in (stages.front_end, stages.decoder)
         )
-        inputs = {i.name: i for i in self._session.get_inputs()}
+        inputs = {i.name: i for i in self._front_end.get_inputs()}
         self._tokens_input = "tokens" if "tokens" in inputs else "input_ids"
         if self._tokens_input not in inputs or "style" not in inputs or "speed" not in inputs:
             raise ModelUnavailableError(
@@ -83,14 +92,33 @@ class OnnxBackend:
     def make_phonemizer(self) -> MisakiPhonemizer:
         return MisakiPhonemizer(self._lang_code)
 
-    def synthesize(
-        self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float
-    ) -> Iterator[FloatAudio]:
-        """One chunk per segment: the graph vocodes the whole segment in one call."""
+    def prepare(self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float) -> PreparedSegment:
+        style_row = np.asarray(style, dtype=np.float32).reshape(1, -1)
         feeds = {
             self._tokens_input: np.array([[0, *tokens, 0]], dtype=np.int64),
-            "style": np.asarray(style, dtype=np.float32).reshape(1, -1),
+            "style": style_row,
             "speed": np.array([speed], dtype=self._speed_dtype),
         }
-        (audio, *_rest) = self._session.run(None, feeds)
-        yield np.asarray(audio, dtype=np.float32).ravel()
+        asr, f0, noise, durations = self._front_end.run(None, feeds)
+        frames = int(asr.shape[-1])
+        return PreparedSegment(
+            frames=frames,
+            durations=tuple(int(d) for d in np.asarray(durations).ravel()),
+            loudness=noise.reshape(frames, 2).mean(axis=1),
+            decoder_inputs=(asr, f0, noise, style_row),
+        )
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
+        return decode_window(self._decode_span, segment, start, stop)
+
+    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
+        asr, f0, noise, style_row = segment.decoder_inputs
+        cut = KOKORO_DECODER_INPUTS
+        feeds = {
+            cut.asr: asr[:, :, lo:hi],
+            cut.f0: f0[:, 2 * lo : 2 * hi],
+            cut.noise: noise[:, 2 * lo : 2 * hi],
+            cut.style: style_row,
+        }
+        (audio,) = self._decoder.run(None, feeds)
+        return np.asarray(audio, dtype=np.float32).ravel()

@@ -9,7 +9,8 @@ decoder reads: the aligned text features ``asr`` [1, 512, T], the pitch ``F0`` a
 noise ``N`` curves [1, 2T], and the style vector. Run one after the other, the two
 parts give exactly the full graph's audio.
 
-This is the first stage of windowed decoding; the backend does not use it yet.
+The front end also hands out the predicted frames per token (``durations``), which say
+where the silences are and where a window may be cut.
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ import onnx
 from onnx.utils import Extractor
 
 from krt.errors import ModelUnavailableError
-
-SAMPLES_PER_FRAME = 600
-"""Audio samples the decoder makes per frame of ``asr`` (25 ms at 24 kHz)."""
 
 
 @attrs.frozen
@@ -33,6 +31,8 @@ class DecoderInputs:
     f0: str = "/encoder/Reshape_output_0"
     noise: str = "/encoder/Reshape_1_output_0"
     style: str = "style"
+    durations: str = "/encoder/Cast_output_0"
+    """Frames per token (rounded, at least 1), as int64: the duration predictor's output."""
 
     @property
     def names(self) -> list[str]:
@@ -45,7 +45,7 @@ KOKORO_DECODER_INPUTS = DecoderInputs()
 @attrs.frozen
 class KokoroStages:
     front_end: onnx.ModelProto
-    """tokens, style, speed → asr, F0, N."""
+    """tokens, style, speed → asr, F0, N, durations."""
     decoder: onnx.ModelProto
     """asr, F0, N, style → audio."""
 
@@ -55,7 +55,7 @@ def split_kokoro_graph(model: onnx.ModelProto, cut: DecoderInputs = KOKORO_DECOD
     with these tensors (an export by another tool names them differently)."""
     produced = {output for node in model.graph.node for output in node.output}
     inputs = {graph_input.name for graph_input in model.graph.input}
-    missing = [name for name in cut.names if name not in produced and name not in inputs]
+    missing = [name for name in [*cut.names, cut.durations] if name not in produced and name not in inputs]
     if missing:
         raise ModelUnavailableError(
             f"cannot split this ONNX graph into front end and decoder: no tensor {missing[0]!r} "
@@ -64,6 +64,8 @@ def split_kokoro_graph(model: onnx.ModelProto, cut: DecoderInputs = KOKORO_DECOD
     outputs = [graph_output.name for graph_output in model.graph.output]
     tokens = "tokens" if "tokens" in inputs else "input_ids"
     extractor = Extractor(model)
-    front_end = extractor.extract_model([tokens, cut.style, "speed"], [cut.asr, cut.f0, cut.noise])
+    front_end = extractor.extract_model(
+        [tokens, cut.style, "speed"], [cut.asr, cut.f0, cut.noise, cut.durations]
+    )
     decoder = extractor.extract_model(cut.names, outputs[:1])
     return KokoroStages(front_end, decoder)

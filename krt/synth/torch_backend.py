@@ -26,10 +26,11 @@ from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
 from krt.synth.voice_files import load_voice_packs
+from krt.synth.windows import PreparedSegment, decode_window
 from krt.voices import StylePack, with_defaults
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from krt.audio import FloatAudio
     from krt.config import Config
@@ -168,13 +169,49 @@ class TorchBackend:
     def make_phonemizer(self) -> MisakiPhonemizer:
         return MisakiPhonemizer(self._lang_code)
 
-    def synthesize(
-        self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float
-    ) -> Iterator[FloatAudio]:
-        torch = self._torch
+    def prepare(self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float) -> PreparedSegment:
+        """``KModel.forward_with_tokens`` up to the decoder: durations, alignment, F0, noise."""
+        torch, model = self._torch, self._model
         with torch.inference_mode():
             input_ids = torch.tensor([[0, *tokens, 0]], dtype=torch.long, device=self.device)
             ref_s = torch.from_numpy(np.ascontiguousarray(style, dtype=np.float32)).to(self.device)
-            audio, _durations = self._model.forward_with_tokens(input_ids, ref_s, speed)
-            result = audio.float().cpu().numpy().ravel()
-        yield result
+            ref_s = ref_s.reshape(1, -1)
+            positions = input_ids.shape[1]
+            input_lengths = torch.full((1,), positions, device=self.device, dtype=torch.long)
+            text_mask = torch.zeros((1, positions), dtype=torch.bool, device=self.device)
+            bert_dur = model.bert(input_ids, attention_mask=(~text_mask).int())
+            d_en = model.bert_encoder(bert_dur).transpose(-1, -2)
+            s = ref_s[:, 128:]
+            d = model.predictor.text_encoder(d_en, s, input_lengths, text_mask)
+            x, _ = model.predictor.lstm(d)
+            duration = torch.sigmoid(model.predictor.duration_proj(x)).sum(axis=-1) / speed
+            pred_dur = torch.round(duration).clamp(min=1).long().reshape(-1)
+            indices = torch.repeat_interleave(torch.arange(positions, device=self.device), pred_dur)
+            alignment = torch.zeros((positions, indices.shape[0]), device=self.device)
+            alignment[indices, torch.arange(indices.shape[0])] = 1
+            alignment = alignment.unsqueeze(0)
+            f0, noise = model.predictor.F0Ntrain(d.transpose(-1, -2) @ alignment, s)
+            asr = model.text_encoder(input_ids, input_lengths, text_mask) @ alignment
+            frames = int(asr.shape[-1])
+            loudness = noise.reshape(frames, 2).mean(dim=1).float().cpu().numpy()
+        return PreparedSegment(
+            frames=frames,
+            durations=tuple(int(d) for d in pred_dur.cpu().tolist()),
+            loudness=loudness,
+            decoder_inputs=(asr, f0, noise, ref_s[:, :128], int(torch.randint(0, 2**31, ()).item())),
+        )
+
+    def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
+        return decode_window(self._decode_span, segment, start, stop)
+
+    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
+        """One span through ``KModel.decoder``. Its harmonic source draws a random initial
+        phase per harmonic on every call; seeding each call of a segment alike gives all
+        its windows the same draw, so the harmonics do not jump at every seam."""
+        asr, f0, noise, style, seed = segment.decoder_inputs
+        self._torch.manual_seed(seed)
+        with self._torch.inference_mode():
+            audio = self._model.decoder(
+                asr[:, :, lo:hi], f0[:, 2 * lo : 2 * hi], noise[:, 2 * lo : 2 * hi], style
+            )
+            return np.asarray(audio.float().cpu().numpy(), dtype=np.float32).ravel()
