@@ -25,7 +25,7 @@ COMMANDS = {
     "metrics": ("krt.metrics.report", "rolling summaries of logs/metrics.log"),
 }
 BENCHES = {
-    "engine": ("krt.bench.engine_bench", "the engine floor: load, first segment, xRT, RSS"),
+    "engine": ("krt.bench.engine_bench", "the engine floor: load, whole sentence vs first window, xRT, RSS"),
     "server": ("krt.bench.server_bench", "the real server in-process: TTFB/floor, barge-in, load levels"),
 }
 SWEEP = "krt.bench.sweep"

@@ -151,6 +151,15 @@ async def play(engine: Engine, plan: SpeechPlan, player: Player, *, leave_after:
         player.error = exc
 
 
+async def clocked_engine(
+    nursery: trio.Nursery, clock: MockClock, ratio: float, **env: str
+) -> tuple[Config, ClockedWindows, Engine]:
+    """An engine running inline on a fake that decodes at ``1/ratio`` × real time."""
+    config = engine_config(**env)
+    backend = ClockedWindows(clock, ratio=ratio)
+    return config, backend, await start_engine(nursery, config, backend)
+
+
 def expected_pcm(config: Config, plan: SpeechPlan) -> bytes:
     pipeline = SpeechPipeline(FakeBackend(), config)
     return b"".join(chunk for batch in pipeline.rendering(plan) for chunk in batch)
@@ -163,9 +172,7 @@ def long_text(word: str, sentences: int) -> str:
 async def test_one_stream_gets_a_small_first_window_then_growing_ones_and_all_its_audio(
     nursery, autojump_clock
 ):
-    config = engine_config()
-    backend = ClockedWindows(autojump_clock, ratio=0.3)
-    engine = await start_engine(nursery, config, backend)
+    config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.3)
     await engine.warm_up()
     warm_up_windows = len(backend.windows)
     plan = engine.plan(long_text("alpha", 2))
@@ -186,9 +193,7 @@ async def test_one_stream_gets_a_small_first_window_then_growing_ones_and_all_it
 async def test_a_newcomers_first_window_comes_between_two_windows_of_a_running_stream(
     nursery, autojump_clock
 ):
-    config = engine_config()
-    backend = ClockedWindows(autojump_clock, ratio=0.15)
-    engine = await start_engine(nursery, config, backend)
+    _config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.15)
     alpha, bravo = Player(), Player()
     async with trio.open_nursery() as sessions:
         sessions.start_soon(play, engine, engine.plan(long_text("alpha", 3)), alpha)
@@ -233,9 +238,7 @@ async def test_streams_that_arrive_together_never_stall_while_the_engine_has_cap
 
 
 async def test_the_stream_nearest_to_running_dry_goes_first(nursery, autojump_clock):
-    config = engine_config()
-    backend = ClockedWindows(autojump_clock, ratio=0.25)
-    engine = await start_engine(nursery, config, backend)
+    _config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.25)
     alpha, bravo = Player(), Player()
     async with trio.open_nursery() as sessions:
         sessions.start_soon(play, engine, engine.plan(long_text("alpha", 3)), alpha)
@@ -312,9 +315,7 @@ async def test_a_newcomer_is_busy_when_the_first_windows_ahead_of_it_pass_the_sl
 
 
 async def test_leaving_a_stream_stops_its_model_work_at_once(nursery, autojump_clock):
-    config = engine_config()
-    backend = ClockedWindows(autojump_clock, ratio=0.25)
-    engine = await start_engine(nursery, config, backend)
+    config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.25)
     alpha, bravo = Player(), Player()
     async with trio.open_nursery() as sessions:
         sessions.start_soon(partial(play, leave_after=2), engine, engine.plan(long_text("alpha", 3)), alpha)
@@ -327,9 +328,7 @@ async def test_leaving_a_stream_stops_its_model_work_at_once(nursery, autojump_c
 
 
 async def test_an_unread_stream_is_not_computed_far_ahead_and_holds_up_no_one(nursery, autojump_clock):
-    config = engine_config()
-    backend = ClockedWindows(autojump_clock, ratio=0.1)
-    engine = await start_engine(nursery, config, backend)
+    _config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.1)
     bravo = Player()
     async with engine.stream(engine.plan(long_text("alpha", 6)), "alpha"):  # never read
         await play(engine, engine.plan(long_text("bravo", 2)), bravo)

@@ -160,7 +160,7 @@ async def test_a_finished_sentence_is_spoken_at_once_and_the_rest_waits(nursery,
 async def test_warm_up_calibrates_capacity_and_first_window_from_the_clocked_compute(
     nursery, autojump_clock, ratio
 ):
-    with trio.fail_after(10):
+    with trio.fail_after(60):  # virtual seconds: two runs of the warm-up sentence at 2x real time
         config = engine_config()
         engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=ratio))
         unmeasured = engine.statistics()

@@ -199,7 +199,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
         f"{levels[0]['responses']} responses per level"
     )
     print(
-        f"engine floor (first segment, engine alone, median of {FLOOR_REPEATS}): "
+        f"engine floor (raw model, whole first sentence, median of {FLOOR_REPEATS}): "
         f"p50 {floor['floor_p50_ms']} ms, min {floor['floor_min_ms']}, max {floor['floor_max_ms']} "
         f"over {floor['texts']} texts"
     )

@@ -32,7 +32,12 @@ __all__ = ["Engine", "EngineInfo", "PcmBatch", "SpeechPlan"]
 
 log = logging.getLogger(__name__)
 
-WARM_UP_TEXT = "Warming up the model, one moment please."
+WARM_UP_TEXT = (
+    "Warming up the model with one long sentence, so that the engine can measure how fast it "
+    "decodes windows of speech before the first caller is waiting for one."
+)
+"""One sentence long enough for windows with context on both sides, as under load: a
+shorter one overstates the capacity admission then counts on."""
 
 
 @attrs.frozen

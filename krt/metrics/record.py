@@ -56,7 +56,7 @@ class ResponseRecord:
     voice: str
     backend: str
     queue_ms: float = attrs.field(validator=_finite_non_negative)
-    """Time waiting for the engine before the response's first segment started."""
+    """Time waiting for the engine before the response's first window started."""
 
     @property
     def rtf(self) -> float | None:
