@@ -178,7 +178,8 @@ def test_bench_server_with_the_fake_backend_reports_every_figure(tmp_path):
     floor = by_kind["engine_floor"][0]
     assert floor["backend"] == "fake" and floor["floor_p50_ms"] > 0
     overhead = by_kind["overhead"][0]
-    assert overhead["ttfb_over_floor_p50"] >= 1.0  # the server cannot beat the engine alone
+    # The floor is the raw model on the whole first sentence: windows may beat it.
+    assert 0 < overhead["ttfb_over_floor_p50"] < 5
 
     barge = by_kind["barge_in"][0]
     assert (barge["responses"], barge["canceled"]) == (4, 4)
