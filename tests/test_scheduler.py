@@ -3,8 +3,8 @@
 These run the engine inline on virtual time (``InlineRunner`` and ``autojump_clock``):
 the fake model's compute is a ``MockClock.jump`` proportional to the frames it decodes
 (context included), so who got which window when, and whether a real-time player of
-each stream would have run dry, are exact. ``test_scheduler.py`` runs the same engine on
-a real model thread.
+each stream would have run dry, are exact. The last test runs the same engine with its
+model on a real worker thread, as in production.
 """
 
 from __future__ import annotations
