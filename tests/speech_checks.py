@@ -120,7 +120,7 @@ WINDOW_TEXTS = (
 MAX_WINDOWED_MEL_DB = 3.0
 """How far a windowed decode may sound from the whole decode (mean log-mel distance).
 Each window normalises with its own statistics (shared/VOCODING.md), so the two are not
-sample-identical: measured 1.8–2.7 dB on both real backends and the default voices, with
+sample-identical: measured 1.8–2.6 dB on both real backends and the default voices, with
 no clicks at any seam. The distance mostly measures that drift in level and timbre, not
 the seams: the same windows with one frame of context measure 2.3–3.3 dB, so what the
 context buys shows in intelligibility, which the Whisper tests hold to the raw model's."""

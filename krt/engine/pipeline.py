@@ -60,8 +60,8 @@ TAIL_FRAMES = 2
 MIN_WINDOW_FRAMES = CONTEXT_FRAMES
 """The smallest window a cap may ask for, however little time a stream has left. A window
 costs its frames plus ``2 * CONTEXT_FRAMES``: at ~8 ms per frame (2-core CPU) a window of
-32 frames still makes more audio (0.8 s) than it costs (0.77 s), so a stream short of
-time catches up; a smaller one would fall further behind with every window."""
+16 frames still makes a little more audio (0.4 s) than it costs (0.38 s), so a stream
+short of time catches up; a smaller one would fall further behind with every window."""
 
 
 class WindowSizes:
