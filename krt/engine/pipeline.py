@@ -110,6 +110,10 @@ class WindowSizes:
             size = max(self._limit, size // 2)
         return size
 
+    def smallest_cost_frames(self) -> int:
+        """Frames the smallest window a cap may ask for decodes, context included."""
+        return MIN_WINDOW_FRAMES + 2 * CONTEXT_FRAMES
+
     def expected_cost_frames(self) -> int:
         """Frames the next window will decode, context included (at most; a segment's
         edges have less context)."""

@@ -351,8 +351,13 @@ class Scheduler:
         if job.first_audio_at is None or per_frame is None:
             job.rendering.windows.limit_compute(None, 0.0)
             return
-        slack = max(0.0, job.deadline - now)
-        job.rendering.windows.limit_compute(slack * WINDOW_SLACK_SHARE, per_frame)
+        budget = (job.deadline - now) * WINDOW_SLACK_SHARE
+        if budget < job.rendering.windows.smallest_cost_frames() * per_frame:
+            # Too late for any window to keep this player going: a small one would only
+            # spend more on context, so it gets a full one and catches up sooner.
+            job.rendering.windows.limit_compute(None, 0.0)
+            return
+        job.rendering.windows.limit_compute(budget, per_frame)
 
     def _estimate_turn(self, job: Job, new: bool) -> float:
         """Model seconds the turn about to start should take: what admission predicts with."""
