@@ -32,6 +32,7 @@ from krt.synth.windows import (
     SAMPLES_PER_FRAME,
     PreparedSegment,
     WindowJoiner,
+    context_span,
     cut_window,
 )
 
@@ -121,7 +122,8 @@ class WindowSizes:
 
     def count(self, start: int, stop: int, frames: int) -> None:
         """Note a window [start, stop) of a segment of ``frames`` as decoded."""
-        self.frames_decoded += min(frames, stop + CONTEXT_FRAMES) - max(0, start - CONTEXT_FRAMES)
+        lo, hi = context_span(start, stop, frames)
+        self.frames_decoded += hi - lo
 
 
 @attrs.frozen

@@ -75,6 +75,12 @@ SpanDecoder = Callable[[PreparedSegment, int, int], "FloatAudio"]
 """A backend's raw decode: the audio of frames [lo, hi) decoded as one piece."""
 
 
+def context_span(start: int, stop: int, frames: int) -> tuple[int, int]:
+    """The frames [lo, hi) actually decoded for the window [start, stop) of a segment of
+    ``frames``: ``CONTEXT_FRAMES`` more on each side, where the segment has them."""
+    return max(0, start - CONTEXT_FRAMES), min(frames, stop + CONTEXT_FRAMES)
+
+
 def decode_window(decode_span: SpanDecoder, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
     """The audio of frames [start, stop), plus ``SEAM_SAMPLES`` of what follows when the
     segment goes on (the part :class:`WindowJoiner` crossfades into the next window).
@@ -83,8 +89,7 @@ def decode_window(decode_span: SpanDecoder, segment: PreparedSegment, start: int
     """
     if not 0 <= start < stop <= segment.frames:
         raise ValueError(f"window [{start}, {stop}) is outside the segment's {segment.frames} frames")
-    lo = max(0, start - CONTEXT_FRAMES)
-    hi = min(segment.frames, stop + CONTEXT_FRAMES)
+    lo, hi = context_span(start, stop, segment.frames)
     audio = decode_span(segment, lo, hi)
     begin = (start - lo) * SAMPLES_PER_FRAME
     end = (stop - lo) * SAMPLES_PER_FRAME + (SEAM_SAMPLES if stop < segment.frames else 0)
