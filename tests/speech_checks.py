@@ -18,9 +18,45 @@ INTELLIGIBILITY_SENTENCES = (
     "Sorry, I did not catch that, could you say it again?",
     "Let me transfer you to a specialist.",
 )
-MAX_MEAN_WORD_ERROR_RATE = 0.2
-"""Mean WER over the sentences above, as Whisper tiny.en hears them (measured on the
-packaged weights: 0.00–0.03 for the default female voice, ≈0.13 for the default male)."""
+HARVARD_SENTENCES = (
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.",
+    "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.",
+    "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.",
+    "A pot of tea helps to pass the evening.",
+    "Smoky fires lack flame and heat.",
+    "The soft cushion broke the man's fall.",
+    "The salt breeze came across from the sea.",
+    "The girl at the booth sold fifty bonds.",
+)
+"""The first two IEEE (1969) phonetically balanced lists: short sentences with little
+context to guess from, the standard material for intelligibility."""
+
+MAX_RAW_WORD_ERROR_RATE = 0.35
+"""Mean WER of the raw model (whole sentences, no krt) over both default voices, as
+Whisper tiny.en hears them: measured ≈ 0.20 (onnx) and ≈ 0.21–0.23 (torch) on the
+packaged weights (the male blend alone ≈ 0.25–0.30, the female ≈ 0.12–0.14). Above it
+the model or its voices are broken, whatever krt does; it also bounds krt's own speech
+where no raw model is decoded beside it."""
+MAX_WORD_ERROR_RATE_ABOVE_RAW = 0.03
+"""How much worse than the raw model krt may be heard, pooled over both voices, the agent
+phrases and the Harvard lists. Whisper's verdict on one sentence flips with inaudible
+changes, so sentences are not compared one by one; pooled over these 52, krt measured
++0.010 (onnx) and +0.006 to +0.023 (torch, over two runs), and over the agent phrases
+with only the first Harvard list the same audio measures +0.025 to +0.038: the noise
+of the measure, not of krt. A decoder window with too little context (one frame per
+side) measured +0.14 on the male voice."""
 
 
 def words_of(text: str) -> list[str]:
@@ -36,13 +72,6 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
         for j, hyp_word in enumerate(hyp, start=1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word))
     return row[-1] / max(1, len(ref))
-
-
-def mean_word_error_rate(speak: Callable[[str], bytes], transcribe: Callable[[bytes], str]) -> float:
-    errors = [
-        word_error_rate(sentence, transcribe(speak(sentence))) for sentence in INTELLIGIBILITY_SENTENCES
-    ]
-    return sum(errors) / len(errors)
 
 
 def assert_sounds_like_speech(pcm: bytes, words: int) -> None:
@@ -150,3 +179,40 @@ def windowed_against_whole(backend: Any, phonemizer: Any, text: str, voice: str)
     windowed = np.concatenate(pieces)
     assert windowed.size == whole.size == segment.frames * SAMPLES_PER_FRAME
     return mel_distance_db(windowed, whole), seam_clicks(windowed, whole, seams), len(seams)
+
+
+def pooled_word_error_rate(
+    speak: Callable[[str, str], bytes], transcribe: Callable[[bytes], str], sentences: tuple[str, ...]
+) -> float:
+    """Mean WER of ``speak(sentence, voice)`` over both default voices and ``sentences``."""
+    errors = [
+        word_error_rate(sentence, transcribe(speak(sentence, voice)))
+        for voice in ("female", "male")
+        for sentence in sentences
+    ]
+    return sum(errors) / len(errors)
+
+
+def paired_word_error_rates(pipeline: Any, transcribe: Callable[[bytes], str]) -> tuple[float, float]:
+    """Mean WER of the raw model (each sentence decoded whole, nothing trimmed) and of
+    the same sentences through krt's pipeline (windows, trimmed silence), over both
+    default voices, the agent phrases and the Harvard lists: (raw, krt)."""
+    from krt.audio import to_pcm16
+    from krt.g2p import tokenize
+    from krt.synth.backend import synthesize_whole
+
+    backend = pipeline.backend
+
+    def raw(sentence: str, voice: str) -> bytes:
+        tokens = tokenize(pipeline.phonemizer.phonemize(sentence), backend.vocab)
+        style = backend.voices.style(backend.voices.resolve(voice), len(tokens))
+        return to_pcm16(synthesize_whole(backend, tokens, style, 1.0))
+
+    def through_krt(sentence: str, voice: str) -> bytes:
+        return b"".join(pipeline.speak(sentence, voice))
+
+    sentences = (*INTELLIGIBILITY_SENTENCES, *HARVARD_SENTENCES)
+    return (
+        pooled_word_error_rate(raw, transcribe, sentences),
+        pooled_word_error_rate(through_krt, transcribe, sentences),
+    )

@@ -1,4 +1,4 @@
-"""The Kokoro graph cut into front end and decoder: the two stages give exactly its audio."""
+"""The Kokoro graph cut before its generator: the two stages give exactly its audio."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from krt.errors import ModelUnavailableError
 from krt.g2p import tokenize
 from krt.synth import packaged
-from krt.synth.onnx_stages import KOKORO_DECODER_INPUTS, split_kokoro_graph
+from krt.synth.onnx_stages import KOKORO_GENERATOR_INPUTS, split_kokoro_graph
 from krt.synth.windows import SAMPLES_PER_FRAME
 
 TEXTS = (
@@ -33,10 +33,10 @@ def session(model: onnx.ModelProto):
 
 
 @pytest.mark.integration
-def test_front_end_then_decoder_is_exactly_the_whole_graph(onnx_pipeline, model_cache_dir):
+def test_front_end_then_generator_is_exactly_the_whole_graph(onnx_pipeline, model_cache_dir):
     whole = onnx.load(str(packaged.packaged_onnx_model(model_cache_dir)))
     stages = split_kokoro_graph(whole)
-    full, front_end, decoder = session(whole), session(stages.front_end), session(stages.decoder)
+    full, front_end, generator = session(whole), session(stages.front_end), session(stages.generator)
     backend = onnx_pipeline.backend
     # Short and long segments in one voice, and the blended default male voice once.
     for text, voice in ((TEXTS[0], "female"), (TEXTS[1], "male"), (TEXTS[2], "female")):
@@ -48,16 +48,15 @@ def test_front_end_then_decoder_is_exactly_the_whole_graph(onnx_pipeline, model_
             "speed": np.array([1.0], dtype=np.float32),
         }
         (audio,) = full.run(None, feeds)
-        asr, f0, noise, durations = front_end.run(None, feeds)
+        features, f0, noise, durations = front_end.run(None, feeds)
+        frames = int(durations.sum())
         # The front end also says how many frames each position (pads included) lasts.
         assert durations.size == len(tokens) + 2
-        assert int(durations.sum()) == asr.shape[-1]
-        cut = KOKORO_DECODER_INPUTS
-        (staged,) = decoder.run(None, {cut.asr: asr, cut.f0: f0, cut.noise: noise, cut.style: feeds["style"]})
+        assert features.shape[-1] == f0.shape[-1] == noise.shape[-1] == 2 * frames
+        cut = KOKORO_GENERATOR_INPUTS
+        (staged,) = generator.run(None, {cut.features: features, cut.f0: f0, cut.style: feeds["style"]})
         # Same operators on the same inputs on the same CPU kernels: bit for bit.
         np.testing.assert_array_equal(staged, audio)
-        frames = asr.shape[-1]
-        assert f0.shape[-1] == noise.shape[-1] == 2 * frames
         assert np.asarray(audio).size == frames * SAMPLES_PER_FRAME
 
 
@@ -68,5 +67,5 @@ def test_a_graph_that_is_not_a_kokoro_export_is_a_clear_error():
         [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, None])],
         [helper.make_tensor_value_info("audio", TensorProto.INT64, [1, None])],
     )
-    with pytest.raises(ModelUnavailableError, match="cannot split this ONNX graph"):
+    with pytest.raises(ModelUnavailableError, match="cannot split this ONNX graph before its generator"):
         split_kokoro_graph(helper.make_model(graph))

@@ -11,11 +11,13 @@ import pytest
 from krt.engine.pipeline import SpeechPipeline
 from krt.errors import ModelUnavailableError
 from tests.speech_checks import (
-    MAX_MEAN_WORD_ERROR_RATE,
+    HARVARD_SENTENCES,
+    INTELLIGIBILITY_SENTENCES,
+    MAX_RAW_WORD_ERROR_RATE,
     MAX_WINDOWED_MEL_DB,
     WINDOW_TEXTS,
     assert_sounds_like_speech,
-    mean_word_error_rate,
+    pooled_word_error_rate,
     windowed_against_whole,
 )
 
@@ -46,10 +48,15 @@ def test_torch_speech_is_plausible(torch_pipeline):
     assert_sounds_like_speech(b"".join(torch_pipeline.speak(text, "female")), words=len(text.split()))
 
 
-@pytest.mark.parametrize("voice", ["female", "male"])
-def test_torch_default_voices_are_intelligible(torch_pipeline, transcribe, voice):
-    wer = mean_word_error_rate(lambda text: b"".join(torch_pipeline.speak(text, voice)), transcribe)
-    assert wer <= MAX_MEAN_WORD_ERROR_RATE
+def test_torch_speech_through_krt_is_intelligible(torch_pipeline, transcribe):
+    """Compared with the raw model on the default backend (test_onnx_backend); here,
+    where a paired run would take minutes, krt's own speech on the agent phrases and the
+    first Harvard list is held to what the raw model is held to."""
+    sentences = (*INTELLIGIBILITY_SENTENCES, *HARVARD_SENTENCES[:10])
+    wer = pooled_word_error_rate(
+        lambda text, voice: b"".join(torch_pipeline.speak(text, voice)), transcribe, sentences
+    )
+    assert wer <= MAX_RAW_WORD_ERROR_RATE
 
 
 @pytest.fixture(scope="module")

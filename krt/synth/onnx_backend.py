@@ -3,8 +3,8 @@
 Default weights are the packaged int8 export (see ``packaged.py``); any Kokoro ONNX
 export can be used instead with ``KRT_ONNX_MODEL``. Exports differ in their input
 names (``tokens`` vs ``input_ids``) and the dtype of ``speed``, so both are read from
-the graph rather than assumed. The graph is cut at load time into its front end and its
-decoder (``onnx_stages.py``), each a session of its own, so segments are decoded in
+the graph rather than assumed. The graph is cut at load time before its generator
+(``onnx_stages.py``), each part a session of its own, so segments are decoded in
 windows.
 """
 
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
-from krt.synth.onnx_stages import KOKORO_DECODER_INPUTS, split_kokoro_graph
+from krt.synth.onnx_stages import KOKORO_GENERATOR_INPUTS, split_kokoro_graph
 from krt.synth.voice_files import load_voice_packs
 from krt.synth.windows import PreparedSegment, decode_window
 from krt.voices import with_defaults
@@ -73,11 +73,11 @@ class OnnxBackend:
         options.enable_mem_pattern = False
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         stages = split_kokoro_graph(onnx.load(str(model_path)))
-        self._front_end, self._decoder = (
+        self._front_end, self._generator = (
             onnxruntime.InferenceSession(
                 stage.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
             )
-            for stage in (stages.front_end, stages.decoder)
+            for stage in (stages.front_end, stages.generator)
         )
         inputs = {i.name: i for i in self._front_end.get_inputs()}
         self._tokens_input = "tokens" if "tokens" in inputs else "input_ids"
@@ -99,26 +99,25 @@ class OnnxBackend:
             "style": style_row,
             "speed": np.array([speed], dtype=self._speed_dtype),
         }
-        asr, f0, noise, durations = self._front_end.run(None, feeds)
-        frames = int(asr.shape[-1])
+        features, f0, noise, durations = self._front_end.run(None, feeds)
+        frames = int(f0.shape[-1]) // 2
         return PreparedSegment(
             frames=frames,
             durations=tuple(int(d) for d in np.asarray(durations).ravel()),
             loudness=noise.reshape(frames, 2).mean(axis=1),
-            decoder_inputs=(asr, f0, noise, style_row),
+            decoder_inputs=(features, f0, style_row),
         )
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
         return decode_window(self._decode_span, segment, start, stop)
 
     def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
-        asr, f0, noise, style_row = segment.decoder_inputs
-        cut = KOKORO_DECODER_INPUTS
+        features, f0, style_row = segment.decoder_inputs
+        cut = KOKORO_GENERATOR_INPUTS
         feeds = {
-            cut.asr: asr[:, :, lo:hi],
+            cut.features: features[:, :, 2 * lo : 2 * hi],
             cut.f0: f0[:, 2 * lo : 2 * hi],
-            cut.noise: noise[:, 2 * lo : 2 * hi],
             cut.style: style_row,
         }
-        (audio,) = self._decoder.run(None, feeds)
+        (audio,) = self._generator.run(None, feeds)
         return np.asarray(audio, dtype=np.float32).ravel()

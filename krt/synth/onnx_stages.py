@@ -1,16 +1,22 @@
-"""Kokoro's ONNX graph cut in two: the front end, and the decoder that makes the audio.
+"""Kokoro's ONNX graph cut in two: everything up to the vocoder's generator, and the generator.
 
-The decoder (iSTFTNet) is ~95 % of Kokoro's compute and works on a frame sequence
-(600 samples, 25 ms per frame), so decoding frame windows of a segment is how its first
-audio can leave long before the segment is done (see ``shared/VOCODING.md``). The cut is
-made at load time from the one graph krt already has (the packaged int8 export, or a
-user's ``KRT_ONNX_MODEL``), with ``onnx.utils.Extractor``, at the four tensors the
-decoder reads: the aligned text features ``asr`` [1, 512, T], the pitch ``F0`` and
-noise ``N`` curves [1, 2T], and the style vector. Run one after the other, the two
-parts give exactly the full graph's audio.
+The generator (iSTFTNet's upsampling stack) is ~90 % of Kokoro's compute and works on a
+frame sequence (600 samples, 25 ms per frame), so decoding frame windows of a segment is
+how its first audio can leave long before the segment is done (see
+``shared/VOCODING.md``). The cut is made at load time from the one graph krt already
+has (the packaged int8 export, or a user's ``KRT_ONNX_MODEL``), with
+``onnx.utils.Extractor``, at the tensors the generator reads: the output of the
+decoder's last frame-rate block [1, 512, 2T], the pitch curve ``F0`` [1, 2T] and the
+style vector. Run one after the other, the two parts give exactly the full graph's audio.
 
-The front end also hands out the predicted frames per token (``durations``), which say
-where the silences are and where a window may be cut.
+Why not cut at the decoder's own inputs: the decoder's frame-rate blocks normalise each
+channel over the whole time axis, so a window that runs them on its own frames drifts in
+timbre from the whole decode. They cost ~7 % of the decoder, so the first stage runs them
+once over the whole segment and only the generator works in windows.
+
+The first stage also hands out the predicted frames per token (``durations``), which say
+where the silences are and where a window may be cut, and the noise curve ``N`` [1, 2T],
+which says where the voice is quiet.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from krt.errors import ModelUnavailableError
 
 
 @attrs.frozen
-class DecoderInputs:
-    """Where the decoder's inputs are in a Kokoro export (the names of the torch export's
-    ``/encoder`` outputs, kept by onnxruntime's int8 quantization)."""
+class GeneratorInputs:
+    """Where the generator's inputs are in a Kokoro export (the names of the torch
+    export's tensors, kept by onnxruntime's int8 quantization)."""
 
-    asr: str = "/encoder/MatMul_1_output_0"
+    features: str = "/decoder/decoder/decode.3/Div_4_output_0"
+    """The last frame-rate block's output, two columns per frame."""
     f0: str = "/encoder/Reshape_output_0"
     noise: str = "/encoder/Reshape_1_output_0"
     style: str = "style"
@@ -35,37 +42,41 @@ class DecoderInputs:
     """Frames per token (rounded, at least 1), as int64: the duration predictor's output."""
 
     @property
-    def names(self) -> list[str]:
-        return [self.asr, self.f0, self.noise, self.style]
+    def generator_reads(self) -> list[str]:
+        return [self.features, self.f0, self.style]
+
+    @property
+    def front_end_makes(self) -> list[str]:
+        return [self.features, self.f0, self.noise, self.durations]
 
 
-KOKORO_DECODER_INPUTS = DecoderInputs()
+KOKORO_GENERATOR_INPUTS = GeneratorInputs()
 
 
 @attrs.frozen
 class KokoroStages:
     front_end: onnx.ModelProto
-    """tokens, style, speed → asr, F0, N, durations."""
-    decoder: onnx.ModelProto
-    """asr, F0, N, style → audio."""
+    """tokens, style, speed → features, F0, N, durations."""
+    generator: onnx.ModelProto
+    """features, F0, style → audio."""
 
 
-def split_kokoro_graph(model: onnx.ModelProto, cut: DecoderInputs = KOKORO_DECODER_INPUTS) -> KokoroStages:
+def split_kokoro_graph(
+    model: onnx.ModelProto, cut: GeneratorInputs = KOKORO_GENERATOR_INPUTS
+) -> KokoroStages:
     """The two stages of ``model``; ModelUnavailableError when it is not a Kokoro export
     with these tensors (an export by another tool names them differently)."""
     produced = {output for node in model.graph.node for output in node.output}
     inputs = {graph_input.name for graph_input in model.graph.input}
-    missing = [name for name in [*cut.names, cut.durations] if name not in produced and name not in inputs]
+    missing = [name for name in [*cut.front_end_makes, cut.style] if name not in produced | inputs]
     if missing:
         raise ModelUnavailableError(
-            f"cannot split this ONNX graph into front end and decoder: no tensor {missing[0]!r} "
+            f"cannot split this ONNX graph before its generator: no tensor {missing[0]!r} "
             "(it is not the Kokoro export krt knows)"
         )
     outputs = [graph_output.name for graph_output in model.graph.output]
     tokens = "tokens" if "tokens" in inputs else "input_ids"
     extractor = Extractor(model)
-    front_end = extractor.extract_model(
-        [tokens, cut.style, "speed"], [cut.asr, cut.f0, cut.noise, cut.durations]
-    )
-    decoder = extractor.extract_model(cut.names, outputs[:1])
-    return KokoroStages(front_end, decoder)
+    front_end = extractor.extract_model([tokens, cut.style, "speed"], cut.front_end_makes)
+    generator = extractor.extract_model(cut.generator_reads, outputs[:1])
+    return KokoroStages(front_end, generator)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,7 +171,10 @@ class TorchBackend:
         return MisakiPhonemizer(self._lang_code)
 
     def prepare(self, tokens: Sequence[int], style: npt.NDArray[np.float32], speed: float) -> PreparedSegment:
-        """``KModel.forward_with_tokens`` up to the decoder: durations, alignment, F0, noise."""
+        """``KModel.forward_with_tokens`` up to the decoder's generator: durations,
+        alignment, F0, noise, and the decoder's frame-rate blocks over the whole segment
+        (they normalise over time, so run on a window alone they would drift; they cost
+        ~7 % of the decoder). Only the generator runs per window."""
         torch, model = self._torch, self._model
         with torch.inference_mode():
             input_ids = torch.tensor([[0, *tokens, 0]], dtype=torch.long, device=self.device)
@@ -194,24 +198,47 @@ class TorchBackend:
             asr = model.text_encoder(input_ids, input_lengths, text_mask) @ alignment
             frames = int(asr.shape[-1])
             loudness = noise.reshape(frames, 2).mean(dim=1).float().cpu().numpy()
+            features = self._frame_rate_blocks(asr, f0, noise, ref_s[:, :128])
+        seed = zlib.crc32(
+            np.asarray(tokens, dtype=np.int64).tobytes() + style.tobytes() + repr(speed).encode()
+        )
         return PreparedSegment(
             frames=frames,
             durations=tuple(int(d) for d in pred_dur.cpu().tolist()),
             loudness=loudness,
-            decoder_inputs=(asr, f0, noise, ref_s[:, :128], int(torch.randint(0, 2**31, ()).item())),
+            decoder_inputs=(features, f0, ref_s[:, :128], seed),
         )
+
+    def _frame_rate_blocks(self, asr: Any, f0: Any, noise: Any, style: Any) -> Any:
+        """``kokoro.istftnet.Decoder.forward`` up to its generator: the features the
+        generator reads, two columns per frame."""
+        torch, decoder = self._torch, self._model.decoder
+        f0_features = decoder.F0_conv(f0.unsqueeze(1))
+        noise_features = decoder.N_conv(noise.unsqueeze(1))
+        x = decoder.encode(torch.cat([asr, f0_features, noise_features], dim=1), style)
+        asr_res = decoder.asr_res(asr)
+        residual = True
+        for block in decoder.decode:
+            if residual:
+                x = torch.cat([x, asr_res, f0_features, noise_features], dim=1)
+            x = block(x, style)
+            if block.upsample_type != "none":
+                residual = False
+        return x
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
         return decode_window(self._decode_span, segment, start, stop)
 
     def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
-        """One span through ``KModel.decoder``. Its harmonic source draws a random initial
-        phase per harmonic on every call; seeding each call of a segment alike gives all
-        its windows the same draw, so the harmonics do not jump at every seam."""
-        asr, f0, noise, style, seed = segment.decoder_inputs
+        """One span through the decoder's generator. Its harmonic source draws a random
+        initial phase per harmonic and fresh noise on every call; seeding each call of a
+        segment alike gives all its windows the same draw, so the harmonics do not jump at
+        every seam, and the seed comes from what is said (tokens, voice, speed), so the
+        same request always sounds the same."""
+        features, f0, style, seed = segment.decoder_inputs
         self._torch.manual_seed(seed)
         with self._torch.inference_mode():
-            audio = self._model.decoder(
-                asr[:, :, lo:hi], f0[:, 2 * lo : 2 * hi], noise[:, 2 * lo : 2 * hi], style
+            audio = self._model.decoder.generator(
+                features[:, :, 2 * lo : 2 * hi], style, f0[:, 2 * lo : 2 * hi]
             )
             return np.asarray(audio.float().cpu().numpy(), dtype=np.float32).ravel()

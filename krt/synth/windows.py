@@ -1,14 +1,15 @@
 """Decoding a segment in frame windows, the unit krt streams and schedules.
 
-Kokoro's front end (text → per-token durations, aligned features, pitch and noise) is
-~5 % of its compute; the decoder that turns those frames into audio is the rest, and it
-works on a frame sequence of 600 samples (25 ms) per frame. So a backend *prepares* a
-segment once and then *decodes* frame windows of it on request: the first audio of a
-sentence can leave after a small window, and a turn on the shared model is a window,
-not a sentence.
+Kokoro's front end (text → per-token durations, aligned features, pitch and noise) and
+its decoder's frame-rate blocks are ~10 % of its compute; the vocoder's generator that
+turns those frames into audio is the rest, and it works on a frame sequence of 600
+samples (25 ms) per frame. So a backend *prepares* a segment once (everything up to the
+generator, over the whole segment) and then *decodes* frame windows of it on request:
+the first audio of a sentence can leave after a small window, and a turn on the shared
+model is a window, not a sentence.
 
 A window decoded alone is not the same audio as the same frames inside a whole decode
-(see ``shared/VOCODING.md``): the decoder's instance normalisation uses the statistics
+(see ``shared/VOCODING.md``): the generator's instance normalisation uses the statistics
 of what it is given, and its harmonic source starts at phase zero. Two things keep the
 joins inaudible here. Each window is decoded with ``CONTEXT_FRAMES`` of its neighbours
 on both sides, which are thrown away; and consecutive windows overlap by
