@@ -104,7 +104,7 @@ async def test_post_to_a_probe_is_405(server, path):
     with trio.fail_after(10):
         status, headers, _body = await http_get(server.port, path, method="POST")
         assert status == 405
-        assert headers["allow"] == "GET"
+        assert headers["allow"] == "GET, HEAD"
 
 
 async def test_plain_get_on_the_websocket_route_is_426(server):
@@ -128,6 +128,60 @@ async def test_garbage_is_dropped_and_the_server_goes_on(server, garbage):
         assert not answer.startswith(b"HTTP/1.1 2")
         status, _headers, _body = await http_get(server.port, "/healthz")
         assert status == 200
+
+
+def parse_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ")[1]), fields, body
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        pytest.param(b"HELLO THERE\r\n\r\n", 400, id="garbage-request-line"),
+        pytest.param(b"GET\r\n\r\n", 400, id="bare-get"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\n\r\n", 400, id="no-host"),
+        pytest.param(b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="space-in-target"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", 400, id="bad-header-name"),
+        pytest.param(b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 505, id="http-9.9"),
+        pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, id="long-target"),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X: 1\r\n" * 150 + b"\r\n", 431, id="150-headers"
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X: 1\r\n" * 10_000 + b"\r\n", 431, id="10000-headers"
+        ),
+        pytest.param(
+            f"POST {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n".encode(),
+            405,
+            id="post-upgrade",
+        ),
+    ],
+)
+async def test_a_malformed_request_gets_its_status_and_a_quiet_log(server, raw, status, caplog):
+    with trio.fail_after(10):
+        answer = await http_exchange(server.port, raw)
+    got, headers, body = parse_answer(answer)
+    assert got == status, answer[:200]
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    assert "error" in json.loads(body)
+    # A scanner's requests are routine: nothing at WARNING or above, no traceback.
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING or record.exc_info]
+
+
+async def test_head_is_answered_without_a_body(server):
+    with trio.fail_after(10):
+        answer = await http_exchange(server.port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = parse_answer(answer)
+    assert status == 200
+    assert int(headers["content-length"]) > 0
+    assert body == b""
 
 
 # -- auth -------------------------------------------------------------------------------

@@ -56,44 +56,100 @@ class ReplayStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
-async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
-    """Read until the request head is complete; return it with every byte read so far."""
-    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    received = bytearray()
-    while True:
-        event = connection.next_event()
-        if isinstance(event, h11.Request):
-            return event, bytes(received)
-        if event is not h11.NEED_DATA:
-            return None, bytes(received)
-        data = bytes(await stream.receive_some(4096))
-        if not data:
-            return None, bytes(received)
-        received += data
-        connection.receive_data(data)
+MAX_TARGET_BYTES = 8 * 1024
+"""Longest request target (path and query) answered with anything but 414."""
+MAX_HEADER_FIELDS = 100
+"""Most header fields in a request head; more is 431, as is a head over MAX_HEAD_BYTES."""
+HTTP_VERSIONS = (b"1.0", b"1.1")
 
 
-async def _respond(
-    stream: trio.abc.Stream,
-    status: int,
-    body: dict[str, object],
-    headers: list[tuple[str, str]] | None = None,
-) -> None:
-    payload = (json.dumps(body) + "\n").encode()
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
-    head += [f"{name}: {value}" for name, value in (headers or [])]
-    head += ["Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close", "", ""]
-    await stream.send_all("\r\n".join(head).encode() + payload)
+class RequestRefused(Exception):
+    """A request head that gets a 4xx/5xx and a close, never a traceback: what a port
+    scanner or a broken client sends is routine, not a server error."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class FrontDoor:
+    """One connection's request head, read and answered through h11.
+
+    h11 does the parsing and says what status a malformed head deserves (400, or 431 for
+    one over ``MAX_HEAD_BYTES``); its framing rules keep a ``HEAD`` answer bodiless.
+    What h11 leaves to its user (which HTTP versions, how long a target, how many
+    fields) is checked here. Every byte read is kept, so a WebSocket upgrade can be
+    replayed into trio-websocket.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.received = bytearray()
+        self._method = b""
+
+    async def read_head(self) -> h11.Request | None:
+        """The request, or None when the peer closed first; RequestRefused when it is not
+        one krt will answer normally."""
+        try:
+            while True:
+                event = self._connection.next_event()
+                if isinstance(event, h11.Request):
+                    self._method = event.method
+                    _check_limits(event)
+                    return event
+                if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                    return None
+                data = bytes(await self.stream.receive_some(4096))
+                self.received += data
+                self._connection.receive_data(data)
+        except h11.RemoteProtocolError as error:
+            raise RequestRefused(error.error_status_hint, str(error)) from None
+
+    async def respond(
+        self, status: int, body: dict[str, object], headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """One JSON answer, then the connection closes (``Connection: close``)."""
+        payload = (json.dumps(body) + "\n").encode()
+        fields = [
+            *(headers or []),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Connection", "close"),
+        ]
+        connection = self._connection
+        if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        events: list[h11.Event] = [
+            h11.Response(status_code=status, headers=fields, reason=_REASONS.get(status, ""))
+        ]
+        if self._method != b"HEAD":
+            events.append(h11.Data(data=payload))
+        events.append(h11.EndOfMessage())
+        await self.stream.send_all(b"".join(connection.send(event) or b"" for event in events))
+
+
+def _check_limits(request: h11.Request) -> None:
+    if request.http_version not in HTTP_VERSIONS:
+        raise RequestRefused(505, f"HTTP/{request.http_version.decode('latin-1')} is not supported")
+    if len(request.target) > MAX_TARGET_BYTES:
+        raise RequestRefused(414, f"request target over {MAX_TARGET_BYTES} bytes")
+    if len(request.headers) > MAX_HEADER_FIELDS:
+        raise RequestRefused(431, f"over {MAX_HEADER_FIELDS} header fields")
 
 
 _REASONS = {
     200: "OK",
+    400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
-    400: "Bad Request",
+    414: "URI Too Long",
     426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -122,49 +178,57 @@ def authorized(request: h11.Request, api_key: str) -> bool:
 
 async def handle_connection(stream: trio.abc.Stream, state: ServerState) -> None:
     peer = _peer_of(stream)
+    door = FrontDoor(stream)
     try:
-        with trio.move_on_after(HEAD_TIMEOUT):
-            request, received = await _read_head(stream)
-        if request is None:
-            return
-        path = urlsplit(request.target.decode("latin-1")).path
-        if path in ("/healthz", "/readyz"):
-            if request.method not in (b"GET", b"HEAD"):
-                await _respond(stream, 405, {"error": "method not allowed"}, [("Allow", "GET")])
-            elif path == "/healthz":
-                await _respond(stream, 200, {"status": "ok"})
-            else:
-                status, body = state.readiness()
-                await _respond(stream, status, body)
-            return
-        if path != WS_PATH:
-            await _respond(
-                stream, 404, {"error": f"no route {path}", "routes": ["/healthz", "/readyz", WS_PATH]}
-            )
-            return
-        if _header(request, b"upgrade").lower() != "websocket":
-            await _respond(stream, 426, {"error": "this route speaks WebSocket"}, [("Upgrade", "websocket")])
-            return
-        if state.engine is None:
-            await _respond(stream, 503, {"error": "the model is still loading"}, [("Retry-After", "5")])
-            return
-        if not authorized(request, state.config.auth.api_key):
-            log.warning("%s: refused WebSocket upgrade: missing or wrong API key", peer)
-            await _respond(
-                stream,
-                401,
-                {"error": "missing or wrong API key"},
-                [("WWW-Authenticate", 'Bearer realm="krt"')],
-            )
-            return
-        await serve_websocket(ReplayStream(received, stream), state, peer)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as group:
+        try:
+            request = None
+            with trio.move_on_after(HEAD_TIMEOUT):
+                request = await door.read_head()
+            if request is not None:
+                await _route(door, request, state, peer)
+        except RequestRefused as refused:
+            log.info("%s: refused request: %d %s", peer, refused.status, refused.reason)
+            await door.respond(refused.status, {"error": refused.reason})
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as group:
         log.debug("%s: connection dropped: %r", peer, group.exceptions)
     except* Exception as group:
         # Last resort: a bug in one connection's handling must never end the listener.
         log.error("%s: connection failed", peer, exc_info=group)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _route(door: FrontDoor, request: h11.Request, state: ServerState, peer: str) -> None:
+    """Answer one parsed request head: a probe, an error, or the WebSocket session."""
+    path = urlsplit(request.target.decode("latin-1")).path
+    if path in ("/healthz", "/readyz"):
+        if request.method not in (b"GET", b"HEAD"):
+            await door.respond(405, {"error": "method not allowed"}, [("Allow", "GET, HEAD")])
+        elif path == "/healthz":
+            await door.respond(200, {"status": "ok"})
+        else:
+            status, body = state.readiness()
+            await door.respond(status, body)
+        return
+    if path != WS_PATH:
+        await door.respond(404, {"error": f"no route {path}", "routes": ["/healthz", "/readyz", WS_PATH]})
+        return
+    if request.method != b"GET":
+        await door.respond(405, {"error": "this route speaks WebSocket (GET)"}, [("Allow", "GET")])
+        return
+    if _header(request, b"upgrade").lower() != "websocket":
+        await door.respond(426, {"error": "this route speaks WebSocket"}, [("Upgrade", "websocket")])
+        return
+    if state.engine is None:
+        await door.respond(503, {"error": "the model is still loading"}, [("Retry-After", "5")])
+        return
+    if not authorized(request, state.config.auth.api_key):
+        log.warning("%s: refused WebSocket upgrade: missing or wrong API key", peer)
+        await door.respond(
+            401, {"error": "missing or wrong API key"}, [("WWW-Authenticate", 'Bearer realm="krt"')]
+        )
+        return
+    await serve_websocket(ReplayStream(bytes(door.received), door.stream), state, peer)
 
 
 async def serve_websocket(
