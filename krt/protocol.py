@@ -66,12 +66,22 @@ class ProtocolError(Exception):
     one typo), so this carries everything the ``error`` event needs and nothing more.
     """
 
-    def __init__(self, code: DecodeErrorCode, message: str, event_type: str | None = None) -> None:
+    def __init__(
+        self,
+        code: DecodeErrorCode,
+        message: str,
+        event_type: str | None = None,
+        response_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code: DecodeErrorCode = code
         self.message = message
         self.event_type = event_type
         """The client's ``type`` when it could be read, so the client can match the error."""
+        self.response_id = response_id
+        """The ``response_id`` of a ``response.create`` that could not be read, when the id
+        itself could: that response also gets its terminal ``response.error``, so a client
+        waiting on the id is never left waiting."""
 
     def to_event(self) -> ErrorEvent:
         return request_error(self.code, self.message, self.event_type)
@@ -355,10 +365,33 @@ def decode_client_event(message: str | bytes, max_bytes: int) -> ClientEvent:
             "binary_frame", "binary frames are not accepted; send each event as a JSON text frame"
         )
     if len(message) > max_bytes or len(message.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise ProtocolError("oversized", f"the message is larger than the limit of {max_bytes} bytes")
+        raise ProtocolError(
+            "oversized",
+            f"the message is larger than the limit of {max_bytes} bytes",
+            *_created_response(message),
+        )
     obj = _parse_object(message)
     event_type = _read_type(obj, CLIENT_EVENT_TYPES)
-    return cast("ClientEvent", _structure(obj, ClientEvent, event_type))
+    try:
+        return cast("ClientEvent", _structure(obj, ClientEvent, event_type))
+    except ProtocolError as exc:
+        if event_type == ResponseCreate.TYPE and isinstance(obj.get("response_id"), str):
+            exc.response_id = obj["response_id"]
+        raise
+
+
+def _created_response(message: str) -> tuple[str | None, str | None]:
+    """(type, response_id) of an oversized frame, when it is a ``response.create`` whose id
+    can be read. Parsing it costs a few milliseconds at most: the socket refuses any
+    message over ``MAX_WS_MESSAGE_BYTES``."""
+    try:
+        obj = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(obj, dict) or obj.get("type") != ResponseCreate.TYPE:
+        return None, None
+    response_id = obj.get("response_id")
+    return ResponseCreate.TYPE, response_id if isinstance(response_id, str) else None
 
 
 def decode_server_event(message: str) -> ServerEvent:

@@ -149,6 +149,47 @@ async def test_bad_events_get_an_error_and_the_session_keeps_working(harness, tm
 
 
 @pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"type": "response.create", "response_id": "big", "input": "x" * 70_000}, "oversized"),
+        ({"type": "response.create", "response_id": "big", "input": 42}, "invalid_field"),
+        ({"type": "response.create", "response_id": "big", "input": "Hi.", "speed": "fast"}, "invalid_field"),
+    ],
+)
+async def test_an_unreadable_create_whose_id_can_be_read_ends_that_response(harness, tmp_path, frame, code):
+    with trio.fail_after(10):
+        _server, client = await open_client(harness)
+        await client.ws.send_message(json.dumps(frame))
+        error = await client.receive()
+        assert error["type"] == "error" and error["error"]["code"] == code
+        ended = await client.receive()
+        assert ended["type"] == "response.error"
+        assert (ended["response"], ended["code"]) == ("big", code)
+        await client.send("response.create", response_id="after", input="Still here.")
+        await client.receive_until("response.completed", "after")
+        # Exactly one terminal event for "big": nothing else about it followed.
+        assert [event["type"] for event in client.events if event.get("response") == "big"] == [
+            "response.error"
+        ]
+
+
+async def test_an_unreadable_create_reusing_a_live_id_leaves_that_response_alone(harness, tmp_path):
+    with trio.fail_after(10):
+        _server, client = await open_client(harness)
+        await client.send("response.create", response_id="live", input="One sentence. And another one.")
+        await client.receive_until("response.created", "live")
+        await client.ws.send_message(
+            json.dumps({"type": "response.create", "response_id": "live", "input": 42})
+        )
+        await client.receive_until("response.completed", "live")
+        about_live = [event["type"] for event in client.events if event.get("response") == "live"]
+        assert "response.error" not in about_live
+        assert [event["error"]["code"] for event in client.events if event["type"] == "error"] == [
+            "invalid_field"
+        ]
+
+
+@pytest.mark.parametrize(
     ("fields", "code"),
     [
         ({"input": "word " * 401}, "too_long"),

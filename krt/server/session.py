@@ -111,7 +111,7 @@ class Session:
                 try:
                     event = protocol.decode_client_event(message, protocol.MAX_EVENT_BYTES)
                 except protocol.ProtocolError as exc:
-                    await self.outbox.event(exc.to_event())
+                    await self._refuse_frame(exc)
                     continue
                 if isinstance(event, protocol.SessionEnd):
                     await self._flush_input()
@@ -120,6 +120,14 @@ class Session:
                 await self._handle(event)
         except ConnectionClosed:
             return False
+
+    async def _refuse_frame(self, error: protocol.ProtocolError) -> None:
+        """The ``error`` for a frame krt could not read, and for a ``response.create`` whose
+        id could be read (and names no response of this session), that response's one
+        terminal event too."""
+        await self.outbox.event(error.to_event())
+        if error.response_id is not None and self.responses.get(error.response_id) is None:
+            await self.outbox.event(protocol.ResponseError(error.response_id, error.code, error.message))
 
     async def _handle(self, event: protocol.ClientEvent) -> None:
         if isinstance(event, protocol.ResponseCreate):
