@@ -128,6 +128,24 @@ class SegmentConfig:
     max_utterance_words: int = knob(
         "MAX_UTTERANCE_WORDS", 400, "A response with more words is refused as too_long.", _at_least(1)
     )
+    max_word_chars: int = knob(
+        "MAX_WORD_CHARS",
+        128,
+        "A response with a longer word (characters between spaces) is refused as too_long.",
+        _at_least(8),
+    )
+    max_utterance_seconds: float = knob(
+        "MAX_UTTERANCE_SECONDS",
+        240.0,
+        "A response predicted to play longer (from its text and speed) is refused as too_long.",
+        _between(1.0, 3600.0),
+    )
+    max_utterance_tokens: int = knob(
+        "MAX_UTTERANCE_TOKENS",
+        4000,
+        "A response whose phonemes come to more model tokens ends as too_long when it gets there.",
+        _at_least(1),
+    )
     trim_silence: bool = knob(
         "TRIM_SILENCE",
         True,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import attrs
 import pytest
 
 from krt.engine.pipeline import SpeechPipeline
-from krt.errors import ModelUnavailableError
+from krt.errors import ModelUnavailableError, SpeechError
 from krt.synth import packaged
 from krt.synth.backend import MAX_TOKENS
 from krt.synth.onnx_backend import OnnxBackend
@@ -68,6 +69,20 @@ def test_speech_through_krt_is_as_intelligible_as_the_raw_model(onnx_pipeline, t
     raw, ours = paired_word_error_rates(onnx_pipeline, transcribe)
     assert raw <= MAX_RAW_WORD_ERROR_RATE
     assert ours <= raw + MAX_WORD_ERROR_RATE_ABOVE_RAW, f"krt {ours:.3f} against the raw model's {raw:.3f}"
+
+
+def test_what_g2p_makes_of_a_long_number_is_bounded_in_model_tokens(onnx_pipeline, real_config):
+    """A hundred digits are under MAX_WORD_CHARS, but English reads them as ~2,000
+    phonemes: the token budget ends the response before the model spends anything on
+    them, after the sentence that fits was spoken."""
+    config = attrs.evolve(real_config, segments=attrs.evolve(real_config.segments, max_utterance_tokens=200))
+    pipeline = SpeechPipeline(onnx_pipeline.backend, config)
+    rendering = pipeline.rendering(pipeline.plan("Here it comes. " + "9" * 100 + " is the number."))
+    spoken = []
+    with pytest.raises(SpeechError) as caught:
+        spoken.extend(itertools.chain.from_iterable(rendering))  # keeps what came before the error
+    assert caught.value.code == "too_long"
+    assert_sounds_like_speech(b"".join(spoken), words=3)
 
 
 def test_numbers_money_and_times_are_spoken(onnx_pipeline, transcribe):

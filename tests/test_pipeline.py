@@ -101,6 +101,23 @@ def test_bad_requests_are_refused_before_any_model_work(kwargs, code):
     assert backend.token_counts == []
 
 
+def test_a_response_past_its_token_budget_ends_too_long_before_the_model_sees_the_rest():
+    backend = RecordingBackend()
+    first = "This first sentence is within the budget."
+    pipeline = SpeechPipeline(backend, make_config())
+    first_tokens = len(pipeline.tokenize_segment(first)[0].tokens)
+    limited = SpeechPipeline(backend, make_config(MAX_UTTERANCE_TOKENS=str(first_tokens + 5)))
+    rendering = limited.rendering(
+        limited.plan(f"{first} The second one takes it over. A third is never read.")
+    )
+    audio = []
+    with pytest.raises(SpeechError) as caught:
+        audio.extend(itertools.chain.from_iterable(rendering))  # keeps what came before the error
+    assert caught.value.code == "too_long" and "MAX_UTTERANCE_TOKENS" in caught.value.message
+    assert audio, "what fits the budget is spoken"
+    assert backend.token_counts == [first_tokens]
+
+
 def test_segments_over_the_context_are_split_until_they_fit():
     backend = RecordingBackend()
     pipeline = SpeechPipeline(backend, make_config(MAX_UTTERANCE_WORDS="1000"))

@@ -99,6 +99,25 @@ def test_exactly_the_word_limit_is_accepted():
     assert segmenter(MAX_UTTERANCE_WORDS="5").split("one two three four five")
 
 
+def test_a_word_over_the_character_limit_is_too_long_and_says_which_limit():
+    with pytest.raises(SpeechError) as caught:
+        segmenter().split("Please read " + "a." * 1000 + " aloud.")
+    assert caught.value.code == "too_long"
+    assert "2000 characters" in caught.value.message and "MAX_WORD_CHARS" in caught.value.message
+    assert segmenter(MAX_WORD_CHARS="10").split("exactly 10")  # a word of 10 is fine
+    with pytest.raises(SpeechError, match="MAX_WORD_CHARS"):
+        segmenter(MAX_WORD_CHARS="10").split("elevenchars")
+
+
+def test_text_predicted_to_play_too_long_is_refused_and_slower_speech_plays_longer():
+    text = "word " * 100  # 500 characters: about 32 s at speed 1
+    assert segmenter(MAX_UTTERANCE_SECONDS="40").split(text)
+    with pytest.raises(SpeechError) as caught:
+        segmenter(MAX_UTTERANCE_SECONDS="40").split(text, speed=0.5)
+    assert caught.value.code == "too_long"
+    assert "MAX_UTTERANCE_SECONDS" in caught.value.message
+
+
 def test_split_in_two_prefers_sentence_then_clause_ends_near_the_middle():
     assert split_in_two("Alpha beta gamma. Delta epsilon, zeta eta theta.") == (
         "Alpha beta gamma.",

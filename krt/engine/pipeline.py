@@ -176,7 +176,8 @@ class SpeechPipeline:
     def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
         resolved_voice = self.backend.voices.resolve(voice)
-        return SpeechPlan(resolved_voice, self.resolve_speed(speed), tuple(self.segmenter.split(text)))
+        resolved_speed = self.resolve_speed(speed)
+        return SpeechPlan(resolved_voice, resolved_speed, tuple(self.segmenter.split(text, resolved_speed)))
 
     def tokenize_segment(self, text: str) -> list[TokenizedSegment]:
         """Phonemes of one segment, split further until every piece fits the context."""
@@ -189,7 +190,14 @@ class SpeechPipeline:
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
 
     def render_segment(
-        self, plan: SpeechPlan, text: str, windows: WindowSizes, *, first: bool = True, last: bool = True
+        self,
+        plan: SpeechPlan,
+        text: str,
+        windows: WindowSizes,
+        *,
+        first: bool = True,
+        last: bool = True,
+        budget: TokenBudget | None = None,
     ) -> Generator[FloatAudio, None, None]:
         """Shaped float audio of one planned segment, a decoder window per step.
 
@@ -201,11 +209,15 @@ class SpeechPipeline:
         (``windows`` says how big) and yields what of it is final.
 
         Any failure on the way (G2P, voice styling, the model) fails this response as
-        ``synthesis_failed``; it must never take the engine loop with it.
+        ``synthesis_failed``; it must never take the engine loop with it. A response whose
+        tokens overrun ``budget`` ends as ``too_long`` before the model sees the piece
+        that overran it.
         """
         try:
             pieces = self.tokenize_segment(text)
             for index, piece in enumerate(pieces):
+                if budget is not None:
+                    budget.spend(len(piece.tokens))
                 style = self.backend.voices.style(plan.voice, len(piece.tokens))
                 prepared = self.backend.prepare(piece.tokens, style, plan.speed)
                 ends = last and index == len(pieces) - 1
@@ -262,6 +274,27 @@ class SpeechPipeline:
             yield from batch
 
 
+class TokenBudget:
+    """The model tokens one response may still spend (``MAX_UTTERANCE_TOKENS``).
+
+    The text limits are checked before G2P; this bounds what G2P makes of the text
+    (digits and symbols can come to many tokens per character) in the unit the model
+    pays for.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, tokens: int) -> None:
+        self.spent += tokens
+        if self.spent > self.limit:
+            raise SpeechError(
+                "too_long",
+                f"the input comes to more than {self.limit} phoneme tokens (MAX_UTTERANCE_TOKENS)",
+            )
+
+
 class Rendering:
     """One plan's PCM, made a batch at a time; iterate it on the model thread.
 
@@ -281,6 +314,7 @@ class Rendering:
         self._finished = False
         quanta = pipeline.config.scheduler
         self.windows = WindowSizes.from_bytes(quanta.priority_quantum_bytes, quanta.quantum_bytes)
+        self._budget = TokenBudget(pipeline.config.segments.max_utterance_tokens)
 
     @property
     def started(self) -> bool:
@@ -311,7 +345,7 @@ class Rendering:
                 text = self.plan.segments[self._next_segment]
                 first, last = self._next_segment == 0, self._next_segment == len(self.plan.segments) - 1
                 self._segment = self._pipeline.render_segment(
-                    self.plan, text, self.windows, first=first, last=last
+                    self.plan, text, self.windows, first=first, last=last, budget=self._budget
                 )
             audio = next(self._segment, None)
             if audio is None:

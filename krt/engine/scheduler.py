@@ -44,6 +44,7 @@ import trio
 
 from krt import PCM_BYTES_PER_SECOND
 from krt.engine.pipeline import PcmBatch, Rendering
+from krt.engine.segmenter import predicted_audio_seconds
 from krt.errors import SpeechError
 
 if TYPE_CHECKING:
@@ -68,9 +69,6 @@ WINDOW_SLACK_SHARE = 0.9
 player has left. (Dividing it among the started streams was measured worse: windows
 shrink to the minimum, whose context costs as much as the window, and near capacity
 the streams fall behind for good.)"""
-AUDIO_SECONDS_PER_CHAR = 0.065
-"""Kokoro speaks about 15 characters of English text per second at speed 1: how long a
-job not yet synthesized will take to play."""
 
 
 @attrs.define(eq=False)
@@ -117,7 +115,7 @@ class Job:
     def remaining_playback(self, now: float) -> float:
         """Seconds until its player would finish: what is buffered plus what is still to make."""
         buffered = max(0.0, self.deadline - now) if self.first_audio_at is not None else 0.0
-        return buffered + self.rendering.remaining_chars() * AUDIO_SECONDS_PER_CHAR / self.plan.speed
+        return buffered + predicted_audio_seconds(self.rendering.remaining_chars(), self.plan.speed)
 
     def has_room(self) -> bool:
         return self.send.statistics().current_buffer_used < JOB_BUFFER_BATCHES

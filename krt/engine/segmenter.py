@@ -26,6 +26,14 @@ SENTENCE_PUNCTUATION = ".!?…"
 TRAILING_CLOSERS = "\"'”’»)]}"
 MIN_FRAGMENT_WORDS = 3
 """Fewest words on either side of a first-segment cut."""
+AUDIO_SECONDS_PER_CHAR = 0.065
+"""Kokoro speaks about 15 characters of English text per second at speed 1: how long a
+text not yet synthesized will play, for admission, scheduling and the length limit alike."""
+
+
+def predicted_audio_seconds(text_chars: int, speed: float) -> float:
+    """How long ``text_chars`` characters of text will play at ``speed``, before any G2P."""
+    return text_chars * AUDIO_SECONDS_PER_CHAR / speed
 
 
 def split_sentences(text: str) -> list[str]:
@@ -69,20 +77,40 @@ class Segmenter:
     def _compile(self) -> re.Pattern[str]:
         return re.compile(self.config.split_pattern)
 
-    def check_length(self, text: str) -> None:
-        """Refuse text that is empty or longer than ``MAX_UTTERANCE_WORDS``."""
-        words = count_words(text)
-        if words == 0:
+    def check_length(self, text: str, speed: float = 1.0) -> None:
+        """Refuse text that is empty, or that would cost more than the limits allow.
+
+        All three are checked before any G2P, on the text alone: words, the longest word
+        (a single "word" of thousands of symbols is what makes G2P and the model spend
+        seconds on nothing), and the audio it will make. What G2P makes of the text is
+        bounded later, in tokens (``MAX_UTTERANCE_TOKENS``).
+        """
+        words = text.split()
+        config = self.config
+        if not words:
             raise SpeechError("invalid_input", "input has no words to speak")
-        if words > self.config.max_utterance_words:
+        if len(words) > config.max_utterance_words:
             raise SpeechError(
                 "too_long",
-                f"input has {words} words; the limit is {self.config.max_utterance_words} (MAX_UTTERANCE_WORDS)",
+                f"input has {len(words)} words; the limit is {config.max_utterance_words} (MAX_UTTERANCE_WORDS)",
+            )
+        longest = max(len(word) for word in words)
+        if longest > config.max_word_chars:
+            raise SpeechError(
+                "too_long",
+                f"input has a word of {longest} characters; the limit is {config.max_word_chars} (MAX_WORD_CHARS)",
+            )
+        seconds = predicted_audio_seconds(len(text), speed)
+        if seconds > config.max_utterance_seconds:
+            raise SpeechError(
+                "too_long",
+                f"input would play for about {seconds:.0f} s; the limit is "
+                f"{config.max_utterance_seconds:g} s (MAX_UTTERANCE_SECONDS)",
             )
 
-    def split(self, text: str) -> list[str]:
+    def split(self, text: str, speed: float = 1.0) -> list[str]:
         """Segments in speaking order; the first one short, the rest by the split pattern."""
-        self.check_length(text)
+        self.check_length(text, speed)
         pieces = [piece.strip() for piece in self._pattern.split(text) if piece and piece.strip()]
         first, rest = self._cut_first(pieces[0])
         return [first, *([rest] if rest else []), *pieces[1:]]
