@@ -21,7 +21,8 @@ import trio
 from krt import PCM_BYTES_PER_SECOND
 from krt.engine.facade import WARM_UP_TEXT, Engine
 from krt.engine.pipeline import SpeechPipeline, SpeechPlan
-from krt.engine.scheduler import AUDIO_SECONDS_PER_CHAR, CAPACITY_HEADROOM
+from krt.engine.scheduler import CAPACITY_HEADROOM
+from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR
 from krt.errors import SpeechError
 from krt.g2p import tokenize
 from krt.server.app import drain
