@@ -20,7 +20,7 @@ import trio.testing
 from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE
 from krt.engine.pipeline import SpeechPipeline
 from krt.engine.runner import ThreadRunner
-from krt.engine.scheduler import AHEAD_SECONDS, CAPACITY_HEADROOM
+from krt.engine.scheduler import CAPACITY_HEADROOM, JOB_BUFFER_SECONDS
 from krt.errors import SpeechError
 from krt.synth.fake_backend import FakeBackend
 from krt.synth.windows import SAMPLES_PER_FRAME
@@ -328,7 +328,7 @@ async def test_leaving_a_stream_stops_its_model_work_at_once(nursery, autojump_c
 
 
 async def test_an_unread_stream_is_not_computed_far_ahead_and_holds_up_no_one(nursery, autojump_clock):
-    _config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.1)
+    config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.1)
     bravo = Player()
     async with engine.stream(engine.plan(long_text("alpha", 6)), "alpha"):  # never read
         await play(engine, engine.plan(long_text("bravo", 2)), bravo)
@@ -339,9 +339,11 @@ async def test_an_unread_stream_is_not_computed_far_ahead_and_holds_up_no_one(nu
             if w.owner == "alpha"
         )
     assert bravo.stalls() == []
-    # Alpha made at most AHEAD_SECONDS beyond what a player would have played by now,
-    # or JOB_BUFFER_BATCHES windows, whichever came first, not its whole 40 s.
-    assert made < AHEAD_SECONDS + 3.5 * 4
+    # Alpha's reader took nothing, so alpha made JOB_BUFFER_SECONDS beyond one window,
+    # and at most the one window that crossed that line (up to 1.5 windows where it
+    # takes in the end of a segment): under 9 s, not its whole 40 s.
+    largest = config.scheduler.quantum_bytes / PCM_BYTES_PER_SECOND  # SCHED_QUANTUM_BYTES
+    assert made <= JOB_BUFFER_SECONDS + largest + 1.5 * largest
 
 
 async def test_a_model_failure_ends_that_stream_with_synthesis_failed_and_the_engine_goes_on(

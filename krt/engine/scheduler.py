@@ -56,9 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOB_BUFFER_BATCHES = 8
-"""Batches a job may have waiting for its session before it gets no more turns, so a
-slow client holds back only its own stream, never the engine."""
+JOB_BUFFER_SECONDS = 1.0
+"""Audio a job may have waiting for its session, beyond one window of its largest size,
+before it gets no more turns: a slow client holds back only its own stream, never the
+engine. In seconds, not batches (a batch is a decoder window, ~1 s to 3 s of audio); the
+window is allowed for because a window sits unread from its delivery until the reader's
+task runs, and a stream must not lose its turn to that."""
 AHEAD_SECONDS = 8.0
 """A started job gets no turn while its player has more than this much audio ahead."""
 CAPACITY_HEADROOM = 1.25
@@ -87,6 +90,8 @@ class Job:
     first_audio_at: float | None = None
     audio_made: float = 0.0
     """Seconds of audio made so far."""
+    unread_seconds: float = 0.0
+    """Seconds of audio delivered to the job and not yet taken by its reader."""
 
     @property
     def plan(self) -> SpeechPlan:
@@ -118,7 +123,7 @@ class Job:
         return buffered + predicted_audio_seconds(self.rendering.remaining_chars(), self.plan.speed)
 
     def has_room(self) -> bool:
-        return self.send.statistics().current_buffer_used < JOB_BUFFER_BATCHES
+        return self.unread_seconds < JOB_BUFFER_SECONDS + self.rendering.windows.largest_seconds
 
     def __aiter__(self) -> Job:
         return self
@@ -129,9 +134,10 @@ class Job:
             item = await self.receive.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
-        self.wake_engine()  # there is room again: the job may be due a turn
         if isinstance(item, SpeechError):
             raise item
+        self.unread_seconds = max(0.0, self.unread_seconds - _batch_seconds(item))
+        self.wake_engine()  # there is room again: the job may be due a turn
         return item
 
 
@@ -267,8 +273,8 @@ class Scheduler:
         the last chunk read, a cancel scope, a disconnect — withdraws the job: nothing
         more is computed for it and anything still in flight is discarded.
         """
-        # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_BATCHES
-        # wait, so it never holds more than that plus one window.
+        # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_SECONDS
+        # of audio wait, so it never holds more than that plus one window.
         send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
         job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon)
         self._admit(job)
@@ -314,7 +320,9 @@ class Scheduler:
             return
         if job.first_audio_at is None:
             job.first_audio_at = trio.current_time()
-        job.audio_made += _batch_seconds(batch)
+        seconds = _batch_seconds(batch)
+        job.audio_made += seconds
+        job.unread_seconds += seconds
         job.send.send_nowait(batch)
 
     def _turn(self, job: Job) -> TurnResult:

@@ -18,7 +18,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed
 
-from krt import protocol
+from krt import PCM_BYTES_PER_SECOND, protocol
 from krt.engine.facade import PcmBatch
 from krt.server.responses import Response
 
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTBOX_ITEMS = 64
+OUTBOX_AUDIO_SECONDS = 1.0
+"""Audio queued for the socket beyond which the synth task waits: with the engine's own
+``JOB_BUFFER_SECONDS``, what a client that stops reading costs the model is a few seconds
+of its own audio, never more (the rest is its kernel's buffers)."""
 CLOSE_TIMEOUT_S = 1.0
 """A client that never reads must not hold a close (or a drain) for longer than this."""
 
@@ -80,6 +84,9 @@ class Outbox:
         self._on_last_event_sent = on_last_event_sent
         self._peer = peer
         self._send, self._receive = trio.open_memory_channel[Outgoing](OUTBOX_ITEMS)
+        self._audio_queued = 0
+        """PCM bytes in the queue, not yet taken by the writer."""
+        self._audio_taken = trio.Event()
         self.done = trio.Event()
         """Set once the writer has stopped, for whatever reason."""
 
@@ -89,6 +96,14 @@ class Outbox:
         await self._send.send(EventOut(protocol.encode(event), droppable_for, ends))
 
     async def audio(self, response: Response, batch: PcmBatch) -> None:
+        """Queue one batch; waits while ``OUTBOX_AUDIO_SECONDS`` of audio are queued
+        already (one batch always goes in, however large)."""
+        size = sum(map(len, batch))
+        while self._audio_queued and self._audio_queued + size > OUTBOX_AUDIO_SECONDS * PCM_BYTES_PER_SECOND:
+            if self._audio_taken.is_set():
+                self._audio_taken = trio.Event()
+            await self._audio_taken.wait()
+        self._audio_queued += size
         await self._send.send(AudioOut(response, batch))
 
     async def close_after_queued(self, code: int) -> None:
@@ -149,6 +164,8 @@ class Outbox:
                     if item.ends is not None:
                         self._on_last_event_sent(item.ends)
                 continue
+            self._audio_queued -= sum(map(len, item.chunks))
+            self._audio_taken.set()
             if item.response.canceled:
                 continue
             if buffered_for is not item.response:
