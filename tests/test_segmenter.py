@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from krt.engine.segmenter import Segmenter, split_in_two
+from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR, Segmenter, split_in_two
 from krt.errors import SpeechError
 from tests.conftest import make_config
 
@@ -133,3 +135,20 @@ def test_split_in_two_without_punctuation_cuts_near_the_middle_word():
 
 def test_split_in_two_of_a_single_word_cuts_characters():
     assert split_in_two("abcdef") == ("abc", "def")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=600), st.floats(min_value=0.5, max_value=2.0))
+def test_any_text_is_refused_clearly_or_split_without_losing_a_word(text, speed):
+    config = make_config(MAX_UTTERANCE_WORDS="40", MAX_WORD_CHARS="16", MAX_UTTERANCE_SECONDS="20").segments
+    try:
+        segments, refused = Segmenter(config).split(text, speed), None
+    except SpeechError as error:
+        segments, refused = [], error.code
+    words = text.split()
+    if refused is not None:
+        assert refused in ("too_long", "invalid_input")
+        return
+    assert [word for segment in segments for word in segment.split()] == words
+    assert 0 < len(words) <= 40 and max(map(len, words)) <= 16
+    assert len(text) * AUDIO_SECONDS_PER_CHAR / speed <= 20
