@@ -142,7 +142,7 @@ class SegmentConfig:
     )
     max_utterance_tokens: int = knob(
         "MAX_UTTERANCE_TOKENS",
-        4000,
+        3300,
         "A response whose phonemes come to more model tokens ends as too_long when it gets there.",
         _at_least(1),
     )
