@@ -23,6 +23,7 @@ import attrs
 from krt import SAMPLE_RATE
 from krt.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment, trim_silence
 from krt.engine.segmenter import Segmenter, ends_sentence, split_in_two
+from krt.normalize import normalize
 from krt.errors import SpeechError
 from krt.g2p import Phonemizer, tokenize
 from krt.synth.backend import MAX_TOKENS, Backend
@@ -182,7 +183,8 @@ class SpeechPipeline:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
         resolved_voice = self.backend.voices.resolve(voice)
         resolved_speed = self.resolve_speed(speed)
-        return SpeechPlan(resolved_voice, resolved_speed, tuple(self.segmenter.split(text, resolved_speed)))
+        spoken = normalize(text).text  # the limits apply to what will be spoken
+        return SpeechPlan(resolved_voice, resolved_speed, tuple(self.segmenter.split(spoken, resolved_speed)))
 
     def tokenize_segment(self, text: str) -> list[TokenizedSegment]:
         """Phonemes of one segment, split further until every piece fits the context."""
