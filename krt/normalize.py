@@ -180,6 +180,15 @@ def _iso_date(match: re.Match[str]) -> str:
     return f"{MONTHS[month - 1]} {day}, {year}"
 
 
+def _slashed_date(match: re.Match[str]) -> str:
+    """Month first as in the US, unless the first number cannot be a month."""
+    first, second, year = (int(part) for part in match.group(0).split("/"))
+    month, day = (first, second) if first <= 12 else (second, first)
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return match.group(0).replace("/", " ")
+    return f"{MONTHS[month - 1]} {day}, {year}"
+
+
 def _nothing(_match: re.Match[str]) -> str:
     return ""
 
@@ -210,6 +219,7 @@ RULES: tuple[tuple[str, Speaker], ...] = (
     ),
     # Numbers misaki misreads.
     (r"\b\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b", _iso_date),
+    (r"\b\d{1,2}/\d{1,2}/\d{4}\b", _slashed_date),
     (
         r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b|\b\d{3}-\d{4}\b",
         _phone,

@@ -30,6 +30,10 @@ from krt.normalize import MAX_SPOKEN_DIGITS, normalize
             "It is 50 percent off, 5 kilometers away at 30 degrees Celsius.",
         ),
         ("On 2024-03-15 we met.", "On March 15, 2024 we met."),
+        (
+            "Due 3/15/2024 or 15/3/2024, not 13/13/2024.",
+            "Due March 15, 2024 or March 15, 2024, not 13 13 2024.",
+        ),
         ("snake_case stays, _emphasis_ goes", "snake_case stays, emphasis goes"),
         (
             "It costs $42.50 at 3:30 PM, in 2026.",

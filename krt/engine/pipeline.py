@@ -23,9 +23,9 @@ import attrs
 from krt import SAMPLE_RATE
 from krt.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment, trim_silence
 from krt.engine.segmenter import Segmenter, ends_sentence, split_in_two
-from krt.normalize import normalize
 from krt.errors import SpeechError
 from krt.g2p import Phonemizer, tokenize
+from krt.normalize import normalize
 from krt.synth.backend import MAX_TOKENS, Backend
 from krt.synth.windows import (
     CONTEXT_FRAMES,
