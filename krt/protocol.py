@@ -375,9 +375,16 @@ def decode_client_event(message: str | bytes, max_bytes: int) -> ClientEvent:
     try:
         return cast("ClientEvent", _structure(obj, ClientEvent, event_type))
     except ProtocolError as exc:
-        if event_type == ResponseCreate.TYPE and isinstance(obj.get("response_id"), str):
-            exc.response_id = obj["response_id"]
+        exc.response_id = _created_id(obj)
         raise
+
+
+def _created_id(obj: object) -> str | None:
+    """The ``response_id`` of a ``response.create`` object, when it is readable."""
+    if not isinstance(obj, dict) or obj.get("type") != ResponseCreate.TYPE:
+        return None
+    response_id = obj.get("response_id")
+    return response_id if isinstance(response_id, str) else None
 
 
 def _created_response(message: str) -> tuple[str | None, str | None]:
@@ -390,8 +397,7 @@ def _created_response(message: str) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(obj, dict) or obj.get("type") != ResponseCreate.TYPE:
         return None, None
-    response_id = obj.get("response_id")
-    return ResponseCreate.TYPE, response_id if isinstance(response_id, str) else None
+    return ResponseCreate.TYPE, _created_id(obj)
 
 
 def decode_server_event(message: str) -> ServerEvent:
