@@ -183,7 +183,10 @@ class WebSocketConfig:
         "WS_FLUSH_EVERY", 10, "Flush after this many engine chunks regardless.", _at_least(1)
     )
     send_timeout: float = knob(
-        "WS_SEND_TIMEOUT", 5.0, "Longest a single send may take (seconds).", _at_least(0.01)
+        "WS_SEND_TIMEOUT",
+        5.0,
+        "Longest a send may block, or audio go unacknowledged by the client, before it is dropped (seconds).",
+        _at_least(0.01),
     )
     long_send_log_ms: int = knob("WS_LONG_SEND_LOG_MS", 200, "Warn when a send takes longer.", _at_least(0))
 

@@ -125,9 +125,10 @@ class ClockedFake(FakeBackend):
     (context included, as ``compute_ratio`` counts them) × ``ratio`` with
     ``MockClock.jump``, where the plain fake would sleep on the real clock: compute times
     are then exact, and the Trio loop is blocked for them just as an inline model blocks
-    it. The front end (``prepare``) is free. ``computed`` adds up the seconds so far, and
-    ``windows`` notes each window's segment (its lower-cased text) and seconds. With no
-    clock nothing is jumped: it only tallies what a rendering costs on this model.
+    it. The front end (``prepare``) is free. ``computed`` adds up the seconds so far,
+    ``made`` the seconds of audio decoded (context left out), and ``windows`` notes each
+    window's segment (its lower-cased text) and seconds. With no clock nothing is jumped:
+    it only tallies what a rendering costs on this model.
     """
 
     def __init__(self, clock: MockClock | None, ratio: float) -> None:
@@ -135,6 +136,7 @@ class ClockedFake(FakeBackend):
         self.clock = clock
         self.ratio = ratio
         self.computed = 0.0
+        self.made = 0.0
         self.windows: list[tuple[str, float]] = []
         self._symbols = {token: symbol for symbol, token in self.vocab.items()}
         self._texts: weakref.WeakKeyDictionary[PreparedSegment, str] = weakref.WeakKeyDictionary()
@@ -150,6 +152,7 @@ class ClockedFake(FakeBackend):
         if self.clock is not None:
             self.clock.jump(seconds)
         self.computed += seconds
+        self.made += (stop - start) * SAMPLES_PER_FRAME / SAMPLE_RATE
         self.windows.append((self._texts[segment], seconds))
         return audio
 

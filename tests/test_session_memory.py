@@ -8,13 +8,20 @@ so a cancel or a disconnect lands while its audio is still being made.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
+import wsproto
+import wsproto.events
 
+from krt import PCM_BYTES_PER_SECOND
+from krt.protocol import WS_PATH
+from krt.server.outbox import READ_CHECK_SECONDS
 from krt.synth.fake_backend import FakeBackend
-from tests.fakes import ClockedFake, CrashingPhonemizer, MemoryClient
+from tests.fakes import ClockedFake, CrashingPhonemizer, MemoryClient, ServerSide
 from tests.inline_engine import LONG_TEXT, expected_pcm, metrics_lines, start_state
 
 if TYPE_CHECKING:
@@ -259,3 +266,48 @@ async def test_an_abrupt_disconnect_settles_everything_and_frees_the_engine(
         assert all(record["canceled"] is True for record in records.values())
         await trio.sleep(5)  # virtual: the model is not still working for the vanished client
         assert backend.computed == computed_at_end
+
+
+async def wire_events(stream: trio.abc.Stream, ws: wsproto.WSConnection) -> list[wsproto.events.Event]:
+    """The next events from the server, as a raw WebSocket client sees them (pongs included)."""
+    data = await stream.receive_some()
+    ws.receive_data(data or None)
+    return list(ws.events())
+
+
+async def test_every_ping_reaches_the_client_before_the_event_that_ends_its_response(
+    nursery, tmp_path, autojump_clock
+):
+    """Clients close on ``response.completed``; some fail on a ping that comes after their
+    close (trio-websocket, python-trio/trio-websocket#184), so none may."""
+    with trio.fail_after(120):
+        state = await start_state(nursery, tmp_path, ClockedFake(autojump_clock, ratio=0.1))
+        server_stream, stream = trio.testing.memory_stream_pair()
+        await nursery.start(ServerSide().serve, server_stream, state)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        await stream.send_all(ws.send(wsproto.events.Request(host="krt.test", target=WS_PATH)))
+        assert isinstance((await wire_events(stream, ws))[0], wsproto.events.AcceptConnection)
+
+        seen: list[str] = []
+        for n in range(5):  # the order of tasks is random in Trio: a race shows in a few rounds
+            create = {"type": "response.create", "response_id": f"r{n}", "input": SHORT_TEXT}
+            await stream.send_all(ws.send(wsproto.events.TextMessage(json.dumps(create))))
+            while seen.count("response.completed") <= n:
+                for event in await wire_events(stream, ws):
+                    if isinstance(event, wsproto.events.Ping):
+                        seen.append("ping")
+                        await stream.send_all(ws.send(event.response()))
+                    elif isinstance(event, wsproto.events.TextMessage):
+                        seen.append(json.loads(event.data)["type"])
+        await stream.send_all(ws.send(wsproto.events.CloseConnection(code=1000)))
+        while "CloseConnection" not in seen:
+            seen.extend(type(event).__name__ for event in await wire_events(stream, ws))
+
+        audio_seconds = len(expected_pcm(state, SHORT_TEXT)) / PCM_BYTES_PER_SECOND
+        # A ping after each READ_CHECK_SECONDS of audio, give or take a frame of it.
+        assert seen.count("ping") >= 5 * int(audio_seconds / (2 * READ_CHECK_SECONDS))
+        rounds = "|".join(seen).split("response.completed")
+        for audio in rounds[:-1]:  # the last audio is acknowledged too...
+            assert "ping" in audio.split("response.output_audio.delta")[-1]
+        for after in rounds[1:]:  # ...and nothing comes between a completion and what follows
+            assert after.split("|")[1] in ("response.created", "CloseConnection")

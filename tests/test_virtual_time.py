@@ -448,6 +448,69 @@ async def test_drain_returns_as_soon_as_its_sessions_are_closed(nursery, tmp_pat
 # -- send timeout -----------------------------------------------------------------------
 
 
+async def test_a_client_that_stops_reading_costs_only_itself_however_much_its_socket_buffers(
+    nursery, tmp_path, autojump_clock
+):
+    """The memory streams under these clients take every byte at once, as a kernel's
+    socket buffers take a minute of PCM: only what the client acknowledges reading (its
+    pongs) counts as read, so a client that stops reading holds its stream back after a
+    few seconds of audio, and while it stays attached the others stream exactly as fast
+    as they would without it."""
+    ratio = 0.25
+
+    async def bravo_speaks(state: ServerState) -> list[float]:
+        """When each of bravo's deltas arrived, counted from its request."""
+        bravo = await MemoryClient.connect(nursery, state)
+        asked = trio.current_time()
+        await bravo.send("response.create", response_id="bravo", input=LONG_TEXT)
+        await bravo.receive_until("response.completed", "bravo")
+        assert bytes(bravo.audio["bravo"]) == expected_pcm(state, LONG_TEXT)
+        return [
+            arrived - asked
+            for arrived, event in zip(bravo.arrivals, bravo.events, strict=True)
+            if event["type"] == "response.output_audio.delta"
+        ]
+
+    with trio.fail_after(300):
+        alone_backend = ClockedFake(autojump_clock, ratio)
+        alone = await bravo_speaks(await start_state(nursery, tmp_path, alone_backend))
+
+        backend = ClockedFake(autojump_clock, ratio)
+        state = await start_state(nursery, tmp_path, backend, WS_SEND_TIMEOUT="600")
+        alpha = await MemoryClient.connect(nursery, state)  # never reads after this
+        await alpha.send("response.create", response_id="alpha", input=f"{LONG_TEXT} {LONG_TEXT} {LONG_TEXT}")
+        await trio.sleep(30)  # virtual: long enough to compute all 75 s of it, unbounded
+        alpha_made = backend.made
+        # Its first two windows (1.2 s, then up to twice that), not 75 s: the second
+        # window was due while the first was still in flight, the third never was.
+        first_window = state.config.scheduler.priority_quantum_bytes / PCM_BYTES_PER_SECOND
+        assert 0 < alpha_made <= first_window + 2 * first_window
+
+        beside_alpha = await bravo_speaks(state)
+        assert not alpha.ended.is_set()  # attached all along
+        assert beside_alpha == pytest.approx(alone, abs=TICK)
+        assert backend.made == pytest.approx(alpha_made + alone_backend.made)
+
+
+async def test_a_client_whose_pongs_stop_is_dropped_ws_send_timeout_after_its_audio_went_unread(
+    nursery, tmp_path, autojump_clock
+):
+    with trio.fail_after(30):
+        state = await start_state(nursery, tmp_path, ClockedFake(autojump_clock, 0.25), WS_SEND_TIMEOUT="2")
+        alpha = await MemoryClient.connect(nursery, state)
+        await alpha.send("response.create", response_id="alpha", input=LONG_TEXT)
+        await alpha.receive_until("response.output_audio.delta", "alpha")
+        assert alpha.session is not None
+        response = alpha.session.responses.get("alpha")
+        assert response is not None and response.first_audio_at is not None
+        # The reader holds the first audio: nothing after it is read, not even a pong.
+        # Everything the server writes still goes through (the memory stream takes it all).
+        await alpha.ended.wait()
+        assert alpha.ended_at == pytest.approx(response.first_audio_at + 2, abs=TICK)
+        assert state.in_flight.count == 0
+        assert state.engine is not None and state.engine.statistics().active == 0
+
+
 async def test_a_client_that_stops_reading_is_dropped_after_ws_send_timeout_and_others_go_on(
     nursery, tmp_path, autojump_clock
 ):

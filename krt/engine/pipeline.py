@@ -84,11 +84,6 @@ class WindowSizes:
         self.frames_decoded = 0
         """Frames decoded so far, context included: what the compute is measured against."""
 
-    @property
-    def largest_seconds(self) -> float:
-        """Audio of the largest window this schedule asks for."""
-        return self._max * SAMPLES_PER_FRAME / SAMPLE_RATE
-
     @classmethod
     def from_bytes(cls, first_bytes: int, max_bytes: int) -> WindowSizes:
         per_frame = SAMPLES_PER_FRAME * 2

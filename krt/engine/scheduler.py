@@ -57,11 +57,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_BUFFER_SECONDS = 1.0
-"""Audio a job may have waiting for its session, beyond one window of its largest size,
-before it gets no more turns: a slow client holds back only its own stream, never the
-engine. In seconds, not batches (a batch is a decoder window, ~1 s to 3 s of audio); the
-window is allowed for because a window sits unread from its delivery until the reader's
-task runs, and a stream must not lose its turn to that."""
+"""Audio a job may have made and not yet seen taken, besides its latest window, before it
+gets no more turns: a slow client holds back only its own stream, never the engine. In
+seconds, not batches (a batch is a decoder window, ~1 s to 3 s of audio). The latest
+window is left out because it sits untaken from its delivery until its reader (or,
+through the server, its client) has it, and a stream must not lose its turn to that: a
+reader that keeps up is never held back, and one that takes nothing costs the first two
+windows (3.6 s of audio with the default window sizes). *Taken* is when the job is
+iterated, unless its reader hands the audio on and says when it is taken further down
+(:meth:`Job.taken_downstream`)."""
 AHEAD_SECONDS = 8.0
 """A started job gets no turn while its player has more than this much audio ahead."""
 CAPACITY_HEADROOM = 1.25
@@ -91,7 +95,9 @@ class Job:
     audio_made: float = 0.0
     """Seconds of audio made so far."""
     unread_seconds: float = 0.0
-    """Seconds of audio delivered to the job and not yet taken by its reader."""
+    """Seconds of audio delivered to the job and not yet taken (see JOB_BUFFER_SECONDS)."""
+    latest_batch_seconds: float = 0.0
+    _taken_on_read: bool = True
 
     @property
     def plan(self) -> SpeechPlan:
@@ -123,7 +129,19 @@ class Job:
         return buffered + predicted_audio_seconds(self.rendering.remaining_chars(), self.plan.speed)
 
     def has_room(self) -> bool:
-        return self.unread_seconds < JOB_BUFFER_SECONDS + self.rendering.windows.largest_seconds
+        return self.unread_seconds - self.latest_batch_seconds < JOB_BUFFER_SECONDS
+
+    def taken_downstream(self) -> None:
+        """From now on audio counts as unread until :meth:`taken` says so, not when the job
+        is iterated: the server calls it so that a job's buffer ends at the client (audio
+        the client has acknowledged reading), not at the session, and audio waiting in
+        socket buffers for a client that stopped reading still holds its job back."""
+        self._taken_on_read = False
+
+    def taken(self, seconds: float) -> None:
+        """``seconds`` of this job's audio have reached whoever it was for."""
+        self.unread_seconds = max(0.0, self.unread_seconds - seconds)
+        self.wake_engine()  # there is room again: the job may be due a turn
 
     def __aiter__(self) -> Job:
         return self
@@ -136,8 +154,8 @@ class Job:
             raise StopAsyncIteration from None
         if isinstance(item, SpeechError):
             raise item
-        self.unread_seconds = max(0.0, self.unread_seconds - _batch_seconds(item))
-        self.wake_engine()  # there is room again: the job may be due a turn
+        if self._taken_on_read:
+            self.taken(_batch_seconds(item))
         return item
 
 
@@ -323,6 +341,7 @@ class Scheduler:
         seconds = _batch_seconds(batch)
         job.audio_made += seconds
         job.unread_seconds += seconds
+        job.latest_batch_seconds = seconds
         job.send.send_nowait(batch)
 
     def _turn(self, job: Job) -> TurnResult:

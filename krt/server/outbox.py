@@ -7,10 +7,21 @@ frames by the ``WS_*`` knobs, sends the primer before a response's first audio w
 that was cancelled after they were queued, so nothing of a cancelled response can follow
 its ``response.canceled``. A client that stops reading for ``WS_SEND_TIMEOUT`` or closes
 the socket ends the outbox; the session then ends too, and only that session.
+
+What the client has *read* is known from WebSocket pings: after every
+``READ_CHECK_SECONDS`` of audio written, and after the last audio before the writer
+idles, a ping goes out behind it, and the client's pong (which every WebSocket client
+sends as it reads through its frames in order) proves it has read everything before.
+Audio counts as taken only then, and not when the kernel accepted it: socket buffers
+hold a minute of PCM or more, so a client that never reads would otherwise keep its
+stream computing (and the other streams waiting) until they filled. A client that has
+left audio unacknowledged for ``WS_SEND_TIMEOUT`` is dropped like one whose send blocks.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -36,6 +47,9 @@ OUTBOX_AUDIO_SECONDS = 1.0
 """Audio queued for the socket beyond which the synth task waits: with the engine's own
 ``JOB_BUFFER_SECONDS``, what a client that stops reading costs the model is a few seconds
 of its own audio, never more (the rest is its kernel's buffers)."""
+READ_CHECK_SECONDS = 0.25
+"""Audio written between two pings: how finely a client's reading is followed. At most
+four small frames a second of audio; a finer grain would only add frames."""
 CLOSE_TIMEOUT_S = 1.0
 """A client that never reads must not hold a close (or a drain) for longer than this."""
 
@@ -86,9 +100,20 @@ class Outbox:
         self._send, self._receive = trio.open_memory_channel[Outgoing](OUTBOX_ITEMS)
         self._audio_queued = 0
         """PCM bytes in the queue, not yet taken by the writer."""
-        self._audio_taken = trio.Event()
+        self._audio_dequeued = trio.Event()
         self.done = trio.Event()
         """Set once the writer has stopped, for whatever reason."""
+        self._frame_numbers = itertools.count(1)
+        self._unread: collections.deque[tuple[int, Response, int]] = collections.deque()
+        """(frame number, response, PCM bytes) of the audio frames written and not yet
+        acknowledged, oldest first."""
+        self._unread_since: float | None = None
+        """When the client last acknowledged anything, or when the oldest unacknowledged
+        frame was written if later; None while nothing is unacknowledged."""
+        self._unread_pending = trio.Event()
+        self._unpinged_bytes = 0
+        self._ping_payloads = itertools.count(1)
+        self._checks: trio.Nursery | None = None
 
     async def event(
         self, event: protocol.ServerEvent, droppable_for: Response | None = None, ends: Response | None = None
@@ -100,9 +125,9 @@ class Outbox:
         already (one batch always goes in, however large)."""
         size = sum(map(len, batch))
         while self._audio_queued and self._audio_queued + size > OUTBOX_AUDIO_SECONDS * PCM_BYTES_PER_SECOND:
-            if self._audio_taken.is_set():
-                self._audio_taken = trio.Event()
-            await self._audio_taken.wait()
+            if self._audio_dequeued.is_set():
+                self._audio_dequeued = trio.Event()
+            await self._audio_dequeued.wait()
         self._audio_queued += size
         await self._send.send(AudioOut(response, batch))
 
@@ -116,14 +141,89 @@ class Outbox:
             await self.ws.aclose(code)
 
     async def run(self) -> None:
-        """Write until ``Close`` or the connection fails; ``done`` is set either way."""
+        """Write until ``Close``, the connection fails or the client stops reading;
+        ``done`` is set either way."""
         try:
-            async with self._receive:
-                await self._write_all()
-        except ConnectionClosed:
-            log.info("%s: connection closed while sending", self._peer)
+            async with self._receive, trio.open_nursery() as checks:
+                self._checks = checks
+                checks.start_soon(self._drop_when_not_reading, checks.cancel_scope)
+                try:
+                    await self._write_all()
+                except ConnectionClosed:
+                    log.info("%s: connection closed while sending", self._peer)
+                finally:
+                    checks.cancel_scope.cancel(reason="outbox stopped")
         finally:
             self.done.set()
+
+    # -- what the client has read --------------------------------------------------------
+
+    async def _written(self, response: Response, pcm_bytes: int) -> None:
+        """Note an audio frame on the wire, and ping behind it when it is due."""
+        if not self._unread:
+            self._unread_since = trio.current_time()
+            self._unread_pending.set()
+        self._unread.append((next(self._frame_numbers), response, pcm_bytes))
+        self._unpinged_bytes += pcm_bytes
+        if self._unpinged_bytes >= READ_CHECK_SECONDS * PCM_BYTES_PER_SECOND:
+            await self._ping_behind_last_frame()
+
+    async def _ping_behind_last_frame(self) -> None:
+        """Ask the client to acknowledge every frame written so far (if any is unasked).
+
+        The ping must be on the wire before whatever the writer sends next: a client
+        that closes on ``response.completed`` must not be sent a ping after it, since
+        some clients (trio-websocket, python-trio/trio-websocket#184) fail when a ping
+        reaches them after their close. ``start`` returns once the pinging task has
+        queued its frame on the connection's send lock, which is first in, first out.
+        """
+        if not self._unpinged_bytes or not self._unread or self._checks is None:
+            return
+        self._unpinged_bytes = 0
+        payload = next(self._ping_payloads).to_bytes(8, "big")
+        await self._checks.start(self._await_pong, self._unread[-1][0], payload)
+
+    async def _await_pong(
+        self, frame: int, payload: bytes, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()  # runs on, without a checkpoint, into the send of the ping
+        try:
+            await self.ws.ping(payload)
+        except ConnectionClosed:
+            return
+        self._acknowledged(frame)
+
+    def _acknowledged(self, through_frame: int) -> None:
+        """The client has read every frame up to ``through_frame``: its audio is taken."""
+        progressed = False
+        while self._unread and self._unread[0][0] <= through_frame:
+            _frame, response, pcm_bytes = self._unread.popleft()
+            response.on_audio_taken(pcm_bytes / PCM_BYTES_PER_SECOND)
+            progressed = True
+        if progressed:
+            self._unread_since = trio.current_time() if self._unread else None
+
+    async def _drop_when_not_reading(self, outbox_scope: trio.CancelScope) -> None:
+        """End the outbox once audio has gone unacknowledged for ``WS_SEND_TIMEOUT``."""
+        timeout = self._websocket.send_timeout
+        while True:
+            since = self._unread_since
+            if since is None:
+                self._unread_pending = trio.Event()
+                await self._unread_pending.wait()
+                continue
+            if trio.current_time() >= since + timeout:
+                log.warning(
+                    "%s: no audio read for WS_SEND_TIMEOUT=%ss (%.1f s unacknowledged); dropping the client",
+                    self._peer,
+                    timeout,
+                    sum(pcm_bytes for _frame, _response, pcm_bytes in self._unread) / PCM_BYTES_PER_SECOND,
+                )
+                outbox_scope.cancel(reason="client not reading")
+                return
+            await trio.sleep_until(since + timeout)
+
+    # -- writing --------------------------------------------------------------------------
 
     async def _write_all(self) -> None:
         buffered: list[bytes] = []
@@ -141,12 +241,14 @@ class Outbox:
             if response.first_audio_at is None:
                 response.first_audio_at = trio.current_time()
             response.audio_bytes += len(pcm)
+            await self._written(response, len(pcm))
 
         while True:
             try:
                 item = self._receive.receive_nowait()
             except trio.WouldBlock:
                 await flush()  # nothing more is ready right now: never sit on audio
+                await self._ping_behind_last_frame()  # and have the last of it acknowledged
                 try:
                     item = await self._receive.receive()
                 except trio.EndOfChannel:
@@ -159,13 +261,14 @@ class Outbox:
                 return
             if isinstance(item, EventOut):
                 await flush()
+                await self._ping_behind_last_frame()  # before the event: it may end a response
                 if item.droppable_for is None or not item.droppable_for.canceled:
                     await self._write(item.text)
                     if item.ends is not None:
                         self._on_last_event_sent(item.ends)
                 continue
             self._audio_queued -= sum(map(len, item.chunks))
-            self._audio_taken.set()
+            self._audio_dequeued.set()
             if item.response.canceled:
                 continue
             if buffered_for is not item.response:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -57,6 +58,9 @@ class Response:
     first_audio_at: float | None = None
     audio_bytes: int = 0
     queue_seconds: float = 0.0
+    on_audio_taken: Callable[[float], None] = lambda _seconds: None
+    """Told the seconds of audio each time the client acknowledges reading some (the
+    engine job's :meth:`~krt.engine.scheduler.Job.taken` while it is synthesizing)."""
 
     @property
     def canceled(self) -> bool:

@@ -261,6 +261,8 @@ class Session:
     async def _speak(self, response: Response) -> None:
         try:
             async with self.engine.stream(response.plan, response.response_id) as job:
+                job.taken_downstream()
+                response.on_audio_taken = job.taken
                 async for batch in job:
                     response.queue_seconds = job.queue_seconds or 0.0
                     await self.outbox.audio(response, batch)
