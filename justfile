@@ -59,6 +59,10 @@ bench-engine *args: setup
 serve *args: setup
     {{bin}}/krt serve "$@"
 
+# The operator console, attached to the server started from this directory, e.g. just console --socket PATH
+console *args: setup
+    {{bin}}/krt console "$@"
+
 # Rolling summaries of logs/metrics.log, e.g. just metrics --periods 1h,24h
 metrics *args: setup
     {{bin}}/krt metrics "$@"

@@ -23,6 +23,7 @@ COMMANDS = {
     "warmup": ("krt.tools.warmup", "warm a running server up with a few responses"),
     "tpm": ("krt.tools.tpm", "transactions per minute against a running server"),
     "metrics": ("krt.metrics.report", "rolling summaries of logs/metrics.log"),
+    "console": ("console.cli", "the operator console, attached to a running server's admin socket"),
 }
 BENCHES = {
     "engine": ("krt.bench.engine_bench", "the engine floor: load, whole sentence vs first window, xRT, RSS"),

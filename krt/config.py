@@ -241,6 +241,11 @@ class ServerConfig:
         "KRT_DRAIN_SECONDS", 30.0, "On SIGTERM/SIGINT, how long in-flight responses may finish.", _at_least(0)
     )
     metrics_log: Path = knob("KRT_METRICS_LOG", Path("logs/metrics.log"), "One JSON line per response.")
+    admin_socket: str = knob(
+        "KRT_ADMIN_SOCKET",
+        "run/krt-admin.sock",
+        "Unix socket (mode 0600) that `krt console` attaches to; empty turns it off.",
+    )
 
 
 @attrs.frozen

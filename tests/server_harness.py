@@ -52,7 +52,12 @@ async def start_server(
 ) -> RunningServer:
     """Start krt on 127.0.0.1, any free port, fake backend unless ``env`` says otherwise;
     ``load`` hands the server a backend the test built (a double from tests/fakes.py)."""
-    settings = {"KRT_BACKEND": "fake", "KRT_METRICS_LOG": str(tmp_path / "metrics.log"), **env}
+    settings = {
+        "KRT_BACKEND": "fake",
+        "KRT_METRICS_LOG": str(tmp_path / "metrics.log"),
+        "KRT_ADMIN_SOCKET": "",  # many servers per test run: each test that wants one names its own
+        **env,
+    }
     port, state = await nursery.start(
         lambda task_status: main(
             make_config(**settings),

@@ -143,6 +143,20 @@ def test_a_violating_import_breaks_its_contract(
     assert f"{module} -> {statement.removeprefix('import ')}" in output, output
 
 
+def test_an_admin_schema_importing_trio_breaks_its_contract(tmp_path: Path) -> None:
+    """The schema is one module, not a package: the violation goes into (a copy of) it."""
+    copy_tree(tmp_path)
+    schema = tmp_path / "krt" / "admin_schema.py"
+    schema.write_text(schema.read_text() + "\nimport trio  # noqa\n")
+
+    result = lint_imports(tmp_path, pythonpath=tmp_path)
+
+    output = flat(result.stdout + result.stderr)
+    assert result.returncode != 0, output
+    assert f"{flat(contract_names()['admin-schema-is-plain'])} BROKEN" in output
+    assert "krt.admin_schema -> trio" in output, output
+
+
 def test_a_session_reaching_past_the_engine_facade_breaks_its_contract(tmp_path: Path) -> None:
     copy_tree(tmp_path)
     session = tmp_path / "krt" / "server" / "session.py"

@@ -388,3 +388,16 @@ async def test_on_a_real_model_thread_streams_finish_and_a_leaver_frees_its_slot
         await trio.testing.wait_all_threads_completed()
         stats = engine.statistics()
         assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)
+
+
+async def test_capacity_is_measured_on_model_work_only(nursery):
+    """A response's last batch is the chunker's leftover, made with no model call: counted
+    as a turn, its microseconds would claim a huge capacity and admit streams that stall.
+    (Real time and a model thread: on virtual time such a turn takes no time at all.)"""
+    with trio.fail_after(20):
+        config = engine_config()
+        engine = await start_engine(nursery, config, FakeBackend(compute_ratio=0.05), ThreadRunner())
+        for word in ("alpha", "bravo", "charlie", "delta"):
+            await play(engine, engine.plan(long_text(word, 1)), Player())
+        # The fake decodes 20x faster than real time, context frames included: no more.
+        assert 0 < engine.statistics().capacity <= 20.0

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from contextlib import asynccontextmanager
@@ -168,6 +169,8 @@ async def test_sigterm_drains_in_flight_audio_refuses_new_work_and_exits_0(
             KRT_BACKEND="fake", KRT_FAKE_COMPUTE_RATIO="0.5", KRT_DRAIN_SECONDS=str(drain_seconds)
         )
         assert (await http_get(server.port, "/readyz"))[0] == 200
+        admin_socket = tmp_path / "run" / "krt-admin.sock"  # KRT_ADMIN_SOCKET's default
+        assert stat.S_IMODE(admin_socket.stat().st_mode) == 0o600
         async with connect(server) as client:
             await client.send("response.create", response_id="r1", input=DRAIN_TEXT)
             await client.receive_until("response.output_audio.delta", "r1")
@@ -190,6 +193,7 @@ async def test_sigterm_drains_in_flight_audio_refuses_new_work_and_exits_0(
                 assert await server.process.wait() == 0, server.log
         assert trio.current_time() - signalled < drain_seconds
         assert "Traceback" not in server.log
+        assert not admin_socket.exists()  # removed on the way out
         (record,) = read_records(tmp_path / "logs" / "metrics.log")  # r2 was never started
         assert (record["request_id"], record["canceled"]) == ("r1", False)
         assert record["audio_s"] == pytest.approx(len(expected) / 48000, abs=0.0005)  # logged in ms

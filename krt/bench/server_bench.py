@@ -257,7 +257,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         config = attrs.evolve(
             config,
             model=attrs.evolve(config.model, backend=args.backend),
-            server=attrs.evolve(config.server, metrics_log=Path(scratch) / "metrics.log"),
+            # Its own scratch metrics log, and no admin socket: a bench must not take over
+            # (or be refused by) the socket of a server running from the same directory.
+            server=attrs.evolve(config.server, metrics_log=Path(scratch) / "metrics.log", admin_socket=""),
         )
         _progress(f"loading the {args.backend} backend")
         pipeline = SpeechPipeline(load_backend(config), config)

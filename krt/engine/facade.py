@@ -17,17 +17,17 @@ import trio
 from krt import PCM_BYTES_PER_SECOND
 from krt.engine.pipeline import PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
-from krt.engine.scheduler import Scheduler
+from krt.engine.scheduler import EngineStatistics, Scheduler
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from krt.config import Config
+    from krt.config import AdmissionConfig, Config
     from krt.engine.pipeline import Rendering, SpeechPipeline
     from krt.engine.runner import ModelRunner
-    from krt.engine.scheduler import EngineStatistics, Job
+    from krt.engine.scheduler import Job
 
-__all__ = ["Engine", "EngineInfo", "PcmBatch", "SpeechPlan"]
+__all__ = ["Engine", "EngineInfo", "EngineStatistics", "PcmBatch", "SpeechPlan"]
 """What the server may use of the engine (an import contract holds it to this module)."""
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,15 @@ class Engine:
 
     def statistics(self) -> EngineStatistics:
         return self._scheduler.statistics()
+
+    @property
+    def admission(self) -> AdmissionConfig:
+        """The admission knobs in force (an operator may have changed them since start)."""
+        return self._scheduler.admission
+
+    def set_admission(self, admission: AdmissionConfig) -> None:
+        """Apply new admission knobs now; streams already admitted carry on."""
+        self._scheduler.reconfigure(admission)
 
     async def warm_up(self, text: str = WARM_UP_TEXT) -> None:
         """Synthesize before the server says it is ready: the first call pays for lazy

@@ -177,6 +177,10 @@ class EngineStatistics:
     """Model-thread turns (decoder windows) taken since start."""
     busy_rejections: int
     """Requests refused because the predicted wait was too long or the queue was full."""
+    model_seconds: float
+    """Time the model thread has spent on turns since start (rates come from differences)."""
+    audio_seconds: float
+    """Audio made since start."""
 
 
 @attrs.frozen
@@ -209,6 +213,8 @@ class Scheduler:
         """Model time per decoded frame, context included; unknown until measured."""
         self._turns = 0
         self._busy = 0
+        self._model_seconds = 0.0
+        self._audio_seconds = 0.0
 
     def statistics(self) -> EngineStatistics:
         return EngineStatistics(
@@ -219,6 +225,8 @@ class Scheduler:
             self._first_window_seconds or 0.0,
             self._turns,
             self._busy,
+            self._model_seconds,
+            self._audio_seconds,
         )
 
     # -- admission ---------------------------------------------------------------------
@@ -402,10 +410,21 @@ class Scheduler:
             self._first_window_seconds = (
                 seconds if previous_first is None else 0.7 * previous_first + 0.3 * seconds
             )
+        elif frames <= 0:
+            # No model call (a response's leftover chunk): its microseconds say nothing of
+            # the model's speed, and counted would claim a huge capacity.
+            return
         elif self._capacity is None:
             self._capacity = audio_seconds / seconds
         else:
             self._capacity = 0.8 * self._capacity + 0.2 * (audio_seconds / seconds)
+
+    def reconfigure(self, admission: AdmissionConfig) -> None:
+        """New admission knobs, from the next decision on: more slots take in waiting
+        jobs at once; fewer let active jobs finish and admit no one until they do."""
+        self.admission = admission
+        self._fill_slots()
+        self._wakeup.set()
 
     def calibrate(
         self, first_window_seconds: float, capacity: float | None, seconds_per_frame: float | None
@@ -446,8 +465,11 @@ class Scheduler:
                     # cancelled, so its segment is closed here, on the Trio thread.
                     job.rendering.close()
             self._turns += 1
+            elapsed = trio.current_time() - started
+            self._model_seconds += elapsed
+            self._audio_seconds += result.audio_seconds
             frames = job.rendering.windows.frames_decoded - frames_before
-            self._measure(new, result.audio_seconds, frames, trio.current_time() - started)
+            self._measure(new, result.audio_seconds, frames, elapsed)
             if job.withdrawn:
                 continue
             if result.error is not None:

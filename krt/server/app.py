@@ -18,6 +18,7 @@ import trio
 from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
 from krt.metrics.record import MetricsLog
+from krt.server.admin import serve_admin
 from krt.server.listener import serve
 from krt.server.state import ServerState
 from krt.synth.loading import load_backend
@@ -60,6 +61,7 @@ async def start_engine(
     await nursery.start(engine.run)
     state.engine = engine
     state.ready = True
+    state.monitor.engine_loaded()
     log.info("ready")
 
 
@@ -75,10 +77,20 @@ async def drain_on_signal(state: ServerState, scope: trio.CancelScope) -> None:
     scope.cancel(reason="drained")
 
 
+async def drain_on_request(state: ServerState, scope: trio.CancelScope) -> None:
+    """When an operator asks for a drain (``krt console``), drain as on SIGTERM, then end
+    the server (``scope``)."""
+    await state.drain_requested.wait()
+    log.info("draining at an operator's request (%d responses in flight)", state.in_flight.count)
+    await drain(state)
+    scope.cancel(reason="drained")
+
+
 async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -> None:
     """Refuse new responses, let open ones finish for up to ``KRT_DRAIN_SECONDS`` (or until
     the next of ``signals``), then close every session with 1001 (going away)."""
     state.in_flight.start_drain()
+    state.monitor.server_changed()
     with trio.move_on_after(state.config.server.drain_seconds):
         async with trio.open_nursery() as waiting:
             if signals is not None:
@@ -116,8 +128,10 @@ async def main(
     state = ServerState(config, None, MetricsLog(config.server.metrics_log))
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve, state, host, port)
+        await nursery.start(serve_admin, state)
         if handle_signals:
             nursery.start_soon(drain_on_signal, state, nursery.cancel_scope)
+        nursery.start_soon(drain_on_request, state, nursery.cancel_scope)
         await start_engine(state, nursery, build, runner)
         task_status.started((bound, state))
 

@@ -9,6 +9,7 @@ handshake and owns the connection from there.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -250,14 +251,25 @@ async def serve_websocket(
             nursery, stream, max_message_size=MAX_WS_MESSAGE_BYTES
         )
         ws = await request.accept()
-        session = Session(ws, engine, state.config, state.metrics, state.in_flight, peer)
+        connection = state.monitor.new_connection_id()
+        session = Session(
+            ws,
+            engine,
+            state.config,
+            state.metrics,
+            state.in_flight,
+            peer,
+            functools.partial(state.monitor.response_changed, connection),
+        )
         state.open_sessions.add(session)
+        state.monitor.connection_opened(connection, peer, session)
         log.info("%s: session open (%d active)", peer, state.sessions)
         task_status.started(session)
         try:
             await session.run()
         finally:
             state.open_sessions.discard(session)
+            state.monitor.connection_closed(connection)
             log.info("%s: session closed (%d active)", peer, state.sessions)
             if ws.closed is not None:
                 # Our close is under way: trio-websocket's reader must stay to read the

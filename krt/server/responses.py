@@ -51,6 +51,8 @@ class Response:
     response_id: str
     plan: SpeechPlan
     received_at: float
+    text: str = ""
+    """What the client asked to be spoken (the operator console shows it)."""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     outcome: Outcome = Outcome.OPEN
     settled: bool = False
@@ -58,6 +60,8 @@ class Response:
     first_audio_at: float | None = None
     audio_bytes: int = 0
     queue_seconds: float = 0.0
+    error_code: str | None = None
+    """Why it failed, when it did."""
     on_audio_taken: Callable[[float], None] = lambda _seconds: None
     """Told the seconds of audio each time the client acknowledges reading some (the
     engine job's :meth:`~krt.engine.scheduler.Job.taken` while it is synthesizing)."""
@@ -98,10 +102,18 @@ class InFlight:
 class ResponseBook:
     """One connection's responses: which can still be addressed, which are not yet settled."""
 
-    def __init__(self, in_flight: InFlight, metrics: MetricsLog, backend: str) -> None:
+    def __init__(
+        self,
+        in_flight: InFlight,
+        metrics: MetricsLog,
+        backend: str,
+        on_change: Callable[[Response], None] = lambda _response: None,
+    ) -> None:
         self._in_flight = in_flight
         self._metrics = metrics
         self._backend = backend
+        self._on_change = on_change
+        """Told when a response opens and when it settles (the operator console's feed)."""
         self._addressable: dict[str, Response] = {}
         self._unsettled: list[Response] = []
 
@@ -119,6 +131,7 @@ class ResponseBook:
         self._in_flight.open()
         self._addressable[response.response_id] = response
         self._unsettled.append(response)
+        self._on_change(response)
 
     def cancel(self, response: Response) -> None:
         """Stop it now: its scope is cancelled, and queued audio and events of it are dropped."""
@@ -155,6 +168,7 @@ class ResponseBook:
         self._in_flight.close()
         if response.outcome is not Outcome.FAILED:
             self._metrics.append(self._record(response))
+        self._on_change(response)
 
     def abandon_all(self) -> None:
         """The connection is gone: every response whose last event did not reach the client

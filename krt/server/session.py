@@ -25,6 +25,8 @@ from krt.server.outbox import Outbox
 from krt.server.responses import Outcome, Response, ResponseBook
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from trio_websocket import WebSocketConnection
 
     from krt.config import Config
@@ -55,12 +57,13 @@ class Session:
         metrics: MetricsLog,
         in_flight: InFlight,
         peer: str = "?",
+        on_response_change: Callable[[Response], None] = lambda _response: None,
     ) -> None:
         self._ws = ws
         self.engine = engine
         self.peer = peer
         self.settings = VoiceSettings()
-        self.responses = ResponseBook(in_flight, metrics, engine.describe().backend)
+        self.responses = ResponseBook(in_flight, metrics, engine.describe().backend, on_response_change)
         self.outbox = Outbox(ws, config.websocket, config.stream, self.responses.settle, peer)
         self.input = InputBuffer(config.stream.flush_idle_ms / 1000)
         self._queue_send, self._queue_receive = trio.open_memory_channel[Response](MAX_PENDING_RESPONSES)
@@ -100,6 +103,15 @@ class Session:
     async def close(self, code: int) -> None:
         """Close the socket with ``code`` within a second, whatever the outbox is doing."""
         await self.outbox.close_now(code)
+
+    async def cancel_response(self, response_id: str) -> bool:
+        """Cancel as a ``response.cancel`` from the client would (the operator console's
+        command); False when no such response can be cancelled."""
+        response = self.responses.get(response_id)
+        if response is None:
+            return False
+        await self._cancel(response)
+        return True
 
     # -- incoming ----------------------------------------------------------------------
 
@@ -208,7 +220,7 @@ class Session:
             )
             if self._queue_send.statistics().current_buffer_used >= MAX_PENDING_RESPONSES:
                 raise SpeechError("busy", f"{MAX_PENDING_RESPONSES} responses already queued here")
-            response = Response(response_id, plan, trio.current_time())
+            response = Response(response_id, plan, trio.current_time(), text)
             self.responses.open(response)
         except SpeechError as exc:
             await self.outbox.event(protocol.ResponseError(response_id, exc.code, exc.message))
@@ -267,6 +279,7 @@ class Session:
                     response.queue_seconds = job.queue_seconds or 0.0
                     await self.outbox.audio(response, batch)
         except SpeechError as exc:
+            response.error_code = exc.code
             self.responses.end(response, Outcome.FAILED)
             await self.outbox.event(
                 protocol.ResponseError(response.response_id, exc.code, exc.message), response, ends=response

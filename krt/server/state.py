@@ -12,6 +12,7 @@ import trio
 from krt.config import Config
 from krt.engine.facade import Engine
 from krt.metrics.record import MetricsLog
+from krt.server.monitor import Monitor
 from krt.server.responses import InFlight
 from krt.server.session import Session
 
@@ -26,6 +27,13 @@ class ServerState:
     """The engine is loaded and warm."""
     in_flight: InFlight = attrs.field(factory=InFlight)
     open_sessions: set[Session] = attrs.field(factory=set)
+    monitor: Monitor = attrs.field(init=False)
+    """What the operator console sees (created with the state, on the Trio thread)."""
+    drain_requested: trio.Event = attrs.field(factory=trio.Event)
+    """Set by an operator's drain command; the server then drains as on SIGTERM."""
+
+    def __attrs_post_init__(self) -> None:
+        self.monitor = Monitor(self)
 
     @property
     def draining(self) -> bool:
