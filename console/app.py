@@ -142,7 +142,7 @@ class KrtConsole(App[None]):
     TITLE = "krt console"
     CSS = """
     #status { height: 1; background: $boost; padding: 0 1; }
-    #state { height: 2; padding: 0 1; }
+    #state { height: 3; padding: 0 1; }
     #table { height: 1fr; }
     #plots { height: 7; }
     .plot { width: 1fr; padding: 0 1; }
@@ -165,7 +165,7 @@ class KrtConsole(App[None]):
         self,
         sender: CommandSender,
         follow: Callable[[KrtConsole], Awaitable[None]] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``sender`` takes the commands; ``follow(app)``, started on mount, feeds the app
         (``feed_message``/``feed_status``) for as long as it runs."""
@@ -174,6 +174,10 @@ class KrtConsole(App[None]):
         self.sender = sender
         self.follow = follow
         self.clock = clock
+        """Measures how long since the hello arrived (the server's own uptime is in it):
+        the server's and this machine's clocks may disagree, as over SSH."""
+        self._hello_at = 0.0
+        self._dirty = False
         self.attached = False
         self.status = "attaching…"
         self.notice = ""
@@ -205,12 +209,16 @@ class KrtConsole(App[None]):
 
     def feed_message(self, message: schema.ServerMessage) -> None:
         self.view.apply(message)
+        if isinstance(message, schema.Hello):
+            self._hello_at = self.clock()
         if isinstance(message, schema.Reply):
             self.notice = ("done: " if message.ok else "refused: ") + message.message
             self.notify(message.message, severity="information" if message.ok else "error")
         if isinstance(message, schema.LogRecorded | schema.Hello | schema.EventsLost):
             self._draw_logs()
-        self._draw()
+        if not self._dirty:  # one redraw for a burst of messages, not one per message
+            self._dirty = True
+            self.call_later(self._draw)
 
     def feed_status(self, attached: bool, status: str) -> None:
         self.attached, self.status = attached, status
@@ -219,6 +227,7 @@ class KrtConsole(App[None]):
     # -- drawing -------------------------------------------------------------------------------
 
     def _draw(self) -> None:
+        self._dirty = False
         self._draw_header()
         self._draw_table()
         self._draw_plots()
@@ -228,7 +237,7 @@ class KrtConsole(App[None]):
         if hello is None:
             identity = "krt"
         else:
-            uptime = hello.uptime_s + max(0.0, self.clock() - hello.started_at - hello.uptime_s)
+            uptime = hello.uptime_s + max(0.0, self.clock() - self._hello_at)
             identity = (
                 f"krt {hello.version} · {hello.backend}"
                 + (f" on {hello.device}" if hello.device else "")
@@ -236,8 +245,12 @@ class KrtConsole(App[None]):
             )
         link = ("● " if self.attached else "○ ") + self.status
         self.query_one("#status", Static).update(Text(f"{identity}   {link}"))
-        state = "DRAINING" if view.draining else "READY" if view.ready else "LOADING"
-        style = "bold red" if view.draining else "bold green" if view.ready else "bold yellow"
+        if not self.attached:  # what follows is the last that was seen, not live
+            state, style = "DETACHED", "bold white on red"
+        elif view.draining:
+            state, style = "DRAINING", "bold red"
+        else:
+            state, style = ("READY", "bold green") if view.ready else ("LOADING", "bold yellow")
         line = Text(state, style=style)
         if view.knobs is not None:
             k = view.knobs
@@ -245,8 +258,6 @@ class KrtConsole(App[None]):
                 f"   MAX_CONCURRENT_JOBS {k.max_concurrent_jobs} · MAX_QUEUED_REQUESTS {k.max_queued_requests}"
                 f" · QUEUE_WAIT_SLA_MS {k.queue_wait_sla_ms}"
             )
-        if self.notice:
-            line.append(f"   {self.notice}", style="italic")
         if view.engine is not None:
             e = view.engine
             line.append(
@@ -256,13 +267,14 @@ class KrtConsole(App[None]):
             )
         if view.lost_events:
             line.append(f"   (lost {view.lost_events} events: too slow; resynced)", style="yellow")
+        if self.notice:
+            line.append(f"\n{self.notice}", style="italic")
         self.query_one("#state", Static).update(line)
 
     def _draw_table(self) -> None:
         table = self.query_one(DataTable)
-        selected = (
-            self._rows[table.cursor_row] if self._rows and 0 <= table.cursor_row < len(self._rows) else None
-        )
+        index = table.cursor_row
+        selected = self._rows[index] if self._rows and 0 <= index < len(self._rows) else None
         rows: list[tuple[str, str | None]] = []
         cells: list[tuple[object, ...]] = []
         # Open connections first, each with its live responses (or as idle); then what
@@ -284,8 +296,12 @@ class KrtConsole(App[None]):
         for row in cells:
             table.add_row(*row)
         self._rows = rows
-        if selected in rows:
+        if selected in rows and self._is_live(selected):  # a live row is followed as rows come and go
             table.move_cursor(row=rows.index(selected), animate=False)
+        elif selected is not None and (same := [n for n, row in enumerate(rows) if row[0] == selected[0]]):
+            table.move_cursor(row=same[0], animate=False)  # its connection's next row
+        elif rows:
+            table.move_cursor(row=min(index, len(rows) - 1), animate=False)
 
     def _draw_plots(self) -> None:
         for field, title, unit in PLOTS:
@@ -304,6 +320,15 @@ class KrtConsole(App[None]):
             log.write(Text(f"{stamp} {entry.level} {entry.logger}: {entry.message}", style=style))
 
     # -- commands ------------------------------------------------------------------------------
+
+    def _is_live(self, row: tuple[str, str | None]) -> bool:
+        """An open connection's idle row or a live response: what an operator acts on. The
+        cursor stays put on anything else, so live rows appearing above are not missed."""
+        connection, response = row
+        if response is None:
+            return connection in self.view.connections
+        info = self.view.responses.get((connection, response))
+        return info is not None and info.state in ("queued", "speaking")
 
     def selected(self) -> tuple[str, str | None] | None:
         table = self.query_one(DataTable)

@@ -32,12 +32,12 @@ def why_unreachable(path: Path, exc: OSError) -> str:
     """What an operator needs to know when the socket cannot be reached."""
     if isinstance(exc, FileNotFoundError):
         return f"no admin socket at {path}: is `krt serve` running from this directory? (--socket PATH for another)"
+    if exc.errno == errno.ENOTSOCK or (path.exists() and not path.is_socket()):
+        return f"{path} is not a socket: is --socket (or KRT_ADMIN_SOCKET) right?"
     if isinstance(exc, ConnectionRefusedError):
         return f"{path} exists but nobody answers: the server that made it has stopped"
     if isinstance(exc, PermissionError):
         return f"permission denied on {path}: it is 0600, attach as the user who started krt"
-    if exc.errno == errno.ENOTSOCK:
-        return f"{path} is not a socket"
     return f"cannot reach {path}: {exc.strerror or exc}"
 
 
@@ -90,6 +90,9 @@ class Feed:
         if self._writer is None:
             return None
         self._requests += 1
-        self._writer.write(schema.encode(command_for(self._requests)))
-        await self._writer.drain()
+        try:
+            self._writer.write(schema.encode(command_for(self._requests)))
+            await self._writer.drain()
+        except OSError:  # the server went away under us; the reader reports it and reattaches
+            return None
         return self._requests

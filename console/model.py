@@ -44,11 +44,12 @@ class ServerView:
     """Events the server dropped for this console since it attached (it was too slow)."""
 
     def apply(self, message: schema.ServerMessage) -> None:
-        if isinstance(message, schema.Hello):
+        if isinstance(message, schema.Hello):  # a (new) server: nothing of the last one stays
             self.hello = message
             self.lost_events = 0
             self.history.clear()
             self.logs.clear()
+            self.engine = None
             self._take(message.snapshot)
         elif isinstance(message, schema.EventsLost):
             self.lost_events += message.count
@@ -75,7 +76,8 @@ class ServerView:
             self._update(response)
         if snapshot.engine is not None:
             self.engine = snapshot.engine
-            self.history.append(snapshot.engine)
+            if not self.history or self.history[-1] != snapshot.engine:
+                self.history.append(snapshot.engine)
         for entry in snapshot.logs:
             if entry not in self.logs:
                 self.logs.append(entry)

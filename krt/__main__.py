@@ -33,24 +33,40 @@ SWEEP = "krt.bench.sweep"
 """``krt bench`` with no subcommand: load and concurrency sweeps against a running server."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, the options of that subcommand alone are
+    loaded (importing a tool's module can pull in trio, numpy or the engine, which
+    ``krt console`` must not pay for)."""
     parser = argparse.ArgumentParser(prog="krt", description="Realtime Kokoro-82M text-to-speech.")
     parser.add_argument(
         "--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default .env)"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (module, summary) in COMMANDS.items():
-        importlib.import_module(module).add_arguments(commands.add_parser(name, help=summary))
+        subparser = commands.add_parser(name, help=summary)
+        if only in (None, name):
+            importlib.import_module(module).add_arguments(subparser)
     bench = commands.add_parser("bench", help="benchmarks: a load sweep against a server, or engine/server")
-    importlib.import_module(SWEEP).add_arguments(bench)
-    kinds = bench.add_subparsers(dest="bench", required=False)
-    for name, (module, summary) in BENCHES.items():
-        importlib.import_module(module).add_arguments(kinds.add_parser(name, help=summary))
+    if only in (None, "bench"):
+        importlib.import_module(SWEEP).add_arguments(bench)
+        kinds = bench.add_subparsers(dest="bench", required=False)
+        for name, (module, summary) in BENCHES.items():
+            importlib.import_module(module).add_arguments(kinds.add_parser(name, help=summary))
     return parser
 
 
+def _command_in(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line, if any (None: load them all, as for --help)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--env-file")
+    first.add_argument("command", nargs="?")
+    known, _rest = first.parse_known_args(argv)
+    command: str | None = known.command
+    return command if command in (*COMMANDS, "bench") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command_in(argv)).parse_args(argv)
     if args.command == "metrics":  # reads a log file only; a broken .env must not stop it
         from krt.metrics import report
 

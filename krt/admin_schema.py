@@ -22,10 +22,14 @@ import cattrs
 from cattrs.strategies import configure_tagged_union
 
 SCHEMA_VERSION = 1
-MAX_LINE_BYTES = 256 * 1024
-"""Longest line either end reads: a snapshot of a busy server fits many times over."""
+MAX_LINE_BYTES = 4 * 1024 * 1024
+"""Longest line either end reads. A snapshot is the longest message: it carries at most
+``SNAPSHOT_RESPONSES`` responses of at most ``TEXT_PREVIEW_CHARS`` characters (~1 KiB each)."""
 TEXT_PREVIEW_CHARS = 400
 """How much of a response's text the feed carries (the console shows it in the detail view)."""
+SNAPSHOT_RESPONSES = 1000
+"""Responses a snapshot carries at most (live ones first); a busy server's hello stays well
+under ``MAX_LINE_BYTES``."""
 
 ResponseState = Literal["queued", "speaking", "completed", "canceled", "failed"]
 """``queued`` until its first audio, ``speaking`` while its audio flows, then how it ended."""
@@ -269,7 +273,8 @@ configure_tagged_union(Command, _converter, tag_generator=attrgetter("TYPE"), ta
 def encode(message: ServerMessage | Command) -> bytes:
     """One line, newline included."""
     union: Any = Command if isinstance(message, typing.get_args(Command)) else ServerMessage
-    return json.dumps(_converter.unstructure(message, union), separators=(",", ":")).encode() + b"\n"
+    text = json.dumps(_converter.unstructure(message, union), separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace") + b"\n"  # a lone surrogate stays valid JSON
 
 
 def decode_server_message(line: bytes | str) -> ServerMessage:
@@ -285,7 +290,7 @@ def _decode(line: bytes | str, union: Any) -> object:
         raise SchemaError(f"line over {MAX_LINE_BYTES} bytes")
     try:
         obj = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # "[[[[…" nests past the parser's stack
         raise SchemaError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise SchemaError("a message is a JSON object")

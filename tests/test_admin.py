@@ -257,9 +257,10 @@ async def test_a_bad_command_gets_a_reply_and_the_console_goes_on(harness, socke
         _server, path = await admin_server(harness, socket_dir)
         console = await attach(path)
         await console.until(schema.Hello)
-        await console.stream.send_all(b'{"type": "explode"}\n')
-        refused = await console.until(schema.Reply)
-        assert not refused.ok and refused.request == -1
+        for line in (b'{"type": "explode"}', b"[" * 100_000):
+            await console.stream.send_all(line + b"\n")
+            refused = await console.until(schema.Reply)
+            assert not refused.ok and refused.request == -1
         reply = await console.ask(lambda n: schema.SetKnob(n, "MAX_QUEUED_REQUESTS", 3))
         assert reply.ok
 

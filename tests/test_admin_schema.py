@@ -116,6 +116,7 @@ def test_commands_with_any_text_or_number_survive_the_wire(request, connection, 
         (b'{"type": "set", "request": 1, "knob": "LOG_LEVEL", "value": 1}', "not a valid 'set'"),
         (b'{"type": "cancel", "request": 1}', "not a valid 'cancel'"),
         (b" " * (schema.MAX_LINE_BYTES + 1), "line over"),
+        (b"[" * 100_000, "not JSON"),  # nested past the parser's recursion limit
     ],
 )
 def test_a_bad_command_line_is_a_schema_error_that_says_what_is_wrong(line, says):

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import pytest
 from textual.widgets import DataTable, Static
 
 from console.app import Confirm, Details, Help, KrtConsole
-from console.feed import Feed
+from console.feed import Feed, why_unreachable
 from krt import admin_schema as schema
 from krt.protocol import WS_PATH
 
@@ -217,6 +218,26 @@ def test_without_a_server_the_console_says_why_and_sends_nothing():
             await pilot.pause()
             assert "○ no admin socket at run/krt-admin.sock" in text_of(app, "#status")
             assert "not attached: cannot drain" in text_of(app, "#state")
+            await fed(app)  # attached, then the server goes away: the last view stays, marked
+            app.feed_status(False, "the server closed the admin connection; reattaching")
+            await pilot.pause()
+            assert text_of(app, "#state").startswith("DETACHED")
+            assert app.query_one(DataTable).row_count == 3
+
+    run(scenario)
+
+
+def test_a_new_servers_hello_leaves_nothing_of_the_last_one():
+    async def scenario() -> None:
+        app = console()
+        async with app.run_test(size=(120, 36)) as pilot:
+            await fed(app)
+            loading = schema.Snapshot(False, False, KNOBS)
+            app.feed_message(attrs.evolve(HELLO, pid=5151, snapshot=loading))
+            await pilot.pause()
+            assert app.view.engine is None and not app.view.history and not app.view.logs
+            assert app.query_one(DataTable).row_count == 0
+            assert text_of(app, "#state").startswith("LOADING") and "active" not in text_of(app, "#state")
 
     run(scenario)
 
@@ -291,9 +312,13 @@ def test_the_feed_says_why_it_cannot_attach_and_reattaches_when_the_server_is_ba
     ],
 )
 def test_each_reason_a_socket_is_unreachable_is_said_plainly(error, says):
-    from console.feed import why_unreachable
-
     assert says in why_unreachable(Path("run/krt-admin.sock"), error)
+
+
+def test_a_path_that_is_not_a_socket_is_said_to_be_one(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert "is not a socket" in why_unreachable(notes, ConnectionRefusedError())
 
 
 def test_end_to_end_the_console_cancels_a_real_clients_response_on_a_real_server():

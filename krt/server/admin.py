@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONSOLE_SEND_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 5.0
+"""Longest a console's cancel may wait for the session to queue its event."""
 LISTEN_BACKLOG = 16
 KNOB_FIELDS = {
     "MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
@@ -132,6 +134,8 @@ async def _serve_console(state: ServerState, stream: trio.SocketStream) -> None:
         log.warning("a console took nothing for %ss; dropped it", CONSOLE_SEND_TIMEOUT_S)
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except* Exception:  # whatever else goes wrong with one console ends that console only
+        log.exception("console connection failed")
     finally:
         await trio.aclose_forcefully(stream)
         log.info("console detached")
@@ -150,7 +154,11 @@ async def _obey(
         except schema.SchemaError as exc:
             await send(schema.Reply(-1, False, str(exc)))
             continue
-        ok, message = await execute(state, command)
+        try:
+            ok, message = await execute(state, command)
+        except Exception as exc:  # a command that breaks must not take the console (or krt) down
+            log.exception("console command %r failed", command)
+            ok, message = False, f"failed: {exc}"
         await send(schema.Reply(command.request, ok, message))
     console_scope.cancel()
 
@@ -196,7 +204,16 @@ async def execute(state: ServerState, command: schema.Command) -> tuple[bool, st
         log.info("console: closing %s (%s)", command.connection, session.peer)
         await session.close(1000)
         return True, f"closed {command.connection}"
-    if await session.cancel_response(command.response):
+    # Shielded: once the cancel has begun, its response.canceled must be queued for the
+    # client even if this console hangs up meanwhile (bounded: the session's outbox drains).
+    with trio.CancelScope(shield=True), trio.move_on_after(COMMAND_TIMEOUT_S) as timeout:
+        try:
+            canceled = await session.cancel_response(command.response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False, f"{command.connection} is closing"
+    if timeout.cancelled_caught:
+        return False, f"{command.connection} did not take the cancel within {COMMAND_TIMEOUT_S:g} s"
+    if canceled:
         log.info("console: canceled %s on %s", command.response, command.connection)
         return True, f"canceled {command.response}"
     return False, f"{command.response} on {command.connection} is not active"

@@ -90,8 +90,8 @@ class Monitor:
         self._live: dict[tuple[str, str], tuple[Response, schema.ResponseInfo]] = {}
         self._ended: collections.deque[schema.ResponseInfo] = collections.deque(maxlen=RECENT_ENDED)
         self._logs: collections.deque[schema.LogEntry] = collections.deque(maxlen=RECENT_LOGS)
-        self._completed: collections.deque[tuple[float, float, float]] = collections.deque()
-        """(trio time, TTFB ms, xRT) of responses completed in the longest rolling window."""
+        self._latencies: collections.deque[tuple[float, float, float | None]] = collections.deque()
+        """(trio time, TTFB ms, xRT or None) of responses settled in the longest rolling window."""
         self._engine: schema.EngineSample | None = None
         self._subscribers: set[Subscription] = set()
 
@@ -134,16 +134,19 @@ class Monitor:
             draining=self._state.draining,
             knobs=self.knobs(),
             connections=tuple(info for info, _session in self._sessions.values()),
-            responses=(
-                *self._ended,
-                *(
-                    self._describe(response, connection)
-                    for (connection, _), (response, _) in self._live.items()
-                ),
-            ),
+            responses=self._snapshot_responses(),
             engine=self._engine,
             logs=tuple(self._logs),
         )
+
+    def _snapshot_responses(self) -> tuple[schema.ResponseInfo, ...]:
+        """The recent ended responses, then the live ones: at most ``SNAPSHOT_RESPONSES``,
+        live ones first to stay."""
+        live = [self._describe(response, connection) for (connection, _), (response, _) in self._live.items()]
+        live = live[: schema.SNAPSHOT_RESPONSES]
+        room = schema.SNAPSHOT_RESPONSES - len(live)
+        ended = list(self._ended)[len(self._ended) - room :] if room else []
+        return (*ended, *live)
 
     def knobs(self) -> schema.Knobs:
         admission = self._state.engine.admission if self._state.engine else self._state.config.admission
@@ -175,13 +178,23 @@ class Monitor:
         info = self._describe(response, connection)
         key = (connection, response.response_id)
         if response.settled:
-            self._live.pop(key, None)
+            if key in self._live and self._live[key][0] is response:  # not a newer one reusing its id
+                del self._live[key]
             self._ended.append(info)
-            if response.outcome is Outcome.COMPLETED and info.ttfb_ms is not None and info.xrt is not None:
-                self._completed.append((trio.current_time(), info.ttfb_ms, info.xrt))
+            self._record_latency(info)
         else:
             self._live[key] = (response, info)
         self._publish(schema.ResponseUpdated(info))
+
+    def _record_latency(self, info: schema.ResponseInfo) -> None:
+        """TTFB of every response that was heard (canceled ones too, as in the metrics log);
+        xRT of completed ones only (a cancel cuts it short)."""
+        now = trio.current_time()
+        if info.ttfb_ms is not None:
+            self._latencies.append((now, info.ttfb_ms, info.xrt if info.state == "completed" else None))
+        horizon = now - max(ROLLING_WINDOWS_S)
+        while self._latencies and self._latencies[0][0] < horizon:
+            self._latencies.popleft()
 
     def server_changed(self) -> None:
         """Readiness, draining or the knobs changed."""
@@ -225,13 +238,12 @@ class Monitor:
         self, stats: EngineStatistics, previous: EngineStatistics, elapsed: float
     ) -> schema.EngineSample:
         now = trio.current_time()
-        horizon = now - max(ROLLING_WINDOWS_S)
-        while self._completed and self._completed[0][0] < horizon:
-            self._completed.popleft()
         recent = {
-            window: [row for row in self._completed if row[0] >= now - window] for window in ROLLING_WINDOWS_S
+            window: [row for row in self._latencies if row[0] >= now - window] for window in ROLLING_WINDOWS_S
         }
         short, long = (recent[window] for window in ROLLING_WINDOWS_S)
+        short_xrt = [xrt for _, _, xrt in short if xrt is not None]
+        long_xrt = [xrt for _, _, xrt in long if xrt is not None]
         return schema.EngineSample(
             at=time.time(),
             active=stats.active,
@@ -245,8 +257,8 @@ class Monitor:
             ttfb_p95_1m=_percentile([ttfb for _, ttfb, _ in short], 0.95),
             ttfb_p50_5m=_percentile([ttfb for _, ttfb, _ in long], 0.5),
             ttfb_p95_5m=_percentile([ttfb for _, ttfb, _ in long], 0.95),
-            xrt_1m=statistics.median(xrt for _, _, xrt in short) if short else None,
-            xrt_5m=statistics.median(xrt for _, _, xrt in long) if long else None,
+            xrt_1m=statistics.median(short_xrt) if short_xrt else None,
+            xrt_5m=statistics.median(long_xrt) if long_xrt else None,
         )
 
     def _describe(self, response: Response, connection: str) -> schema.ResponseInfo:
@@ -261,7 +273,7 @@ class Monitor:
             speed=response.plan.speed,
             text=response.text[: schema.TEXT_PREVIEW_CHARS],
             chars=len(response.text),
-            created_at=time.time() - age,
+            created_at=response.created_at,
             expected_audio_s=len(response.text) * AUDIO_SECONDS_PER_CHAR / response.plan.speed,
             audio_s=round(audio_s, 3),
             queue_ms=round(response.queue_seconds * 1000, 1) if response.first_audio_at is not None else None,
@@ -298,6 +310,9 @@ class MonitorLogHandler(logging.Handler):
         self._token = trio.lowlevel.current_trio_token()
 
     def emit(self, record: logging.LogRecord) -> None:
-        entry = schema.LogEntry(record.created, record.levelname, record.name, record.getMessage())
-        with suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._monitor.log, entry)
+        try:
+            entry = schema.LogEntry(record.created, record.levelname, record.name, record.getMessage())
+            with suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._monitor.log, entry)
+        except Exception:  # a bad format string in someone's log call: logging's own report
+            self.handleError(record)

@@ -62,6 +62,8 @@ class Response:
     queue_seconds: float = 0.0
     error_code: str | None = None
     """Why it failed, when it did."""
+    created_at: float = attrs.field(factory=time.time)
+    """Unix time it was received (the operator console shows it)."""
     on_audio_taken: Callable[[float], None] = lambda _seconds: None
     """Told the seconds of audio each time the client acknowledges reading some (the
     engine job's :meth:`~krt.engine.scheduler.Job.taken` while it is synthesizing)."""
