@@ -189,6 +189,18 @@ class WebSocketConfig:
         _at_least(0.01),
     )
     long_send_log_ms: int = knob("WS_LONG_SEND_LOG_MS", 200, "Warn when a send takes longer.", _at_least(0))
+    ping_interval: float = knob(
+        "WS_PING_INTERVAL",
+        20.0,
+        "Ping an idle connection this often (seconds; 0 = never): proxies keep it open, a dead peer is found.",
+        _at_least(0),
+    )
+    idle_timeout: float = knob(
+        "WS_IDLE_TIMEOUT",
+        300.0,
+        "Close a connection with no client event and nothing in flight for this long (seconds; 1000 'idle').",
+        _at_least(1),
+    )
 
 
 @attrs.frozen

@@ -164,7 +164,18 @@ class SessionEnd:
     TYPE: ClassVar[str] = "session.end"
 
 
-ClientEvent = SessionUpdate | ResponseCreate | InputAppend | InputCommit | ResponseCancel | Barge | SessionEnd
+@attrs.frozen
+class Ping:
+    """A client's keepalive, or its check that the session still answers: ``pong`` comes
+    back, in order with everything else the session sends, with the same ``id``."""
+
+    TYPE: ClassVar[str] = "ping"
+    id: str | None = None
+
+
+ClientEvent = (
+    SessionUpdate | ResponseCreate | InputAppend | InputCommit | ResponseCancel | Barge | SessionEnd | Ping
+)
 
 # --- server -> client -------------------------------------------------------------------
 
@@ -230,6 +241,12 @@ class ResponseError:
 
 
 @attrs.frozen
+class Pong:
+    TYPE: ClassVar[str] = "pong"
+    id: str | None = None
+
+
+@attrs.frozen
 class ErrorDetail:
     type: str
     code: str
@@ -258,6 +275,7 @@ ServerEvent = (
     | ResponseCanceled
     | ResponseError
     | ErrorEvent
+    | Pong
 )
 
 CLIENT_EVENT_TYPES: frozenset[str] = frozenset(cl.TYPE for cl in typing.get_args(ClientEvent))

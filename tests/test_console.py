@@ -24,6 +24,8 @@ from krt.protocol import WS_PATH
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from textual.pilot import Pilot
+
 NOW = 1_764_500_000.0
 KNOBS = schema.Knobs(4, 16, 4000)
 
@@ -104,11 +106,16 @@ def console(sender: FakeSender | None = None) -> KrtConsole:
     return app
 
 
-async def fed(app: KrtConsole) -> None:
+async def fed(pilot: Pilot[None]) -> None:
+    """Feed the attach, the hello and a few engine samples, and let the screen draw them
+    (it redraws once per burst of messages, soon after)."""
+    app = pilot.app
+    assert isinstance(app, KrtConsole)
     app.feed_status(True, "attached to run/krt-admin.sock")
     app.feed_message(HELLO)
     for sample in ENGINE:
         app.feed_message(schema.EngineUpdated(sample))
+    await pilot.pause()
 
 
 def text_of(app: KrtConsole, selector: str) -> str:
@@ -123,7 +130,7 @@ def test_the_screen_shows_the_server_its_connections_and_responses():
     async def scenario() -> None:
         app = console()
         async with app.run_test(size=(120, 36)) as pilot:
-            await fed(app)
+            await fed(pilot)
             await pilot.pause()
             status, state = text_of(app, "#status"), text_of(app, "#state")
             assert "onnx on cpu" in status and "pid 4242" in status and "up 1h02m" in status
@@ -151,7 +158,7 @@ def test_enter_shows_a_response_in_full_and_escape_goes_back():
     async def scenario() -> None:
         app = console()
         async with app.run_test(size=(120, 36)) as pilot:
-            await fed(app)
+            await fed(pilot)
             await pilot.press("down", "enter")
             assert isinstance(app.screen, Details)
             assert app.screen.response.response == "r3"
@@ -169,7 +176,7 @@ def test_cancel_asks_first_and_sends_only_on_yes():
         sender = FakeSender()
         app = console(sender)
         async with app.run_test(size=(120, 36)) as pilot:
-            await fed(app)
+            await fed(pilot)
             await pilot.press("c")
             assert isinstance(app.screen, Confirm) and "Cancel r2 on c1" in app.screen.question
             await pilot.press("n")
@@ -189,7 +196,7 @@ def test_close_drain_and_knobs_send_their_commands():
         sender = FakeSender()
         app = console(sender)
         async with app.run_test(size=(120, 36)) as pilot:
-            await fed(app)
+            await fed(pilot)
             await pilot.press("down", "x")
             assert isinstance(app.screen, Confirm) and "c2" in app.screen.question
             await pilot.press("y", "d", "y", "k")
@@ -218,7 +225,7 @@ def test_without_a_server_the_console_says_why_and_sends_nothing():
             await pilot.pause()
             assert "○ no admin socket at run/krt-admin.sock" in text_of(app, "#status")
             assert "not attached: cannot drain" in text_of(app, "#state")
-            await fed(app)  # attached, then the server goes away: the last view stays, marked
+            await fed(pilot)  # attached, then the server goes away: the last view stays, marked
             app.feed_status(False, "the server closed the admin connection; reattaching")
             await pilot.pause()
             assert text_of(app, "#state").startswith("DETACHED")
@@ -231,7 +238,7 @@ def test_a_new_servers_hello_leaves_nothing_of_the_last_one():
     async def scenario() -> None:
         app = console()
         async with app.run_test(size=(120, 36)) as pilot:
-            await fed(app)
+            await fed(pilot)
             loading = schema.Snapshot(False, False, KNOBS)
             app.feed_message(attrs.evolve(HELLO, pid=5151, snapshot=loading))
             await pilot.pause()
@@ -244,7 +251,7 @@ def test_a_new_servers_hello_leaves_nothing_of_the_last_one():
 
 def test_the_main_screen(snap_compare):
     async def feed_it(pilot) -> None:
-        await fed(pilot.app)
+        await fed(pilot)
         await pilot.press("down")
 
     assert snap_compare(console(), terminal_size=(120, 36), run_before=feed_it)
@@ -252,7 +259,7 @@ def test_the_main_screen(snap_compare):
 
 def test_the_help_screen(snap_compare):
     async def open_help(pilot) -> None:
-        await fed(pilot.app)
+        await fed(pilot)
         await pilot.press("question_mark")
 
     assert snap_compare(console(), terminal_size=(120, 36), run_before=open_help)

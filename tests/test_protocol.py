@@ -17,6 +17,8 @@ from krt.protocol import (
     InputAppend,
     InputCommit,
     OutputAudioDelta,
+    Ping,
+    Pong,
     ProtocolError,
     ResponseCancel,
     ResponseCanceled,
@@ -49,6 +51,8 @@ CLIENT_EVENTS = [
     ResponseCancel(response_id="uuid-2"),
     Barge(),
     SessionEnd(),
+    Ping(),
+    Ping(id="k-1"),
 ]
 
 SERVER_EVENTS = [
@@ -60,6 +64,8 @@ SERVER_EVENTS = [
     ResponseError("uuid-1", "too_long", "the input is longer than 1000 words"),
     ErrorEvent(ErrorDetail("invalid_request_error", "invalid_json", "not JSON")),
     ErrorEvent(ErrorDetail("invalid_request_error", "unknown_event", "nope", event_type="nope")),
+    Pong(),
+    Pong(id="k-1"),
 ]
 
 
@@ -89,6 +95,7 @@ def test_every_client_type_is_known() -> None:
             "response.cancel",
             "barge",
             "session.end",
+            "ping",
         }
     )
 
@@ -99,6 +106,8 @@ def test_every_client_type_is_known() -> None:
         (ResponseCreate("Hi"), '{"type":"response.create","input":"Hi"}'),
         (ResponseCancel(response_id="r"), '{"type":"response.cancel","response_id":"r"}'),
         (InputCommit(), '{"type":"input.commit"}'),
+        (Pong(), '{"type":"pong"}'),
+        (Pong(id="k-1"), '{"type":"pong","id":"k-1"}'),
         (
             SessionUpdated(EffectiveSession("af_heart", 1.0, EffectiveAudio("pcm", 24000))),
             '{"type":"session.updated","session":{"voice":"af_heart","speed":1.0,'
@@ -118,7 +127,9 @@ def test_encode_is_compact_type_first_and_omits_nulls(event: Event, wire: str) -
     assert encode(event) == wire
 
 
-_TYPES = "barge, input.append, input.commit, response.cancel, response.create, session.end, session.update"
+_TYPES = (
+    "barge, input.append, input.commit, ping, response.cancel, response.create, session.end, session.update"
+)
 
 
 @pytest.mark.parametrize(

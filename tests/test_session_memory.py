@@ -311,3 +311,52 @@ async def test_every_ping_reaches_the_client_before_the_event_that_ends_its_resp
             assert "ping" in audio.split("response.output_audio.delta")[-1]
         for after in rounds[1:]:  # ...and nothing comes between a completion and what follows
             assert after.split("|")[1] in ("response.created", "CloseConnection")
+
+
+async def test_a_ping_event_is_answered_with_its_id(nursery, tmp_path, autojump_clock):
+    with trio.fail_after(10):
+        state = await start_state(nursery, tmp_path, FakeBackend())
+        client = await MemoryClient.connect(nursery, state)
+        await client.send("ping", id="k-1")
+        await client.send("ping")
+        assert [await client.receive(), await client.receive()] == [
+            {"type": "pong", "id": "k-1"},
+            {"type": "pong"},
+        ]
+
+
+async def test_an_idle_connection_is_closed_after_ws_idle_timeout_and_what_the_client_does_keeps_it(
+    nursery, tmp_path, autojump_clock
+):
+    with trio.fail_after(1000):
+        state = await start_state(nursery, tmp_path, FakeBackend(), WS_IDLE_TIMEOUT="180")
+        client = await MemoryClient.connect(nursery, state)
+        await client.send("response.create", response_id="r1", input=SHORT_TEXT)
+        await client.receive_until("response.completed", "r1")
+        await trio.sleep(150)  # virtual: idle, under the timeout (the server pings meanwhile)
+        await client.send("ping")
+        await client.receive_until("pong")
+        heard = trio.current_time()
+        code = await client.receive_until_closed()
+        assert code == 1000
+        assert client.closed_at == pytest.approx(heard + 180, abs=1e-6)
+        await client.ended.wait()  # and the session is over on the server too
+
+
+async def test_a_peer_that_answers_no_server_ping_is_dropped(nursery, tmp_path, autojump_clock):
+    """A socket whose far end is gone (or a proxy holding it open) answers no ping."""
+    with trio.fail_after(100):
+        state = await start_state(
+            nursery, tmp_path, FakeBackend(), WS_PING_INTERVAL="20", WS_SEND_TIMEOUT="5"
+        )
+        server_stream, stream = trio.testing.memory_stream_pair()
+        server = ServerSide()
+        await nursery.start(server.serve, server_stream, state)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        await stream.send_all(ws.send(wsproto.events.Request(host="krt.test", target=WS_PATH)))
+        assert isinstance((await wire_events(stream, ws))[0], wsproto.events.AcceptConnection)
+        opened = trio.current_time()
+        pings = [event for event in await wire_events(stream, ws) if isinstance(event, wsproto.events.Ping)]
+        assert len(pings) == 1 and trio.current_time() == pytest.approx(opened + 20, abs=1e-6)
+        await server.ended.wait()  # never answered
+        assert server.ended_at == pytest.approx(opened + 20 + 5, abs=1e-6)

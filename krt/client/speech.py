@@ -194,7 +194,7 @@ class SpeechClient:
         if isinstance(event, protocol.ErrorEvent):
             self.connection_errors.append(event.error.code)
             return
-        if isinstance(event, protocol.SessionUpdated):
+        if isinstance(event, protocol.SessionUpdated | protocol.Pong):
             return
         trace = self.traces.get(event.response)
         if trace is None and self.adopt_server_responses and isinstance(event, protocol.ResponseCreated):

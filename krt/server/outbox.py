@@ -78,6 +78,7 @@ class EventOut:
 @attrs.frozen
 class Close:
     code: int
+    reason: str | None = None
 
 
 Outgoing = AudioOut | EventOut | Close
@@ -131,14 +132,23 @@ class Outbox:
         self._audio_queued += size
         await self._send.send(AudioOut(response, batch))
 
-    async def close_after_queued(self, code: int) -> None:
+    async def close_after_queued(self, code: int, reason: str | None = None) -> None:
         """Close with ``code`` once everything queued before this is sent."""
-        await self._send.send(Close(code))
+        await self._send.send(Close(code, reason))
 
-    async def close_now(self, code: int) -> None:
+    async def close_now(self, code: int, reason: str | None = None) -> None:
         """Close the socket with ``code`` within a second, whatever the writer is doing."""
         with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self.ws.aclose(code)
+            await self.ws.aclose(code, reason)
+
+    async def keepalive(self) -> bool:
+        """Ping an idle client; False when its pong did not come within ``WS_SEND_TIMEOUT``
+        (the peer is gone, or a proxy holds a dead socket open)."""
+        payload = b"keepalive-%d" % next(self._ping_payloads)
+        with trio.move_on_after(self._websocket.send_timeout):
+            await self.ws.ping(payload)
+            return True
+        return False
 
     async def run(self) -> None:
         """Write until ``Close``, the connection fails or the client stops reading;
@@ -257,7 +267,7 @@ class Outbox:
                 return
             if isinstance(item, Close):
                 await flush()
-                await self.close_now(item.code)
+                await self.close_now(item.code, item.reason)
                 return
             if isinstance(item, EventOut):
                 await flush()

@@ -125,6 +125,10 @@ class ResponseBook:
     def get(self, response_id: str) -> Response | None:
         return self._addressable.get(response_id)
 
+    def in_flight(self) -> bool:
+        """Some response has not yet had its last event sent: the connection is not idle."""
+        return bool(self._unsettled)
+
     def addressable(self) -> list[Response]:
         return list(self._addressable.values())
 

@@ -11,6 +11,7 @@ to the :class:`~krt.server.responses.ResponseBook`; this module wires them to th
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,9 @@ class Session:
         self.settings = VoiceSettings()
         self.responses = ResponseBook(in_flight, metrics, engine.describe().backend, on_response_change)
         self.outbox = Outbox(ws, config.websocket, config.stream, self.responses.settle, peer)
+        self._websocket = config.websocket
+        self._last_heard = trio.current_time()
+        """When the client last sent anything, or last had a response in flight."""
         self.input = InputBuffer(config.stream.flush_idle_ms / 1000)
         self._queue_send, self._queue_receive = trio.open_memory_channel[Response](MAX_PENDING_RESPONSES)
         self._input_arrived = trio.Event()
@@ -85,6 +89,7 @@ class Session:
                 nursery.start_soon(self._write_then_stop, nursery.cancel_scope)
                 nursery.start_soon(self._synth)
                 nursery.start_soon(self._input_flusher)
+                nursery.start_soon(self._keepalive)
                 if await self._reader():
                     await self.outbox.done.wait()
                 nursery.cancel_scope.cancel(reason="session over")
@@ -120,6 +125,7 @@ class Session:
         try:
             while True:
                 message = await self._ws.get_message()
+                self._last_heard = trio.current_time()
                 try:
                     event = protocol.decode_client_event(message, protocol.MAX_EVENT_BYTES)
                 except protocol.ProtocolError as exc:
@@ -164,6 +170,8 @@ class Session:
             await self._flush_input()
         elif isinstance(event, protocol.SessionUpdate):
             await self._update_session(event)
+        elif isinstance(event, protocol.Ping):
+            await self.outbox.event(protocol.Pong(event.id))
 
     async def _update_session(self, event: protocol.SessionUpdate) -> None:
         patch = event.session
@@ -258,6 +266,33 @@ class Session:
                     await self._flush_input()
                     break
                 await trio.sleep_until(due)
+
+    # -- keepalive ---------------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        """Ping an idle client every ``WS_PING_INTERVAL``, so proxies keep the socket open
+        and a peer that is gone is found (no pong within ``WS_SEND_TIMEOUT``: dropped);
+        close a connection idle for ``WS_IDLE_TIMEOUT`` with 1000 and the reason "idle".
+        Idle: no client event, and no response in flight."""
+        interval = self._websocket.ping_interval or math.inf
+        last_ping = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if self.responses.in_flight():
+                self._last_heard = last_ping = now
+            idle_at = self._last_heard + self._websocket.idle_timeout
+            if now >= idle_at:
+                log.info("%s: idle for WS_IDLE_TIMEOUT=%ss; closing", self.peer, self._websocket.idle_timeout)
+                await self.outbox.close_after_queued(1000, "idle")
+                return
+            if now >= max(last_ping, self._last_heard) + interval:
+                last_ping = now
+                if not await self.outbox.keepalive():
+                    log.warning("%s: no pong within WS_SEND_TIMEOUT; dropping the client", self.peer)
+                    await self.outbox.close_now(1001, "no pong")
+                    return
+                continue
+            await trio.sleep_until(min(idle_at, max(last_ping, self._last_heard) + interval))
 
     # -- synthesis ---------------------------------------------------------------------
 
