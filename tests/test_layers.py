@@ -143,31 +143,34 @@ def test_a_violating_import_breaks_its_contract(
     assert f"{module} -> {statement.removeprefix('import ')}" in output, output
 
 
-def test_an_admin_schema_importing_trio_breaks_its_contract(tmp_path: Path) -> None:
-    """The schema is one module, not a package: the violation goes into (a copy of) it."""
+@pytest.mark.parametrize(
+    ("contract", "module", "statement"),
+    [
+        # The schema is one module, not a package: the violation goes into (a copy of) it.
+        pytest.param(
+            "admin-schema-is-plain", "krt.admin_schema", "import trio", id="admin-schema-imports-trio"
+        ),
+        pytest.param(
+            "server-through-facade",
+            "krt.server.session",
+            "import krt.engine.scheduler",
+            id="session-reaches-past-the-facade",
+        ),
+    ],
+)
+def test_an_import_added_to_an_existing_module_breaks_its_contract(
+    tmp_path: Path, contract: str, module: str, statement: str
+) -> None:
     copy_tree(tmp_path)
-    schema = tmp_path / "krt" / "admin_schema.py"
-    schema.write_text(schema.read_text() + "\nimport trio  # noqa\n")
+    source = tmp_path.joinpath(*module.split(".")).with_suffix(".py")
+    source.write_text(source.read_text() + f"\n{statement}  # noqa\n")
 
     result = lint_imports(tmp_path, pythonpath=tmp_path)
 
     output = flat(result.stdout + result.stderr)
     assert result.returncode != 0, output
-    assert f"{flat(contract_names()['admin-schema-is-plain'])} BROKEN" in output
-    assert "krt.admin_schema -> trio" in output, output
-
-
-def test_a_session_reaching_past_the_engine_facade_breaks_its_contract(tmp_path: Path) -> None:
-    copy_tree(tmp_path)
-    session = tmp_path / "krt" / "server" / "session.py"
-    session.write_text(session.read_text() + "\nimport krt.engine.scheduler  # noqa: E402\n")
-
-    result = lint_imports(tmp_path, pythonpath=tmp_path)
-
-    output = flat(result.stdout + result.stderr)
-    assert result.returncode != 0, output
-    assert f"{flat(contract_names()['server-through-facade'])} BROKEN" in output
-    assert "krt.server.session -> krt.engine.scheduler" in output, output
+    assert f"{flat(contract_names()[contract])} BROKEN" in output
+    assert f"{module} -> {statement.removeprefix('import ')}" in output, output
 
 
 def test_the_serving_modules_load_no_torch_plots_or_ui() -> None:
