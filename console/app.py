@@ -31,7 +31,7 @@ PLOTS = (
     ("waiting", "waiting", "{:.0f}"),
 )
 COLUMNS = ("conn", "peer", "response", "state", "voice", "queue", "TTFB", "audio", "xRT", "progress")
-KNOBS: tuple[schema.KnobName, ...] = ("MAX_CONCURRENT_JOBS", "MAX_QUEUED_REQUESTS", "QUEUE_WAIT_SLA_MS")
+KNOBS: tuple[schema.KnobName, ...] = tuple(schema.KNOB_FIELDS)
 
 
 class CommandSender(Protocol):
@@ -430,10 +430,10 @@ _STATE_STYLES = {
 }
 
 
-def _knob_value(knobs: schema.Knobs | None, name: str) -> str:
+def _knob_value(knobs: schema.Knobs | None, name: schema.KnobName) -> str:
     if knobs is None:
         return "?"
-    return str(getattr(knobs, name.lower()))
+    return str(getattr(knobs, schema.KNOB_FIELDS[name]))
 
 
 def _ms(value: float | None) -> str:

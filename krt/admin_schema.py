@@ -35,6 +35,12 @@ ResponseState = Literal["queued", "speaking", "completed", "canceled", "failed"]
 """``queued`` until its first audio, ``speaking`` while its audio flows, then how it ended."""
 KnobName = Literal["MAX_CONCURRENT_JOBS", "MAX_QUEUED_REQUESTS", "QUEUE_WAIT_SLA_MS"]
 """The knobs a console may change on a live server."""
+KNOB_FIELDS: dict[KnobName, str] = {
+    "MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
+    "MAX_QUEUED_REQUESTS": "max_queued_requests",
+    "QUEUE_WAIT_SLA_MS": "queue_wait_sla_ms",
+}
+"""Each knob's field in :class:`Knobs`, and in the server's admission config alike."""
 
 
 class SchemaError(ValueError):

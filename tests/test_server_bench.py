@@ -16,8 +16,9 @@ from trio_websocket import ConnectionClosed, serve_websocket
 
 from krt import protocol
 from krt.bench.load import LevelResult, StreamResult, run_barge_in, summarize_barge_in, summarize_level
-from krt.client.figures import Stalls, jain_index, percentile, stalls
+from krt.client.figures import Stalls, jain_index, stalls
 from krt.client.speech import ResponseTrace, SpeechClient, open_speech_client
+from krt.metrics.stats import percentile
 
 # --- stalls ---------------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ import attrs
 import trio
 
 from krt.client.commands import pieces_of
-from krt.client.figures import jain_index, percentile
+from krt.client.figures import jain_index
 from krt.client.speech import ResponseTrace, SpeechClient
+from krt.metrics.stats import percentile
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -26,10 +26,10 @@ import trio
 
 from krt.bench.engine_bench import PARAGRAPH, whole_sentence_seconds
 from krt.bench.load import LevelResult, Load, run_barge_in, run_level, summarize_barge_in, summarize_level
-from krt.client.figures import percentile
 from krt.client.speech import ResponseTrace, open_speech_client
 from krt.client.texts import AGENT_REPLIES as TEXTS
 from krt.engine.pipeline import SpeechPipeline
+from krt.metrics.stats import percentile
 from krt.protocol import WS_PATH
 from krt.server import app
 from krt.synth.loading import load_backend

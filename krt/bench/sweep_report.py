@@ -17,7 +17,8 @@ import attrs
 
 from krt import PCM_BYTES_PER_SECOND
 from krt.bench.load import summarize_level
-from krt.client.figures import STALL_NOISE_FLOOR_S, percentile, stalls
+from krt.client.figures import STALL_NOISE_FLOOR_S, stalls
+from krt.metrics.stats import percentile
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

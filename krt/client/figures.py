@@ -7,7 +7,6 @@ without a connection, a clock or Trio.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import attrs
@@ -57,16 +56,6 @@ def first_audible_sample(pcm: bytes) -> int | None:
     """Index of the first PCM16 sample louder than -50 dBFS, None if there is none."""
     loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > AUDIBLE_PCM16)
     return int(loud[0]) if loud.size else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0–100), linear between ranks as numpy's default; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def jain_index(values: Sequence[float]) -> float:

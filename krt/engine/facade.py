@@ -18,6 +18,7 @@ from krt import PCM_BYTES_PER_SECOND
 from krt.engine.pipeline import PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import EngineStatistics, Scheduler
+from krt.engine.segmenter import predicted_audio_seconds
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from krt.engine.runner import ModelRunner
     from krt.engine.scheduler import Job
 
-__all__ = ["Engine", "EngineInfo", "EngineStatistics", "PcmBatch", "SpeechPlan"]
+__all__ = ["Engine", "EngineInfo", "EngineStatistics", "PcmBatch", "SpeechPlan", "predicted_audio_seconds"]
 """What the server may use of the engine (an import contract holds it to this module)."""
 
 log = logging.getLogger(__name__)

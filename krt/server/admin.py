@@ -39,11 +39,6 @@ CONSOLE_SEND_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 5.0
 """Longest a console's cancel may wait for the session to queue its event."""
 LISTEN_BACKLOG = 16
-KNOB_FIELDS = {
-    "MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
-    "MAX_QUEUED_REQUESTS": "max_queued_requests",
-    "QUEUE_WAIT_SLA_MS": "queue_wait_sla_ms",
-}
 
 
 class AdminSocketError(RuntimeError):
@@ -187,7 +182,7 @@ async def execute(state: ServerState, command: schema.Command) -> tuple[bool, st
         engine = state.engine
         if engine is None:
             return False, "the model is still loading"
-        field = KNOB_FIELDS[command.knob]
+        field = schema.KNOB_FIELDS[command.knob]
         old = getattr(engine.admission, field)
         try:
             admission = attrs.evolve(engine.admission, **{field: command.value})

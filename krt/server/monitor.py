@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import logging
-import math
 import os
 import statistics
 import time
@@ -24,6 +23,8 @@ import trio
 
 from krt import PCM_BYTES_PER_SECOND
 from krt import admin_schema as schema
+from krt.engine.facade import predicted_audio_seconds
+from krt.metrics.stats import percentile
 from krt.server.responses import Outcome
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ RECENT_ENDED = 50
 """Ended responses a new console is shown."""
 RECENT_LOGS = 100
 ROLLING_WINDOWS_S = (60.0, 300.0)
-AUDIO_SECONDS_PER_CHAR = 0.07
-"""Rough audio per character of text, for a progress bar only (admission has its own)."""
 
 
 class Subscription:
@@ -253,10 +252,10 @@ class Monitor:
             model_busy_pct=min(100.0, 100 * (stats.model_seconds - previous.model_seconds) / elapsed),
             audio_per_s=(stats.audio_seconds - previous.audio_seconds) / elapsed,
             busy_refusals=stats.busy_rejections,
-            ttfb_p50_1m=_percentile([ttfb for _, ttfb, _ in short], 0.5),
-            ttfb_p95_1m=_percentile([ttfb for _, ttfb, _ in short], 0.95),
-            ttfb_p50_5m=_percentile([ttfb for _, ttfb, _ in long], 0.5),
-            ttfb_p95_5m=_percentile([ttfb for _, ttfb, _ in long], 0.95),
+            ttfb_p50_1m=percentile([ttfb for _, ttfb, _ in short], 50),
+            ttfb_p95_1m=percentile([ttfb for _, ttfb, _ in short], 95),
+            ttfb_p50_5m=percentile([ttfb for _, ttfb, _ in long], 50),
+            ttfb_p95_5m=percentile([ttfb for _, ttfb, _ in long], 95),
             xrt_1m=statistics.median(short_xrt) if short_xrt else None,
             xrt_5m=statistics.median(long_xrt) if long_xrt else None,
         )
@@ -274,7 +273,7 @@ class Monitor:
             text=response.text[: schema.TEXT_PREVIEW_CHARS],
             chars=len(response.text),
             created_at=response.created_at,
-            expected_audio_s=len(response.text) * AUDIO_SECONDS_PER_CHAR / response.plan.speed,
+            expected_audio_s=predicted_audio_seconds(len(response.text), response.plan.speed),
             audio_s=round(audio_s, 3),
             queue_ms=round(response.queue_seconds * 1000, 1) if response.first_audio_at is not None else None,
             ttfb_ms=None if (ttfb := response.ttfb_ms()) is None else round(ttfb, 1),
@@ -291,14 +290,6 @@ def _state_of(response: Response) -> schema.ResponseState:
     if response.settled:
         return "completed"
     return "queued" if response.first_audio_at is None else "speaking"
-
-
-def _percentile(values: list[float], share: float) -> float | None:
-    """Nearest rank: the value below which ``share`` of them lie."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 class MonitorLogHandler(logging.Handler):

@@ -17,9 +17,9 @@ import attrs
 import trio
 
 from krt.client.commands import ToolError, add_mode_arguments, connected, pieces_of
-from krt.client.figures import percentile
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
+from krt.metrics.stats import percentile
 
 if TYPE_CHECKING:
     import argparse
