@@ -35,7 +35,8 @@ MAX_WS_MESSAGE_BYTES = 1024 * 1024
 """Past this the WebSocket layer closes the socket (1009); between the two limits a frame
 gets an ``oversized`` error event and the session goes on."""
 
-AudioFormat = Literal["pcm", "opus"]
+AudioFormat = Literal["pcm", "opus", "mulaw", "alaw"]
+"""``pcm``: signed 16-bit little-endian; ``opus``: Ogg/Opus pages; ``mulaw``/``alaw``: G.711."""
 
 # --- error codes: every code krt sends lives here ---------------------------------------
 
@@ -103,6 +104,8 @@ class SessionPatch:
     voice: str | None = None
     speed: float | None = None
     audio: AudioSettings | None = None
+    timestamps: bool | None = None
+    """Send ``response.output_audio.timestamps`` for every response of the session."""
 
 
 @attrs.frozen
@@ -120,6 +123,8 @@ class ResponseCreate:
     response_id: str | None = None
     voice: str | None = None
     speed: float | None = None
+    timestamps: bool | None = None
+    """Word timestamps for this response alone; unset: the session's setting."""
 
 
 @attrs.frozen
@@ -193,6 +198,7 @@ class EffectiveSession:
     voice: str
     speed: float
     audio: EffectiveAudio
+    timestamps: bool
 
 
 @attrs.frozen
@@ -209,11 +215,37 @@ class ResponseCreated:
 
 @attrs.frozen
 class OutputAudioDelta:
-    """Base64 PCM16; hot paths use :func:`encode_audio_delta`, which skips this object."""
+    """Base64 audio in the session's format (PCM16 at 24 kHz unless it asked otherwise);
+    hot paths use :func:`encode_audio_delta`, which skips this object."""
 
     TYPE: ClassVar[str] = "response.output_audio.delta"
     response: str
     delta: str
+
+
+@attrs.frozen
+class WordTiming:
+    """One word of the client's own input, and when it is heard.
+
+    ``text`` is ``input[char_start:char_end]`` exactly as the client sent it (a "$5" the
+    model spoke as "five dollars" is one word); times are milliseconds from the
+    response's first audio sample, as played (speed included).
+    """
+
+    text: str
+    start_ms: float
+    end_ms: float
+    char_start: int
+    char_end: int
+
+
+@attrs.frozen
+class OutputAudioTimestamps:
+    """The words of one segment, sent before that segment's first audio delta."""
+
+    TYPE: ClassVar[str] = "response.output_audio.timestamps"
+    response: str
+    words: list[WordTiming]
 
 
 @attrs.frozen
@@ -271,6 +303,7 @@ ServerEvent = (
     SessionUpdated
     | ResponseCreated
     | OutputAudioDelta
+    | OutputAudioTimestamps
     | ResponseCompleted
     | ResponseCanceled
     | ResponseError
@@ -306,6 +339,13 @@ def _structure_str(value: object, _: type) -> str:
 def _structure_int(value: object, _: type) -> int:
     if type(value) is not int:  # bool is an int subclass and must not pass
         raise _FieldRequirementError("must be an integer")
+    return value
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    # cattrs' default is bool(value): "false" would turn timestamps on.
+    if type(value) is not bool:
+        raise _FieldRequirementError("must be true or false")
     return value
 
 
@@ -352,6 +392,7 @@ _converter = cattrs.Converter(omit_if_default=True)
 _converter.register_structure_hook(str, _structure_str)
 _converter.register_structure_hook(int, _structure_int)
 _converter.register_structure_hook(float, _structure_float)
+_converter.register_structure_hook(bool, _structure_bool)
 _converter.register_structure_hook_factory(attrs.has, _structure_object_factory)
 _converter.register_structure_hook_factory(_is_literal, _structure_literal_factory)
 _structure_response_cancel_fields = _structure_object_factory(ResponseCancel)

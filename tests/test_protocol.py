@@ -17,6 +17,7 @@ from krt.protocol import (
     InputAppend,
     InputCommit,
     OutputAudioDelta,
+    OutputAudioTimestamps,
     Ping,
     Pong,
     ProtocolError,
@@ -30,6 +31,7 @@ from krt.protocol import (
     SessionPatch,
     SessionUpdate,
     SessionUpdated,
+    WordTiming,
     decode_client_event,
     decode_server_event,
     encode,
@@ -42,7 +44,9 @@ CLIENT_EVENTS = [
     SessionUpdate(SessionPatch()),
     SessionUpdate(SessionPatch(voice="af_heart", speed=1.25, audio=AudioSettings("opus", 48000))),
     SessionUpdate(SessionPatch(audio=AudioSettings(format="pcm"))),
+    SessionUpdate(SessionPatch(audio=AudioSettings("mulaw", 8000), timestamps=True)),
     ResponseCreate("Okay, let's go."),
+    ResponseCreate("Okay.", timestamps=False),
     ResponseCreate("Hé « là » 😀", response_id="uuid-1", voice="male", speed=0.8),
     InputAppend("partial..."),
     InputAppend(""),
@@ -56,7 +60,8 @@ CLIENT_EVENTS = [
 ]
 
 SERVER_EVENTS = [
-    SessionUpdated(EffectiveSession("af_heart", 1.0, EffectiveAudio("pcm", 24000))),
+    SessionUpdated(EffectiveSession("af_heart", 1.0, EffectiveAudio("pcm", 24000), False)),
+    OutputAudioTimestamps("r", [WordTiming("$5", 0.0, 612.5, 4, 6), WordTiming("Hi", 700.0, 900.0, 0, 2)]),
     ResponseCreated("uuid-1"),
     OutputAudioDelta("uuid-1", base64.b64encode(b"\x01\x00\xff\x7f").decode()),
     ResponseCompleted("uuid-1"),
@@ -109,9 +114,9 @@ def test_every_client_type_is_known() -> None:
         (Pong(), '{"type":"pong"}'),
         (Pong(id="k-1"), '{"type":"pong","id":"k-1"}'),
         (
-            SessionUpdated(EffectiveSession("af_heart", 1.0, EffectiveAudio("pcm", 24000))),
+            SessionUpdated(EffectiveSession("af_heart", 1.0, EffectiveAudio("pcm", 24000), False)),
             '{"type":"session.updated","session":{"voice":"af_heart","speed":1.0,'
-            '"audio":{"format":"pcm","sample_rate":24000}}}',
+            '"audio":{"format":"pcm","sample_rate":24000},"timestamps":false}}',
         ),
         (
             ErrorEvent(ErrorDetail("invalid_request_error", "oversized", "too big")),
@@ -233,7 +238,7 @@ _TYPES = (
         pytest.param(
             '{"type":"session.update","session":{"audio":{"format":"mp3"}}}',
             "invalid_field",
-            ["'session.audio.format'", '"pcm", "opus"', '"mp3"'],
+            ["'session.audio.format'", '"pcm", "opus", "mulaw", "alaw"', '"mp3"'],
             "session.update",
             id="format-mp3",
         ),
@@ -250,6 +255,13 @@ _TYPES = (
             ["'session.audio.sample_rate'", "boolean"],
             "session.update",
             id="rate-bool",
+        ),
+        pytest.param(
+            '{"type":"session.update","session":{"timestamps":"false"}}',
+            "invalid_field",
+            ["'session.timestamps'", "true or false", '"false"'],
+            "session.update",
+            id="timestamps-string",
         ),
         pytest.param(
             '{"type":"session.update","session":{"audio":{"sample_rate":24000.5}}}',

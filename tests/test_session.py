@@ -6,10 +6,13 @@ import base64
 import json
 import math
 
+import numpy as np
 import pytest
 import trio
 import trio.testing
 
+from krt.audio import pcm16_to_float
+from krt.codecs import OutputAudio, decode
 from krt.metrics.report import read_records
 from tests.fakes import CrashingG2PFake, RecordingFake
 
@@ -95,7 +98,12 @@ async def test_session_update_is_echoed_and_applies_to_later_responses(harness, 
         updated = await client.receive()
         assert updated == {
             "type": "session.updated",
-            "session": {"voice": "male", "speed": 1.5, "audio": {"format": "pcm", "sample_rate": 24000}},
+            "session": {
+                "voice": "male",
+                "speed": 1.5,
+                "audio": {"format": "pcm", "sample_rate": 24000},
+                "timestamps": False,
+            },
         }
         await client.send("response.create", response_id="fast", input="one two three four")
         await client.send("response.create", response_id="slow", input="one two three four", speed=0.75)
@@ -110,19 +118,54 @@ async def test_session_update_is_echoed_and_applies_to_later_responses(harness, 
     [
         ({"voice": "robot"}, "invalid_voice"),
         ({"speed": 9}, "invalid_speed"),
-        ({"audio": {"format": "opus"}}, "unsupported_format"),
-        ({"audio": {"sample_rate": 16000}}, "unsupported_format"),
+        ({"audio": {"format": "opus", "sample_rate": 22050}}, "unsupported_format"),
+        ({"audio": {"sample_rate": 11025}}, "unsupported_format"),
+        ({"audio": {"format": "opus"}}, "unsupported_format"),  # the session's 44100 stays
     ],
 )
 async def test_bad_session_update_is_an_error_and_changes_nothing(harness, tmp_path, session, code):
     with trio.fail_after(10):
         _server, client = await open_client(harness)
+        await client.send("session.update", session={"audio": {"sample_rate": 44100}})
+        before = (await client.receive())["session"]
         await client.send("session.update", session=session)
         error = await client.receive()
         assert error["type"] == "error"
         assert error["error"]["code"] == code and error["error"]["event_type"] == "session.update"
         await client.send("session.update", session={})
-        assert (await client.receive())["session"]["voice"] == "female"
+        assert (await client.receive())["session"] == before
+
+
+@pytest.mark.parametrize(
+    ("audio", "decoded_rate"),
+    [
+        ({"format": "opus"}, 48000),
+        ({"format": "opus", "sample_rate": 16000}, 48000),
+        ({"format": "mulaw", "sample_rate": 8000}, 8000),
+        ({"format": "alaw", "sample_rate": 8000}, 8000),
+        ({"format": "pcm", "sample_rate": 16000}, 16000),
+        ({"format": "pcm", "sample_rate": 44100}, 44100),
+    ],
+)
+async def test_each_format_and_rate_streams_the_same_audio(harness, tmp_path, audio, decoded_rate):
+    """What a session asks for is what its deltas carry, and it decodes back (PyAV) to as
+    long as the PCM the same text gives at 24 kHz; the audio is still the voice."""
+    text = "Hello there. This is a test of the output formats."
+    with trio.fail_after(10):
+        _server, client = await open_client(harness)
+        await client.send("response.create", response_id="native", input=text)
+        await client.receive_until("response.completed", "native")
+        await client.send("session.update", session={"audio": audio})
+        updated = await client.receive_until("session.updated")
+        output = OutputAudio(**{"format": "pcm", "sample_rate": 24000, **audio})
+        assert updated["session"]["audio"] == {"format": output.format, "sample_rate": output.sample_rate}
+        await client.send("response.create", response_id="encoded", input=text)
+        await client.receive_until("response.completed", "encoded")
+    native = pcm16_to_float(bytes(client.audio["native"]))
+    samples, rate = decode(bytes(client.audio["encoded"]), output)
+    assert rate == decoded_rate
+    assert samples.size / rate == pytest.approx(native.size / 24000, abs=1 / output.sample_rate)
+    assert np.sqrt(np.mean(samples**2)) == pytest.approx(np.sqrt(np.mean(native**2)), rel=0.2)
 
 
 @pytest.mark.parametrize(

@@ -246,10 +246,8 @@ class Outbox:
             if response is None or not pcm or response.canceled:
                 return
             if response.first_audio_at is None and self._primer:
-                await self._write(protocol.encode_audio_delta(response.response_id, self._primer))
-            await self._write(protocol.encode_audio_delta(response.response_id, pcm))
-            if response.first_audio_at is None:
-                response.first_audio_at = trio.current_time()
+                await self._write_audio(response, response.output_bytes(self._primer))
+            await self._write_audio(response, response.output_bytes(pcm))
             response.audio_bytes += len(pcm)
             await self._written(response, len(pcm))
 
@@ -273,6 +271,8 @@ class Outbox:
                 await flush()
                 await self._ping_behind_last_frame()  # before the event: it may end a response
                 if item.droppable_for is None or not item.droppable_for.canceled:
+                    if item.ends is not None and not item.ends.canceled:
+                        await self._write_audio(item.ends, item.ends.output_tail())
                     await self._write(item.text)
                     if item.ends is not None:
                         self._on_last_event_sent(item.ends)
@@ -293,6 +293,14 @@ class Outbox:
                 ):
                     await flush()
                     buffered_for = item.response
+
+    async def _write_audio(self, response: Response, payload: bytes) -> None:
+        """One audio delta of a response's output bytes; its first marks the response's TTFB."""
+        if not payload:
+            return
+        await self._write(protocol.encode_audio_delta(response.response_id, payload))
+        if response.first_audio_at is None:
+            response.first_audio_at = trio.current_time()
 
     async def _write(self, text: str) -> None:
         """One frame, bounded by ``WS_SEND_TIMEOUT``; a client too slow for it is dropped."""

@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
+from krt.codecs import StreamEncoder
 from krt.engine.facade import SpeechPlan
 from krt.errors import SpeechError
 from krt.metrics.record import ResponseRecord
@@ -64,6 +65,8 @@ class Response:
     """Why it failed, when it did."""
     created_at: float = attrs.field(factory=time.time)
     """Unix time it was received (the operator console shows it)."""
+    encoder: StreamEncoder | None = None
+    """Converts its PCM to the session's format and rate; None for Kokoro's own PCM."""
     on_audio_taken: Callable[[float], None] = lambda _seconds: None
     """Told the seconds of audio each time the client acknowledges reading some (the
     engine job's :meth:`~krt.engine.scheduler.Job.taken` while it is synthesizing)."""
@@ -72,6 +75,15 @@ class Response:
     def canceled(self) -> bool:
         """Nothing more of it may reach the client but its ``response.canceled``."""
         return self.outcome is Outcome.CANCELED
+
+    def output_bytes(self, pcm: bytes) -> bytes:
+        """What the client is sent for ``pcm`` (maybe nothing yet, while a resampler fills)."""
+        return pcm if self.encoder is None else self.encoder.encode(pcm)
+
+    def output_tail(self) -> bytes:
+        """What its encoder still holds once the last PCM is in (once; nothing for raw PCM)."""
+        encoder, self.encoder = self.encoder, None
+        return b"" if encoder is None else encoder.finish()
 
     def ttfb_ms(self) -> float | None:
         return None if self.first_audio_at is None else (self.first_audio_at - self.received_at) * 1000

@@ -19,7 +19,8 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed
 
-from krt import SAMPLE_RATE, protocol
+from krt import protocol
+from krt.codecs import NATIVE, OutputAudio, StreamEncoder, UnsupportedOutput
 from krt.errors import SpeechError
 from krt.server.input_buffer import InputBuffer
 from krt.server.outbox import Outbox
@@ -42,11 +43,13 @@ MAX_PENDING_RESPONSES = 64
 
 
 @attrs.define
-class VoiceSettings:
+class SessionSettings:
     """What ``session.update`` set; ``None`` speed means the server's ``KOKORO_SPEED``."""
 
     voice: str = "female"
     speed: float | None = None
+    output: OutputAudio = NATIVE
+    timestamps: bool = False
 
 
 class Session:
@@ -63,7 +66,8 @@ class Session:
         self._ws = ws
         self.engine = engine
         self.peer = peer
-        self.settings = VoiceSettings()
+        self.settings = SessionSettings()
+        self._encoding = config.encoding
         self.responses = ResponseBook(in_flight, metrics, engine.describe().backend, on_response_change)
         self.outbox = Outbox(ws, config.websocket, config.stream, self.responses.settle, peer)
         self._websocket = config.websocket
@@ -175,16 +179,15 @@ class Session:
 
     async def _update_session(self, event: protocol.SessionUpdate) -> None:
         patch = event.session
-        if patch.audio is not None and patch.audio.format not in (None, "pcm"):
-            await self._refuse_update(
-                "unsupported_format", "only format 'pcm' is supported yet; Ogg/Opus is coming"
-            )
-            return
-        if patch.audio is not None and patch.audio.sample_rate not in (None, SAMPLE_RATE):
-            await self._refuse_update(
-                "unsupported_format", f"sample_rate must be {SAMPLE_RATE} (Kokoro's native rate)"
-            )
-            return
+        output = self.settings.output
+        if patch.audio is not None:
+            try:
+                output = OutputAudio(
+                    patch.audio.format or output.format, patch.audio.sample_rate or output.sample_rate
+                )
+            except UnsupportedOutput as exc:
+                await self._refuse_update("unsupported_format", str(exc))
+                return
         if patch.voice is not None:
             try:
                 self.engine.resolve_voice(patch.voice)
@@ -200,10 +203,16 @@ class Session:
             self.settings.voice = patch.voice
         if patch.speed is not None:
             self.settings.speed = patch.speed
+        if patch.timestamps is not None:
+            self.settings.timestamps = patch.timestamps
+        self.settings.output = output
         await self.outbox.event(
             protocol.SessionUpdated(
                 protocol.EffectiveSession(
-                    self.settings.voice, speed, protocol.EffectiveAudio("pcm", SAMPLE_RATE)
+                    self.settings.voice,
+                    speed,
+                    protocol.EffectiveAudio(output.format, output.sample_rate),
+                    self.settings.timestamps,
                 )
             )
         )
@@ -228,7 +237,9 @@ class Session:
             )
             if self._queue_send.statistics().current_buffer_used >= MAX_PENDING_RESPONSES:
                 raise SpeechError("busy", f"{MAX_PENDING_RESPONSES} responses already queued here")
-            response = Response(response_id, plan, trio.current_time(), text)
+            output = self.settings.output
+            encoder = None if output.is_native else StreamEncoder(output, self._encoding)
+            response = Response(response_id, plan, trio.current_time(), text, encoder=encoder)
             self.responses.open(response)
         except SpeechError as exc:
             await self.outbox.event(protocol.ResponseError(response_id, exc.code, exc.message))

@@ -1,0 +1,285 @@
+"""Kokoro's 24 kHz PCM16 → the format and rate a client asked for, one stream at a time.
+
+A voice agent on a telephone line wants 8 kHz G.711; a browser or a bandwidth-bound
+client wants Opus; a pipeline running at 16 or 48 kHz wants that rate. Converting on the
+server, per response, spares every client a resampler and a codec of its own.
+
+Each response gets one :class:`StreamEncoder`, fed the response's PCM as it is made. Both
+stages keep state across chunks, so chunk joins leave no seam: the resampler (soxr, a
+stateful stream) carries its filter history, and the Opus encoder its frames. Whatever an
+``encode`` call returns is playable on its own once appended to what came before, so a
+delta leaves the server the moment its PCM would have; nothing waits for a page or a
+block to fill.
+
+Codecs come from PyAV, which ships them in its wheels (never an ffmpeg subprocess). The
+Ogg framing around Opus is written here rather than by PyAV's Ogg muxer: that muxer
+either holds packets back until a page is full (up to a second) or, told to flush every
+packet, spends a 28-byte page header on each 20 ms packet (~30 % over the audio at
+32 kb/s). Writing the pages ourselves puts each delta's packets in exactly one page.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import TYPE_CHECKING, get_args
+
+import attrs
+import numpy as np
+
+from krt import SAMPLE_RATE
+from krt.protocol import AudioFormat
+
+if TYPE_CHECKING:
+    import av.audio.codeccontext
+
+    from krt.config import EncodingConfig
+
+OUTPUT_FORMATS: tuple[str, ...] = get_args(AudioFormat)
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+"""Rates a client may ask for: telephony, wideband, CD family and Kokoro's own."""
+OPUS_SAMPLE_RATES = (8000, 16000, 24000, 48000)
+"""Of ``SAMPLE_RATES``, those Opus can encode (it has no 22.05 or 44.1 kHz mode)."""
+MAX_PACKETS_PER_PAGE = 100
+"""2 s of 20 ms Opus packets: a page's lacing table (255 entries) always has room."""
+OPUS_GRANULE_RATE = 48_000
+"""Ogg/Opus counts positions at 48 kHz whatever the input rate (RFC 7845 §4)."""
+
+
+class UnsupportedOutput(ValueError):
+    """A format and rate krt cannot produce; the message names what it can."""
+
+
+@attrs.frozen
+class OutputAudio:
+    """What a client hears: the format and rate of its ``response.output_audio.delta``."""
+
+    format: AudioFormat = "pcm"
+    sample_rate: int = SAMPLE_RATE
+
+    def __attrs_post_init__(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise UnsupportedOutput(
+                f"audio format {self.format!r} is not supported; use one of {', '.join(OUTPUT_FORMATS)}"
+            )
+        if self.sample_rate not in SAMPLE_RATES:
+            rates = ", ".join(map(str, SAMPLE_RATES))
+            raise UnsupportedOutput(f"sample_rate {self.sample_rate} is not supported; use one of {rates}")
+        if self.format == "opus" and self.sample_rate not in OPUS_SAMPLE_RATES:
+            rates = ", ".join(map(str, OPUS_SAMPLE_RATES))
+            raise UnsupportedOutput(f"opus cannot encode {self.sample_rate} Hz; use one of {rates}")
+
+    @property
+    def is_native(self) -> bool:
+        """Kokoro's own PCM: passed through untouched, at no cost."""
+        return self.format == "pcm" and self.sample_rate == SAMPLE_RATE
+
+    def bytes_per_second(self) -> float | None:
+        """For the fixed-rate formats, how bytes become seconds; None for Opus."""
+        per_sample = {"pcm": 2, "mulaw": 1, "alaw": 1}.get(self.format)
+        return None if per_sample is None else per_sample * self.sample_rate
+
+
+NATIVE = OutputAudio()
+
+
+class StreamEncoder:
+    """One response's audio, converted chunk by chunk with no seams; not thread-safe.
+
+    ``encode`` takes 24 kHz PCM16 and returns the bytes to send now (maybe none yet, while
+    the resampler fills its filter); ``finish`` returns the rest, once, at the end of the
+    response. A response that is cancelled is simply dropped.
+    """
+
+    def __init__(self, output: OutputAudio, encoding: EncodingConfig) -> None:
+        import soxr
+
+        self.output = output
+        self._resampler = (
+            None
+            if output.sample_rate == SAMPLE_RATE
+            else soxr.ResampleStream(SAMPLE_RATE, output.sample_rate, 1, dtype="int16", quality="HQ")
+        )
+        self._codec: _Codec | None = None
+        if output.format in ("mulaw", "alaw"):
+            self._codec = _G711(output.format, output.sample_rate)
+        elif output.format == "opus":
+            self._codec = _OggOpus(output.sample_rate, encoding)
+
+    def encode(self, pcm: bytes) -> bytes:
+        return self._convert(np.frombuffer(pcm, dtype="<i2"), last=False)
+
+    def finish(self) -> bytes:
+        """Everything still held: the resampler's tail and the codec's last frames."""
+        return self._convert(np.zeros(0, dtype="<i2"), last=True)
+
+    def _convert(self, samples: np.ndarray, *, last: bool) -> bytes:
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=last)
+        if self._codec is None:
+            return samples.astype("<i2", copy=False).tobytes()
+        return self._codec.encode(np.ascontiguousarray(samples, dtype=np.int16), last=last)
+
+
+class _Codec:
+    def encode(self, samples: np.ndarray, *, last: bool) -> bytes:
+        raise NotImplementedError
+
+
+def _audio_encoder(codec: str, sample_rate: int) -> av.audio.codeccontext.AudioCodecContext:
+    import av
+
+    context = av.CodecContext.create(codec, "w")
+    assert isinstance(context, av.AudioCodecContext)
+    context.sample_rate = sample_rate
+    context.format = "s16"
+    context.layout = "mono"
+    return context
+
+
+def _frame(samples: np.ndarray, sample_rate: int, pts: int | None = None) -> av.AudioFrame:
+    import av
+
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = pts
+    return frame
+
+
+class _G711(_Codec):
+    def __init__(self, law: str, sample_rate: int) -> None:
+        self._sample_rate = sample_rate
+        self._context = _audio_encoder(f"pcm_{law}", sample_rate)
+
+    def encode(self, samples: np.ndarray, *, last: bool) -> bytes:
+        packets = list(self._context.encode(_frame(samples, self._sample_rate))) if samples.size else []
+        if last:
+            packets += self._context.encode(None)
+        return b"".join(bytes(packet) for packet in packets)
+
+
+class _OggOpus(_Codec):
+    """Opus packets from PyAV's libopus, framed as an Ogg stream (RFC 3533, RFC 7845)."""
+
+    def __init__(self, sample_rate: int, encoding: EncodingConfig) -> None:
+        self._sample_rate = sample_rate
+        self._context = _audio_encoder("libopus", sample_rate)
+        self._context.bit_rate = encoding.opus_bitrate
+        self._context.options = {"application": encoding.opus_application}
+        self._context.open()
+        self._pre_skip: int = struct.unpack_from("<H", self._context.extradata or b"", 10)[0]
+        self._pages = OggPager(serial=random.getrandbits(32))
+        self._samples_in = 0
+        self._samples_out = 0
+        """Input samples the packets made so far cover (the encoder lags its input)."""
+        self._started = False
+
+    def encode(self, samples: np.ndarray, *, last: bool) -> bytes:
+        out = b""
+        if not self._started:
+            self._started = True
+            out += self._pages.page([bytes(self._context.extradata or b"")], granule=0, first=True)
+            out += self._pages.page([_opus_tags()], granule=0)
+        packets = []
+        if samples.size:
+            packets += self._context.encode(_frame(samples, self._sample_rate, self._samples_in))
+            self._samples_in += samples.size
+        if last:
+            packets += self._context.encode(None)
+        for start in range(0, len(packets), MAX_PACKETS_PER_PAGE):
+            group = packets[start : start + MAX_PACKETS_PER_PAGE]
+            self._samples_out += sum(packet.duration or 0 for packet in group)
+            ends = last and start + MAX_PACKETS_PER_PAGE >= len(packets)
+            # A page's position counts every sample its packets decode to, the encoder's
+            # priming (pre-skip) included; the last page's is where the input ends rather
+            # than where the padded final frame does, so a player drops the padding
+            # (RFC 7845 §4.3, §4.4).
+            granule = (
+                self._end_granule() if ends else self._samples_out * OPUS_GRANULE_RATE // self._sample_rate
+            )
+            out += self._pages.page([bytes(packet) for packet in group], granule=granule, last=ends)
+        if last and not packets:
+            out += self._pages.page([], granule=self._end_granule(), last=True)
+        return out
+
+    def _end_granule(self) -> int:
+        return self._pre_skip + self._samples_in * OPUS_GRANULE_RATE // self._sample_rate
+
+
+def _opus_tags() -> bytes:
+    vendor = b"krt"
+    return b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
+
+
+class OggPager:
+    """Ogg pages of one logical stream: each call puts whole packets in one page."""
+
+    def __init__(self, serial: int) -> None:
+        self._serial = serial
+        self._sequence = 0
+
+    def page(self, packets: list[bytes], granule: int, *, first: bool = False, last: bool = False) -> bytes:
+        lacing = b"".join(_lacing(len(packet)) for packet in packets)
+        assert len(lacing) <= 255, "a page holds at most 255 lacing values"
+        header_type = (0x02 if first else 0) | (0x04 if last else 0)
+        header = struct.pack(
+            "<4sBBqIIIB", b"OggS", 0, header_type, granule, self._serial, self._sequence, 0, len(lacing)
+        )
+        self._sequence += 1
+        body = header + lacing + b"".join(packets)
+        checksum = ogg_crc(body)
+        return body[:22] + struct.pack("<I", checksum) + body[26:]
+
+
+def _lacing(size: int) -> bytes:
+    """A packet's segment table entries: 255 per full segment, then the remainder (maybe 0)."""
+    return b"\xff" * (size // 255) + bytes([size % 255])
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def ogg_crc(data: bytes) -> int:
+    """Ogg's CRC-32 (polynomial 0x04C11DB7, unreflected, no final xor): not zlib's."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
+    return crc
+
+
+def decode(data: bytes, output: OutputAudio) -> tuple[np.ndarray, int]:
+    """A whole stream of ``output`` back to float samples and their rate, through PyAV.
+
+    The inverse of :class:`StreamEncoder` for clients that save or measure what they got
+    (``krt client``, the tests). Opus decodes at 48 kHz whatever rate it was encoded at.
+    """
+    import io
+
+    import av
+
+    if output.format == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, output.sample_rate
+    options = {} if output.format == "opus" else {"sample_rate": str(output.sample_rate), "ch_layout": "mono"}
+    demuxer = "ogg" if output.format == "opus" else output.format
+    with av.open(io.BytesIO(data), mode="r", format=demuxer, options=options) as container:
+        stream = container.streams.audio[0]
+        frames = [_float_samples(frame) for frame in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+    return (np.concatenate(frames) if frames else np.zeros(0, dtype=np.float32)), rate
+
+
+def _float_samples(frame: av.AudioFrame) -> np.ndarray:
+    samples = frame.to_ndarray().reshape(-1)
+    if np.issubdtype(samples.dtype, np.integer):  # G.711 decodes to s16, Opus to float
+        return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+    return samples.astype(np.float32)
