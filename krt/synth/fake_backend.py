@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from krt import SAMPLE_RATE
+from krt.g2p import PhonemeWord
 from krt.synth.windows import SAMPLES_PER_FRAME, PreparedSegment, decode_window
 from krt.voices import VoiceCatalog
 
@@ -44,6 +45,18 @@ class SpelledPhonemizer:
 
     def phonemize(self, text: str) -> str:
         return " ".join(text.lower().split())
+
+    def phonemize_words(self, text: str) -> list[PhonemeWord]:
+        """A word per whitespace-separated piece, its phonemes those ``phonemize`` gives
+        (a subclass that changes ``phonemize`` changes these too)."""
+        spelled = self.phonemize(text).split(" ")
+        words = text.split()
+        if len(spelled) != len(words) or not text.strip():
+            return [PhonemeWord(text.strip(), self.phonemize(text))] if text.strip() else []
+        return [
+            PhonemeWord(word, phonemes, " " if index < len(words) - 1 else "")
+            for index, (word, phonemes) in enumerate(zip(words, spelled, strict=True))
+        ]
 
 
 def _fake_vocab() -> dict[str, int]:
