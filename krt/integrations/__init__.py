@@ -1,0 +1,1 @@
+"""Adapters that let other frameworks speak through a krt server (optional extras)."""
