@@ -283,3 +283,89 @@ def _float_samples(frame: av.AudioFrame) -> np.ndarray:
     if np.issubdtype(samples.dtype, np.integer):  # G.711 decodes to s16, Opus to float
         return (samples.astype(np.float32) / 32768.0).astype(np.float32)
     return samples.astype(np.float32)
+
+
+class StreamDecoder:
+    """Deltas of one response back to float samples as they arrive (krt's own client).
+
+    A client measures what a caller hears (how long each delta plays, when the first
+    sound comes) on the decoded audio; :func:`decode` is the whole-stream check that also
+    trims Opus's padding by its last page's position, which a live player cannot know yet.
+    """
+
+    def __init__(self, output: OutputAudio) -> None:
+        import av
+
+        self.output = output
+        self.sample_rate = OPUS_GRANULE_RATE if output.format == "opus" else output.sample_rate
+        self._context: av.AudioCodecContext | None = None
+        if output.format in ("mulaw", "alaw", "opus"):
+            codec = "libopus" if output.format == "opus" else f"pcm_{output.format}"
+            context = av.CodecContext.create(codec, "r")
+            assert isinstance(context, av.AudioCodecContext)
+            context.sample_rate = self.sample_rate
+            context.layout = "mono"
+            self._context = context
+        self._pages = OggReader()
+        self._pre_skip = 0
+        self._odd_byte = b""
+
+    def decode(self, data: bytes) -> np.ndarray:
+        if self._context is None:
+            data, self._odd_byte = self._odd_byte + data, b""
+            if len(data) % 2:
+                data, self._odd_byte = data[:-1], data[-1:]
+            return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
+        packets = [data] if self.output.format != "opus" else self._audio_packets(data)
+        frames = [frame for packet in packets for frame in self._decode_packet(packet)]
+        samples = np.concatenate([_float_samples(f) for f in frames]) if frames else np.zeros(0, np.float32)
+        skipped = min(self._pre_skip, samples.size)
+        self._pre_skip -= skipped
+        return samples[skipped:]
+
+    def _decode_packet(self, packet: bytes) -> list[av.AudioFrame]:
+        import av
+
+        assert self._context is not None
+        return list(self._context.decode(av.Packet(packet)))
+
+    def _audio_packets(self, data: bytes) -> list[bytes]:
+        """Opus packets of the pages in ``data``; the two header packets set the decoder up."""
+        packets = []
+        for packet in self._pages.feed(data):
+            if packet.startswith(b"OpusHead"):
+                self._pre_skip = struct.unpack_from("<H", packet, 10)[0]
+            elif not packet.startswith(b"OpusTags"):
+                packets.append(packet)
+        return packets
+
+
+class OggReader:
+    """Packets out of Ogg pages fed in any pieces (a page may span two deltas)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        packets = []
+        while len(self._buffer) >= 27:
+            if not self._buffer.startswith(b"OggS"):
+                raise ValueError("not an Ogg stream (no page starts here)")
+            segments = self._buffer[26]
+            header_size = 27 + segments
+            if len(self._buffer) < header_size:
+                break
+            lacing = self._buffer[27:header_size]
+            if len(self._buffer) < header_size + sum(lacing):
+                break
+            position = header_size
+            for size in lacing:
+                self._partial += self._buffer[position : position + size]
+                position += size
+                if size < 255:
+                    packets.append(self._partial)
+                    self._partial = b""
+            self._buffer = self._buffer[position:]
+        return packets

@@ -41,6 +41,54 @@ async def test_client_writes_the_wav_and_reports_timings(harness, tmp_path):
         assert record["audio_s"] == pytest.approx(wav_seconds(tmp_path / "hello.wav"), abs=0.01)
 
 
+@pytest.mark.parametrize(("format_", "rate"), [("mulaw", 8000), ("opus", 16000)])
+async def test_client_asks_for_a_format_and_writes_what_it_heard(harness, tmp_path, format_, rate):
+    """The client decodes the deltas as a player would: a WAV at the rate heard (Opus
+    plays at 48 kHz), as long as the audio the server logged, and TTFB/xRT from it."""
+    with trio.fail_after(30):
+        server = await harness.server()
+        done = await run_krt(
+            "client",
+            "--url",
+            server.url,
+            "--format",
+            format_,
+            "--sample-rate",
+            str(rate),
+            "--text",
+            "Hello there. This is a demo of the formats.",
+            "--out",
+            "heard.wav",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        [record] = read_records(tmp_path / "metrics.log")
+        with wave.open(str(tmp_path / "heard.wav")) as wav:
+            assert wav.getframerate() == (48000 if format_ == "opus" else rate)
+            seconds = wav.getnframes() / wav.getframerate()
+        assert seconds == pytest.approx(record["audio_s"], abs=0.025)  # at most an Opus frame of padding
+        assert f"{seconds:.2f} s of audio ({format_} at {rate} Hz)" in done.stdout.decode()
+
+
+async def test_client_explains_an_unsupported_format(harness, tmp_path):
+    with trio.fail_after(30):
+        server = await harness.server()
+        done = await run_krt(
+            "client",
+            "--url",
+            server.url,
+            "--format",
+            "opus",
+            "--sample-rate",
+            "44100",
+            "--text",
+            "Hi.",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 1
+        assert "opus cannot encode 44100 Hz" in done.stderr.decode()
+
+
 async def test_client_sentences_mode_sends_one_response_per_sentence(harness, tmp_path):
     with trio.fail_after(30):
         server = await harness.server()

@@ -30,9 +30,10 @@ import trio
 
 from krt.bench.load import Load, run_level
 from krt.bench.sweep_report import cell, format_level, format_table, recommend, summarize
-from krt.client.commands import ToolError, add_mode_arguments, connected
+from krt.client.commands import ToolError, add_mode_arguments, add_output_arguments, connected, output_of
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
+from krt.codecs import NATIVE, OutputAudio
 
 if TYPE_CHECKING:
     import argparse
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a single level is drawn only when this is given)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_output_arguments(parser)
     add_target_arguments(parser)
 
 
@@ -190,7 +192,7 @@ def describe_server(target: Target) -> str:
 
 
 async def bench(
-    target: Target, load: Load, levels: Sequence[int], progress: Progress
+    target: Target, load: Load, levels: Sequence[int], progress: Progress, output: OutputAudio = NATIVE
 ) -> list[dict[str, Any]]:
     """Run each level in turn and summarize it."""
     summaries = []
@@ -199,7 +201,8 @@ async def bench(
             nursery.start_soon(progress.tick)
         for concurrency in levels:
             progress.start(concurrency)
-            level = await run_level(partial(connected, target), load, concurrency, on_done=progress.advance)
+            connect = partial(connected, target, output=output)
+            level = await run_level(connect, load, concurrency, on_done=progress.advance)
             summary = summarize(level)
             progress.finish(summary)
             summaries.append(summary)
@@ -238,19 +241,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
     completed, or it misbehaved (stuck responses, audio after the last event); 2 on bad options."""
     try:
         load, levels = _plan(args)
-    except ValueError as exc:
+        output = output_of(args)
+    except (ValueError, ToolError) as exc:
         print(f"krt bench: {exc}", file=sys.stderr)
         return 2
     sweeping = args.concurrency is None
     target = resolve_target(args, args.env_file)
     server = describe_server(target)
     print(
-        f"krt bench: {load.n} texts per level ({load.mode} mode) at concurrency {','.join(map(str, levels))} "
-        f"against {target.describe()}, {server}",
+        f"krt bench: {load.n} texts per level ({load.mode} mode, {output.format} at {output.sample_rate} Hz) "
+        f"at concurrency {','.join(map(str, levels))} against {target.describe()}, {server}",
         file=sys.stderr,
     )
     try:
-        summaries = trio.run(bench, target, load, levels, Progress(sys.stderr, load.n))
+        summaries = trio.run(bench, target, load, levels, Progress(sys.stderr, load.n), output)
     except BaseException as exc:
         leaves = list(_leaves(exc))
         if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
@@ -289,6 +293,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                     "mode": load.mode,
                     "n": load.n,
                     "voice": load.voice,
+                    "audio": {"format": output.format, "sample_rate": output.sample_rate},
                     "texts_from": str(args.texts) if args.texts is not None else "built-in",
                     "p95_target_ms": args.p95_target_ms,
                     "levels": summaries,

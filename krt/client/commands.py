@@ -10,8 +10,10 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from krt.client.speech import SpeechClient, open_speech_client
+from krt import SAMPLE_RATE
+from krt.client.speech import SessionRefused, SpeechClient, open_speech_client
 from krt.client.target import describe_connection_error
+from krt.codecs import NATIVE, OUTPUT_FORMATS, SAMPLE_RATES, OutputAudio, UnsupportedOutput
 from krt.engine.segmenter import split_sentences
 
 if TYPE_CHECKING:
@@ -36,6 +38,27 @@ def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, help="0.5–2.0 (default: the server's KOKORO_SPEED)")
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format", choices=OUTPUT_FORMATS, default="pcm", help="audio format to ask for (default pcm)"
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        choices=SAMPLE_RATES,
+        default=SAMPLE_RATE,
+        metavar="HZ",
+        help=f"sample rate to ask for (default {SAMPLE_RATE}; one of {', '.join(map(str, SAMPLE_RATES))})",
+    )
+
+
+def output_of(args: argparse.Namespace) -> OutputAudio:
+    try:
+        return OutputAudio(args.format, args.sample_rate)
+    except UnsupportedOutput as exc:
+        raise ToolError(str(exc)) from None
+
+
 def pieces_of(text: str, mode: str) -> list[str]:
     """What to send as separate responses."""
     if mode == "single":
@@ -44,13 +67,18 @@ def pieces_of(text: str, mode: str) -> list[str]:
 
 
 @asynccontextmanager
-async def connected(target: Target, **options: bool) -> AsyncIterator[SpeechClient]:
-    """A SpeechClient on ``target``; a refused or failed connection becomes a ToolError."""
+async def connected(
+    target: Target, *, output: OutputAudio = NATIVE, **options: bool
+) -> AsyncIterator[SpeechClient]:
+    """A SpeechClient on ``target``; a refused or failed connection (or a format the
+    server will not give) becomes a ToolError."""
     try:
-        async with open_speech_client(target.url, api_key=target.api_key, **options) as client:
+        async with open_speech_client(target.url, api_key=target.api_key, output=output, **options) as client:
             yield client
     except* Exception as group:
         for exc in group.exceptions:
+            if isinstance(exc, SessionRefused):
+                raise ToolError(f"the server refused the audio format: {exc}") from None
             message = describe_connection_error(exc, target)
             if message is not None:
                 raise ToolError(message) from None

@@ -23,12 +23,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import attrs
+import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 from wsproto.utilities import LocalProtocolError
 
 from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE, protocol
 from krt.client.figures import STALL_NOISE_FLOOR_S, Stalls, first_audible_sample, stalls
+from krt.codecs import NATIVE, OutputAudio, StreamDecoder
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -53,7 +55,8 @@ class ResponseTrace:
     arrivals: list[float] = attrs.field(factory=list)
     """Arrival time of each audio delta."""
     sizes: list[int] = attrs.field(factory=list)
-    """PCM bytes of each audio delta."""
+    """Audio of each delta, as 24 kHz PCM16 bytes whatever the session's format (so
+    seconds and stalls are computed one way)."""
     first_audible_at: float | None = None
     """When a player that starts at the first byte and plays in real time reaches the first
     sample above -50 dBFS: the moment the caller hears something. Leading silence counts."""
@@ -71,6 +74,8 @@ class ResponseTrace:
     late_events: list[str] = attrs.field(factory=list)
     """Other events naming this response after its last event (a protocol violation)."""
     pcm: bytearray | None = None
+    """PCM16 of what was heard, at ``sample_rate`` (kept when the client keeps audio)."""
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def finished(self) -> bool:
@@ -123,8 +128,12 @@ class SpeechClient:
         keep_audio: bool = False,
         response_timeout: float = RESPONSE_TIMEOUT_S,
         adopt_server_responses: bool = False,
+        output: OutputAudio = NATIVE,
     ) -> None:
         self.ws = ws
+        self.output = output
+        """The format and rate the session asked for; deltas are decoded to measure them."""
+        self._decoders: dict[str, StreamDecoder] = {}
         self.keep_audio = keep_audio
         self.adopt_server_responses = adopt_server_responses
         """Track responses the server made from ``input.append`` text (TTFB from their creation)."""
@@ -146,7 +155,11 @@ class SpeechClient:
         response_id = f"{self._prefix}-{self._count}"
         event = protocol.ResponseCreate(text, response_id, voice, speed)
         trace = ResponseTrace(
-            response_id, text, trio.current_time(), pcm=bytearray() if self.keep_audio else None
+            response_id,
+            text,
+            trio.current_time(),
+            pcm=bytearray() if self.keep_audio else None,
+            sample_rate=self._heard_rate(),
         )
         self.traces[response_id] = trace
         await self._send(protocol.encode(event))
@@ -198,21 +211,28 @@ class SpeechClient:
             return
         trace = self.traces.get(event.response)
         if trace is None and self.adopt_server_responses and isinstance(event, protocol.ResponseCreated):
-            trace = ResponseTrace(event.response, "", now, pcm=bytearray() if self.keep_audio else None)
+            trace = ResponseTrace(
+                event.response,
+                "",
+                now,
+                pcm=bytearray() if self.keep_audio else None,
+                sample_rate=self._heard_rate(),
+            )
             self.traces[event.response] = trace
             return
         if trace is None:
             self.stray_frames += 1
             return
         if isinstance(event, protocol.OutputAudioDelta):
-            pcm = base64.b64decode(event.delta)
+            data = base64.b64decode(event.delta)
             if trace.finished:
-                trace.leaked_bytes += len(pcm)
+                trace.leaked_bytes += len(data)
                 return
+            pcm, rate = self._heard(trace.response_id, data)
             if trace.first_audible_at is None and (index := first_audible_sample(pcm)) is not None:
-                trace.first_audible_at = trace.playback_reaches(now) + index / SAMPLE_RATE
+                trace.first_audible_at = trace.playback_reaches(now) + index / rate
             trace.arrivals.append(now)
-            trace.sizes.append(len(pcm))
+            trace.sizes.append(round(len(pcm) / 2 / rate * SAMPLE_RATE) * 2)
             if trace.pcm is not None:
                 trace.pcm += pcm
         elif trace.finished:
@@ -226,6 +246,38 @@ class SpeechClient:
         elif isinstance(event, protocol.ResponseError):
             trace.outcome, trace.error_code, trace.ended_at = "error", event.code, now
             trace.error_message = event.message
+
+    def _heard_rate(self) -> int:
+        return StreamDecoder(self.output).sample_rate if not self.output.is_native else SAMPLE_RATE
+
+    def _heard(self, response_id: str, data: bytes) -> tuple[bytes, int]:
+        """A delta as the PCM16 a player would play, and its rate."""
+        if self.output.is_native:
+            return data, SAMPLE_RATE
+        decoder = self._decoders.get(response_id)
+        if decoder is None:
+            decoder = self._decoders[response_id] = StreamDecoder(self.output)
+        samples = decoder.decode(data)
+        return np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes(), decoder.sample_rate
+
+    async def use_output(self, output: OutputAudio) -> None:
+        """Ask the session for ``output``; SessionRefused with the server's reason if it
+        will not. Only before the first response."""
+        await self._send(
+            protocol.encode(
+                protocol.SessionUpdate(
+                    protocol.SessionPatch(audio=protocol.AudioSettings(output.format, output.sample_rate))
+                )
+            )
+        )
+        while not self.closed:
+            message = await self.ws.get_message()
+            event = protocol.decode_server_event(message) if isinstance(message, str) else None
+            if isinstance(event, protocol.SessionUpdated):
+                self.output = output
+                return
+            if isinstance(event, protocol.ErrorEvent):
+                raise SessionRefused(event.error.message)
 
     async def wait_until(self, done: Callable[[], bool]) -> bool:
         """Read frames until ``done()``; returns ``done()``, False if the connection closed first.
@@ -272,9 +324,18 @@ class SpeechClient:
             await self.wait_until(lambda: self.closed)
 
 
+class SessionRefused(Exception):
+    """The server would not set the session up as asked (a format or rate it lacks)."""
+
+
 @asynccontextmanager
 async def open_speech_client(
-    url: str, *, api_key: str = "", keep_audio: bool = False, adopt_server_responses: bool = False
+    url: str,
+    *,
+    api_key: str = "",
+    keep_audio: bool = False,
+    adopt_server_responses: bool = False,
+    output: OutputAudio = NATIVE,
 ) -> AsyncIterator[SpeechClient]:
     """Connect (with the API key as a Bearer header when given) and close on exit.
 
@@ -288,7 +349,10 @@ async def open_speech_client(
         async with open_websocket_url(
             url, extra_headers=headers, connect_timeout=10, disconnect_timeout=5
         ) as ws:
-            yield SpeechClient(ws, keep_audio=keep_audio, adopt_server_responses=adopt_server_responses)
+            client = SpeechClient(ws, keep_audio=keep_audio, adopt_server_responses=adopt_server_responses)
+            if not output.is_native:
+                await client.use_output(output)
+            yield client
     except LocalProtocolError as exc:
         # python-trio/trio-websocket#184: a ping the server sent before it saw our close
         # (krt pings behind its audio) fails trio-websocket's reader once we are closing.

@@ -14,10 +14,18 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from krt import PCM_BYTES_PER_SECOND, protocol
+from krt import SAMPLE_RATE, protocol
 from krt.audio import write_wav
-from krt.client.commands import ToolError, add_mode_arguments, connected, pieces_of
+from krt.client.commands import (
+    ToolError,
+    add_mode_arguments,
+    add_output_arguments,
+    connected,
+    output_of,
+    pieces_of,
+)
 from krt.client.target import add_target_arguments, resolve_target
+from krt.codecs import NATIVE, OutputAudio
 
 if TYPE_CHECKING:
     import argparse
@@ -42,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cancel-after", type=float, metavar="MS", help="cancel (barge) this long after sending"
     )
+    add_output_arguments(parser)
     add_target_arguments(parser)
 
 
@@ -64,6 +73,7 @@ async def speak(
     speed: float | None,
     incremental: bool = False,
     cancel_after_ms: float | None = None,
+    output: OutputAudio = NATIVE,
 ) -> list[ResponseTrace]:
     """Speak ``text`` and return every response's trace, in the order they were created.
 
@@ -71,7 +81,9 @@ async def speak(
     ``session.end``); this one reads every frame until the server closes the socket, so
     late frames of a canceled response would be seen and counted.
     """
-    async with connected(target, keep_audio=True, adopt_server_responses=incremental) as client:
+    async with connected(
+        target, output=output, keep_audio=True, adopt_server_responses=incremental
+    ) as client:
 
         async def send_all() -> None:
             started = trio.current_time()
@@ -119,7 +131,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
     target = resolve_target(args, args.env_file)
     try:
         traces = trio.run(
-            speak, target, text, args.mode, args.voice, args.speed, args.incremental, args.cancel_after
+            speak,
+            target,
+            text,
+            args.mode,
+            args.voice,
+            args.speed,
+            args.incremental,
+            args.cancel_after,
+            output_of(args),
         )
     except ToolError as exc:
         print(f"krt client: {exc}", file=sys.stderr)
@@ -128,8 +148,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     pcm = b"".join(bytes(trace.pcm or b"") for trace in traces)
     print(report(traces))
     if pcm:
-        write_wav(args.out, pcm)
-        print(f"wrote {args.out}: {len(pcm) / PCM_BYTES_PER_SECOND:.2f} s of audio from {target.describe()}")
+        rate = traces[0].sample_rate
+        write_wav(args.out, pcm, rate)
+        heard = (
+            f"{args.format} at {args.sample_rate} Hz"
+            if args.format != "pcm" or rate != SAMPLE_RATE
+            else "pcm"
+        )
+        print(f"wrote {args.out}: {len(pcm) / 2 / rate:.2f} s of audio ({heard}) from {target.describe()}")
     for trace in failed:
         reason = (
             f"{trace.error_code}: {trace.error_message}" if trace.error_code else "no answer from the server"
