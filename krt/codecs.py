@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import attrs
 import numpy as np
@@ -35,7 +35,16 @@ if TYPE_CHECKING:
 
     from krt.config import EncodingConfig
 
+FileFormat = Literal["mp3", "aac", "flac", "wav"]
+"""Formats the OpenAI speech endpoint offers as well: files, but streamed as encoded."""
+SpeechFormat = AudioFormat | FileFormat
 OUTPUT_FORMATS: tuple[str, ...] = get_args(AudioFormat)
+"""What a WebSocket session may ask for."""
+ALL_FORMATS: tuple[str, ...] = (*OUTPUT_FORMATS, *get_args(FileFormat))
+_MUXED = {"mp3": ("mp3", "libmp3lame"), "aac": ("adts", "aac"), "flac": ("flac", "flac")}
+"""PyAV container and codec of each file format muxed by PyAV (Opus and WAV are framed here)."""
+COMPRESSED_BITRATE = 64_000
+"""MP3 and AAC bitrate: transparent for one voice at 24 kHz."""
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 """Rates a client may ask for: telephony, wideband, CD family and Kokoro's own."""
 OPUS_SAMPLE_RATES = (8000, 16000, 24000, 48000)
@@ -54,13 +63,13 @@ class UnsupportedOutput(ValueError):
 class OutputAudio:
     """What a client hears: the format and rate of its ``response.output_audio.delta``."""
 
-    format: AudioFormat = "pcm"
+    format: SpeechFormat = "pcm"
     sample_rate: int = SAMPLE_RATE
 
     def __attrs_post_init__(self) -> None:
-        if self.format not in OUTPUT_FORMATS:
+        if self.format not in ALL_FORMATS:
             raise UnsupportedOutput(
-                f"audio format {self.format!r} is not supported; use one of {', '.join(OUTPUT_FORMATS)}"
+                f"audio format {self.format!r} is not supported; use one of {', '.join(ALL_FORMATS)}"
             )
         if self.sample_rate not in SAMPLE_RATES:
             rates = ", ".join(map(str, SAMPLE_RATES))
@@ -73,11 +82,6 @@ class OutputAudio:
     def is_native(self) -> bool:
         """Kokoro's own PCM: passed through untouched, at no cost."""
         return self.format == "pcm" and self.sample_rate == SAMPLE_RATE
-
-    def bytes_per_second(self) -> float | None:
-        """For the fixed-rate formats, how bytes become seconds; None for Opus."""
-        per_sample = {"pcm": 2, "mulaw": 1, "alaw": 1}.get(self.format)
-        return None if per_sample is None else per_sample * self.sample_rate
 
 
 NATIVE = OutputAudio()
@@ -105,6 +109,10 @@ class StreamEncoder:
             self._codec = _G711(output.format, output.sample_rate)
         elif output.format == "opus":
             self._codec = _OggOpus(output.sample_rate, encoding)
+        elif output.format == "wav":
+            self._codec = _StreamingWav(output.sample_rate)
+        elif output.format in _MUXED:
+            self._codec = _Muxed(output.format, output.sample_rate)
 
     def encode(self, pcm: bytes) -> bytes:
         return self._convert(np.frombuffer(pcm, dtype="<i2"), last=False)
@@ -206,6 +214,76 @@ class _OggOpus(_Codec):
         return self._pre_skip + self._samples_in * OPUS_GRANULE_RATE // self._sample_rate
 
 
+class _StreamingWav(_Codec):
+    """A WAV header whose sizes say "unknown" (0xFFFFFFFF), then the PCM as it comes: the
+    length is not known when the header must leave, and players read such a stream to its
+    end."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self._header: bytes | None = (
+            b"RIFF"
+            + struct.pack("<I", 0xFFFFFFFF)
+            + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16)
+            + b"data"
+            + struct.pack("<I", 0xFFFFFFFF)
+        )
+
+    def encode(self, samples: np.ndarray, *, last: bool) -> bytes:
+        header, self._header = self._header or b"", None
+        return header + samples.astype("<i2", copy=False).tobytes()
+
+
+class _Sink:
+    """Where PyAV's muxer writes; each ``encode`` takes what it wrote since the last."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+class _Muxed(_Codec):
+    """MP3, ADTS AAC or FLAC through PyAV's muxer into memory, as frames are encoded.
+
+    The output has no seek: the muxer's trailer (FLAC's total length) is left unwritten,
+    which players accept for a stream.
+    """
+
+    def __init__(self, format_: str, sample_rate: int) -> None:
+        import av
+
+        container_format, codec = _MUXED[format_]
+        self._sink = _Sink()
+        self._container = av.open(self._sink, mode="w", format=container_format)
+        stream = self._container.add_stream(codec, rate=sample_rate)
+        assert isinstance(stream, av.AudioStream)
+        self._stream = stream
+        self._stream.layout = "mono"
+        if format_ != "flac":
+            self._stream.bit_rate = COMPRESSED_BITRATE
+        self._sample_rate = sample_rate
+        self._samples_in = 0
+
+    def encode(self, samples: np.ndarray, *, last: bool) -> bytes:
+        if samples.size:
+            frame = _frame(samples, self._sample_rate, self._samples_in)
+            self._samples_in += samples.size
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        if last:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+        return self._sink.take()
+
+
 def _opus_tags() -> bytes:
     vendor = b"krt"
     return b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
@@ -269,8 +347,11 @@ def decode(data: bytes, output: OutputAudio) -> tuple[np.ndarray, int]:
 
     if output.format == "pcm":
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, output.sample_rate
-    options = {} if output.format == "opus" else {"sample_rate": str(output.sample_rate), "ch_layout": "mono"}
-    demuxer = "ogg" if output.format == "opus" else output.format
+    raw = output.format in ("mulaw", "alaw")
+    options = {"sample_rate": str(output.sample_rate), "ch_layout": "mono"} if raw else {}
+    demuxer = {"opus": "ogg", "mp3": "mp3", "aac": "aac", "flac": "flac", "wav": "wav"}.get(
+        output.format, output.format
+    )
     with av.open(io.BytesIO(data), mode="r", format=demuxer, options=options) as container:
         stream = container.streams.audio[0]
         frames = [_float_samples(frame) for frame in container.decode(stream)]

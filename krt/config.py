@@ -99,12 +99,43 @@ class ModelConfig:
     )
 
 
+DEFAULT_OPENAI_VOICE_MAP = (
+    "alloy=female,ash=male,ballad=male,coral=female,echo=male,fable=male,nova=female,"
+    "onyx=male,sage=female,shimmer=female,verse=male,marin=female,cedar=male"
+)
+"""OpenAI's voice names, by the voice each one sounds like most."""
+
+
+def parse_voice_map(text: str) -> dict[str, str]:
+    """``name=voice,name=voice`` → {name: voice}; ValueError naming the bad entry."""
+    mapping = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, voice = (piece.strip() for piece in entry.partition("="))
+        if not sep or not name or not voice:
+            raise ValueError(f"{entry!r} is not name=voice")
+        mapping[name] = voice
+    return mapping
+
+
+def _voice_map(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        parse_voice_map(value)
+    except ValueError as exc:
+        raise ValueError(f"is not a list of name=voice ({exc})") from exc
+
+
 @attrs.frozen
 class VoiceConfig:
     female: str = knob("DEFAULT_VOICE_FEMALE", "", "Voice id for 'female'; empty = the weight source's best.")
     male: str = knob("DEFAULT_VOICE_MALE", "", "Voice id for 'male'; empty = the weight source's best.")
     speed: float = knob(
         "KOKORO_SPEED", 1.0, "Default speech speed; requests may override.", _between(0.5, 2.0)
+    )
+    openai_voices: str = knob(
+        "OPENAI_VOICE_MAP",
+        DEFAULT_OPENAI_VOICE_MAP,
+        "OpenAI voice names → krt voices for /v1/audio/speech (name=voice, comma-separated).",
+        _voice_map,
     )
 
 

@@ -45,15 +45,17 @@ context to guess from, the standard material for intelligibility."""
 
 MAX_RAW_WORD_ERROR_RATE = 0.35
 """Mean WER of the raw model (whole sentences, no krt) over both default voices, as
-Whisper tiny.en hears them: measured ≈ 0.20 (onnx) and ≈ 0.21–0.23 (torch) on the
-packaged weights (the male blend alone ≈ 0.25–0.30, the female ≈ 0.12–0.14). Above it
-the model or its voices are broken, whatever krt does; it also bounds krt's own speech
-where no raw model is decoded beside it."""
+Whisper tiny.en hears them: measured ≈ 0.05 (onnx, 2026-11-30) since the audio reaches
+Whisper at the 16 kHz it assumes; ≈ 0.20 (onnx) and 0.21–0.23 (torch) before, when it
+heard 24 kHz audio as 16 kHz (slowed to 2/3). Above it the model or its voices are
+broken, whatever krt does; it also bounds krt's own speech where no raw model is decoded
+beside it. Left loose until torch is measured again at 16 kHz."""
 MAX_WORD_ERROR_RATE_ABOVE_RAW = 0.03
 """How much worse than the raw model krt may be heard, pooled over both voices, the agent
 phrases and the Harvard lists. Whisper's verdict on one sentence flips with inaudible
 changes, so sentences are not compared one by one; pooled over these 52, krt measured
-+0.010 (onnx) and +0.006 to +0.023 (torch, over two runs), and over the agent phrases
++0.010 (onnx: 0.064 against 0.054, at 16 kHz; also +0.010 before, slowed) and +0.006 to
++0.023 (torch, slowed, over two runs), and over the agent phrases
 with only the first Harvard list the same audio measures +0.025 to +0.038: the noise
 of the measure, not of krt. A decoder window with too little context (one frame per
 side) measured +0.14 on the male voice."""

@@ -94,7 +94,7 @@ async def test_readyz_says_503_while_draining(server):
 
 async def test_unknown_path_is_404(server):
     with trio.fail_after(10):
-        status, _headers, body = await http_get(server.port, "/v1/audio/speech")
+        status, _headers, body = await http_get(server.port, "/v1/audio/transcriptions")
         assert status == 404
         assert WS_PATH in json.loads(body)["routes"]
 

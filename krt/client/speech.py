@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import uuid
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import numpy as np
@@ -30,7 +30,7 @@ from wsproto.utilities import LocalProtocolError
 
 from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE, protocol
 from krt.client.figures import STALL_NOISE_FLOOR_S, Stalls, first_audible_sample, stalls
-from krt.codecs import NATIVE, OutputAudio, StreamDecoder
+from krt.codecs import NATIVE, OUTPUT_FORMATS, OutputAudio, StreamDecoder
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -263,10 +263,15 @@ class SpeechClient:
     async def use_output(self, output: OutputAudio) -> None:
         """Ask the session for ``output``; SessionRefused with the server's reason if it
         will not. Only before the first response."""
+        if output.format not in OUTPUT_FORMATS:
+            raise SessionRefused(
+                f"{output.format} is a file format; a session streams {', '.join(OUTPUT_FORMATS)}"
+            )
+        audio_format = cast("protocol.AudioFormat", output.format)
         await self._send(
             protocol.encode(
                 protocol.SessionUpdate(
-                    protocol.SessionPatch(audio=protocol.AudioSettings(output.format, output.sample_rate))
+                    protocol.SessionPatch(audio=protocol.AudioSettings(audio_format, output.sample_rate))
                 )
             )
         )

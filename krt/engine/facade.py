@@ -96,14 +96,15 @@ class Engine:
             backend.name, backend.device, backend.source, voices.female, voices.male, tuple(voices.names)
         )
 
-    def stream(self, plan: SpeechPlan, label: str) -> AbstractAsyncContextManager[Job]:
+    def stream(self, plan: SpeechPlan, label: str, *, paced: bool = True) -> AbstractAsyncContextManager[Job]:
         """Admit ``plan`` and yield its job; iterate the job for PCM batches, in order.
 
         Raises SpeechError ``busy`` when refused. Leaving the block for any reason (the
         last batch read, a cancel scope, a disconnect) withdraws the job: nothing more is
-        computed for it and anything still in flight is discarded.
+        computed for it and anything still in flight is discarded. ``paced=False`` is for
+        downloads, made as fast as the turns other streams do not need allow.
         """
-        return self._scheduler.stream(self._pipeline.rendering(plan), label)
+        return self._scheduler.stream(self._pipeline.rendering(plan), label, paced=paced)
 
     def statistics(self) -> EngineStatistics:
         return self._scheduler.statistics()

@@ -91,6 +91,10 @@ class Job:
     wake_engine: Callable[[], None]
     withdrawn: bool = False
     """Its reader left (done, cancelled, disconnected): nothing more is made or delivered."""
+    paced: bool = True
+    """Held to ``AHEAD_SECONDS`` ahead of a real-time player. A download (an HTTP speech
+    request) is not: it takes every turn no player needs sooner, since its deadline runs
+    ahead as fast as it is made."""
     first_turn_at: float | None = None
     first_audio_at: float | None = None
     audio_made: float = 0.0
@@ -187,6 +191,10 @@ class EngineStatistics:
     """Time the model thread has spent on turns since start (rates come from differences)."""
     audio_seconds: float
     """Audio made since start."""
+    stalls: int = 0
+    """Batches that came after their stream's real-time player would have run dry."""
+    stall_seconds: float = 0.0
+    """How long those players would have waited, in all."""
 
 
 @attrs.frozen
@@ -221,6 +229,8 @@ class Scheduler:
         self._busy = 0
         self._model_seconds = 0.0
         self._audio_seconds = 0.0
+        self._stalls = 0
+        self._stall_seconds = 0.0
 
     def statistics(self) -> EngineStatistics:
         return EngineStatistics(
@@ -233,6 +243,8 @@ class Scheduler:
             self._busy,
             self._model_seconds,
             self._audio_seconds,
+            self._stalls,
+            self._stall_seconds,
         )
 
     # -- admission ---------------------------------------------------------------------
@@ -298,7 +310,7 @@ class Scheduler:
             self._active.append(self._waiting.popleft())
 
     @asynccontextmanager
-    async def stream(self, rendering: Rendering, label: str) -> AsyncIterator[Job]:
+    async def stream(self, rendering: Rendering, label: str, *, paced: bool = True) -> AsyncIterator[Job]:
         """Admit a job and yield it; iterate it for its PCM, in order.
 
         Raises SpeechError("busy") when refused. Leaving the block for any reason —
@@ -308,7 +320,7 @@ class Scheduler:
         # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_SECONDS
         # of audio wait, so it never holds more than that plus one window.
         send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
-        job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon)
+        job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon, paced=paced)
         self._admit(job)
         try:
             with receive:
@@ -326,7 +338,7 @@ class Scheduler:
         return (
             not job.withdrawn
             and job.has_room()
-            and (job.first_audio_at is None or job.deadline - now <= AHEAD_SECONDS)
+            and (not job.paced or job.first_audio_at is None or job.deadline - now <= AHEAD_SECONDS)
         )
 
     def _pick(self) -> Job | None:
@@ -342,7 +354,7 @@ class Scheduler:
         ahead = [
             job.deadline - AHEAD_SECONDS - now
             for job in self._active
-            if not job.withdrawn and job.has_room() and job.first_audio_at is not None
+            if not job.withdrawn and job.has_room() and job.first_audio_at is not None and job.paced
         ]
         return max(0.0, min(ahead)) if ahead else math.inf
 
@@ -350,8 +362,12 @@ class Scheduler:
         """On the Trio thread, as soon as the model thread has a batch."""
         if job.withdrawn:
             return
+        now = trio.current_time()
         if job.first_audio_at is None:
-            job.first_audio_at = trio.current_time()
+            job.first_audio_at = now
+        elif now > job.deadline and job.unread_seconds == 0:  # not a reader that stopped
+            self._stalls += 1
+            self._stall_seconds += now - job.deadline
         seconds = _batch_seconds(batch)
         job.audio_made += seconds
         job.unread_seconds += seconds

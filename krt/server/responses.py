@@ -65,6 +65,8 @@ class Response:
     """Why it failed, when it did."""
     created_at: float = attrs.field(factory=time.time)
     """Unix time it was received (the operator console shows it)."""
+    transport: str = "websocket"
+    """How it came: ``websocket`` or ``http`` (the OpenAI speech endpoint)."""
     encoder: StreamEncoder | None = None
     """Converts its PCM to the session's format and rate; None for Kokoro's own PCM."""
     on_audio_taken: Callable[[float], None] = lambda _seconds: None
@@ -84,6 +86,10 @@ class Response:
         """What its encoder still holds once the last PCM is in (once; nothing for raw PCM)."""
         encoder, self.encoder = self.encoder, None
         return b"" if encoder is None else encoder.finish()
+
+    def audio_seconds(self) -> float:
+        """Audio sent to the client so far."""
+        return self.audio_bytes / PCM_BYTES_PER_SECOND
 
     def ttfb_ms(self) -> float | None:
         return None if self.first_audio_at is None else (self.first_audio_at - self.received_at) * 1000
@@ -202,7 +208,7 @@ class ResponseBook:
             request_id=response.response_id,
             ttfb_ms=response.ttfb_ms(),
             wall_s=trio.current_time() - response.received_at,
-            audio_s=response.audio_bytes / PCM_BYTES_PER_SECOND,
+            audio_s=response.audio_seconds(),
             canceled=response.canceled,
             voice=response.plan.voice,
             backend=self._backend,

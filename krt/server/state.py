@@ -13,7 +13,8 @@ from krt.config import Config
 from krt.engine.facade import Engine
 from krt.metrics.record import MetricsLog
 from krt.server.monitor import Monitor
-from krt.server.responses import InFlight
+from krt.server.prometheus import ServerMetrics
+from krt.server.responses import InFlight, Response
 from krt.server.session import Session
 
 
@@ -29,11 +30,19 @@ class ServerState:
     open_sessions: set[Session] = attrs.field(factory=set)
     monitor: Monitor = attrs.field(init=False)
     """What the operator console sees (created with the state, on the Trio thread)."""
+    prometheus: ServerMetrics = attrs.field(init=False)
+    """What ``GET /metrics`` serves."""
     drain_requested: trio.Event = attrs.field(factory=trio.Event)
     """Set by an operator's drain command; the server then drains as on SIGTERM."""
 
     def __attrs_post_init__(self) -> None:
         self.monitor = Monitor(self)
+        self.prometheus = ServerMetrics(self)
+
+    def response_changed(self, connection: str, response: Response) -> None:
+        """A response opened or settled: the console's feed and the metrics see it."""
+        self.monitor.response_changed(connection, response)
+        self.prometheus.response_changed(response)
 
     @property
     def draining(self) -> bool:
