@@ -20,7 +20,7 @@ import trio.testing
 from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE
 from krt.engine.pipeline import SpeechPipeline
 from krt.engine.runner import ThreadRunner
-from krt.engine.scheduler import CAPACITY_HEADROOM, JOB_BUFFER_SECONDS
+from krt.engine.scheduler import AHEAD_SECONDS, CAPACITY_HEADROOM, JOB_BUFFER_SECONDS
 from krt.errors import SpeechError
 from krt.synth.fake_backend import FakeBackend
 from krt.synth.windows import SAMPLES_PER_FRAME
@@ -139,9 +139,11 @@ class Player:
         return stalls
 
 
-async def play(engine: Engine, plan: SpeechPlan, player: Player, *, leave_after: int | None = None) -> None:
+async def play(
+    engine: Engine, plan: SpeechPlan, player: Player, *, leave_after: int | None = None, paced: bool = True
+) -> None:
     try:
-        async with engine.stream(plan, plan.segments[0].split()[0]) as job:
+        async with engine.stream(plan, plan.segments[0].split()[0], paced=paced) as job:
             async for batch in job:
                 player.received(b"".join(batch))
                 if len(player.batches) == leave_after:
@@ -235,6 +237,41 @@ async def test_streams_that_arrive_together_never_stall_while_the_engine_has_cap
     # Earliest deadline first: every newcomer's first window before anyone's second.
     owners = backend.owners()[warm_up_windows:]
     assert sorted(owners[:streams]) == sorted(words)
+
+
+async def test_a_download_takes_every_turn_no_player_needs_and_stalls_no_one(nursery, autojump_clock):
+    """An unpaced job (an HTTP download) is made far faster than real time, where a paced
+    one is held to AHEAD_SECONDS ahead of its player; a stream started beside it never
+    runs dry."""
+    _config, _backend, engine = await clocked_engine(nursery, autojump_clock, 0.1)
+    await engine.warm_up()
+    paced_alone, stream, download = Player(), Player(), Player()
+    await play(engine, engine.plan(long_text("alpha", 4)), paced_alone)
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play, engine, engine.plan(long_text("bravo", 4)), stream)
+        sessions.start_soon(
+            partial(play, engine, engine.plan(long_text("charlie", 4)), download, paced=False)
+        )
+
+    def making_time(player: Player) -> float:
+        return player.arrivals[-1] - player.arrivals[0]
+
+    assert making_time(paced_alone) > paced_alone.seconds - AHEAD_SECONDS - 1.0
+    assert making_time(download) < 0.5 * download.seconds
+    assert stream.stalls() == [] and engine.statistics().stalls == 0
+
+
+async def test_the_engine_counts_what_a_player_would_hear_as_stalls(nursery, autojump_clock):
+    """A model slower than real time: every gap a player would hear is one of the engine's
+    stalls (``krt_stalls_total``), and their seconds add up."""
+    _config, _backend, engine = await clocked_engine(nursery, autojump_clock, 1.5)
+    player = Player()
+    await play(engine, engine.plan(long_text("alpha", 2)), player)
+    heard = player.stalls()
+    assert heard
+    statistics = engine.statistics()
+    assert statistics.stalls == len(heard)
+    assert statistics.stall_seconds == pytest.approx(sum(heard), abs=1e-6)
 
 
 async def test_the_stream_nearest_to_running_dry_goes_first(nursery, autojump_clock):

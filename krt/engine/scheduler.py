@@ -91,6 +91,9 @@ class Job:
     wake_engine: Callable[[], None]
     withdrawn: bool = False
     """Its reader left (done, cancelled, disconnected): nothing more is made or delivered."""
+    played_until: float | None = None
+    """Where a real-time player of its audio would be done, counting the pauses it made
+    whenever it ran dry (what the stall count is measured on)."""
     paced: bool = True
     """Held to ``AHEAD_SECONDS`` ahead of a real-time player. A download (an HTTP speech
     request) is not: it takes every turn no player needs sooner, since its deadline runs
@@ -365,10 +368,13 @@ class Scheduler:
         now = trio.current_time()
         if job.first_audio_at is None:
             job.first_audio_at = now
-        elif now > job.deadline and job.unread_seconds == 0:  # not a reader that stopped
-            self._stalls += 1
-            self._stall_seconds += now - job.deadline
         seconds = _batch_seconds(batch)
+        if job.played_until is None or now > job.played_until:
+            if job.played_until is not None and job.unread_seconds == 0:  # not a reader that stopped
+                self._stalls += 1
+                self._stall_seconds += now - job.played_until
+            job.played_until = now  # a player that ran dry resumes with this batch
+        job.played_until += seconds
         job.audio_made += seconds
         job.unread_seconds += seconds
         job.latest_batch_seconds = seconds
