@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.client.commands import ToolError, connected
+from krt.client.commands import ToolError, connected, leaves
 from krt.client.http_speech import post_speech
 from krt.client.target import add_target_arguments, resolve_target
 from krt.codecs import OutputAudio
@@ -24,7 +24,6 @@ from krt.metrics.stats import percentile
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator
 
     from krt.client.target import Target
     from krt.config import Config
@@ -109,14 +108,6 @@ def summarize(times: dict[Variant, list[float]]) -> list[dict[str, object]]:
     ]
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def run(args: argparse.Namespace, config: Config) -> int:
     if args.rounds < 1:
         print("krt bench formats: --rounds must be at least 1", file=sys.stderr)
@@ -125,7 +116,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         rows = summarize(trio.run(bench, target, args.rounds, args.voice))
     except Exception as exc:
-        failure = next((leaf for leaf in _leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
+        failure = next((leaf for leaf in leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
         if failure is None:
             raise
         print(f"krt bench formats: {failure}", file=sys.stderr)

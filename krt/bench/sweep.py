@@ -30,14 +30,21 @@ import trio
 
 from krt.bench.load import Load, run_level
 from krt.bench.sweep_report import cell, format_level, format_table, recommend, summarize
-from krt.client.commands import ToolError, add_mode_arguments, add_output_arguments, connected, output_of
+from krt.client.commands import (
+    ToolError,
+    add_mode_arguments,
+    add_output_arguments,
+    connected,
+    leaves,
+    output_of,
+)
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
 from krt.codecs import NATIVE, OutputAudio
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from krt.bench.load import Transaction
     from krt.client.target import Target
@@ -210,14 +217,6 @@ async def bench(
     return summaries
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def _plan(args: argparse.Namespace) -> tuple[Load, list[int]]:
     """The load and levels the arguments ask for; ValueError with a one-line reason if invalid."""
     if args.concurrency is not None and args.sweep is not None:
@@ -256,11 +255,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         summaries = trio.run(bench, target, load, levels, Progress(sys.stderr, load.n), output)
     except BaseException as exc:
-        leaves = list(_leaves(exc))
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        failures = list(leaves(exc))
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in failures):
             print("\nkrt bench: interrupted", file=sys.stderr)
             return 130
-        failure = next((leaf for leaf in leaves if isinstance(leaf, ToolError)), None)
+        failure = next((leaf for leaf in failures if isinstance(leaf, ToolError)), None)
         if failure is None:
             raise
         print(f"krt bench: {failure}", file=sys.stderr)

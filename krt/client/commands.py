@@ -18,13 +18,23 @@ from krt.engine.segmenter import split_sentences
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from krt.client.target import Target
 
 
 class ToolError(Exception):
     """A failure a tool reports in one line, without a traceback."""
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``'s groups, however nested (Trio's nurseries wrap them),
+    so a tool can find the ToolError among them."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
 
 
 def add_mode_arguments(parser: argparse.ArgumentParser) -> None:

@@ -110,24 +110,33 @@ class _StateCollector(Collector):
             return
         backend = engine.describe().backend
         stats = engine.statistics()
-        gauges = (
-            ("krt_streams_active", "Streams admitted and synthesizing.", stats.active),
-            ("krt_streams_waiting", "Streams admitted, waiting for a slot.", stats.waiting),
-            ("krt_engine_slots", "Streams the measured capacity sustains in real time.", stats.slots),
-            ("krt_engine_capacity", "Audio seconds made per second of model time.", stats.capacity),
+        families = (
+            (GaugeMetricFamily, "krt_streams_active", "Streams admitted and synthesizing.", stats.active),
+            (
+                GaugeMetricFamily,
+                "krt_streams_waiting",
+                "Streams admitted, waiting for a slot.",
+                stats.waiting,
+            ),
+            (GaugeMetricFamily, "krt_engine_slots", "Streams the measured capacity sustains.", stats.slots),
+            (
+                GaugeMetricFamily,
+                "krt_engine_capacity",
+                "Audio seconds made per model second.",
+                stats.capacity,
+            ),
+            (CounterMetricFamily, "krt_busy_refusals", "Requests refused as busy.", stats.busy_rejections),
+            (
+                CounterMetricFamily,
+                "krt_model_busy_seconds",
+                "Model thread time on turns.",
+                stats.model_seconds,
+            ),
+            (CounterMetricFamily, "krt_audio_made_seconds", "Audio the model made.", stats.audio_seconds),
+            (CounterMetricFamily, "krt_stalls", "Audio after its player would have run dry.", stats.stalls),
+            (CounterMetricFamily, "krt_stall_seconds", "How long those players waited.", stats.stall_seconds),
         )
-        for name, documentation, value in gauges:
-            family = GaugeMetricFamily(name, documentation, labels=["backend"])
+        for family_type, name, documentation, value in families:
+            family = family_type(name, documentation, labels=["backend"])
             family.add_metric([backend], value)
             yield family
-        counters = (
-            ("krt_busy_refusals", "Requests refused as busy.", stats.busy_rejections),
-            ("krt_model_busy_seconds", "Time the model thread spent on turns.", stats.model_seconds),
-            ("krt_audio_made_seconds", "Audio the model made.", stats.audio_seconds),
-            ("krt_stalls", "Audio that came after its stream's player would have run dry.", stats.stalls),
-            ("krt_stall_seconds", "How long those players would have waited.", stats.stall_seconds),
-        )
-        for name, documentation, value in counters:
-            counter = CounterMetricFamily(name, documentation, labels=["backend"])
-            counter.add_metric([backend], value)
-            yield counter
