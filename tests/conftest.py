@@ -12,6 +12,7 @@ import pytest
 from krt.config import Config, load_config
 from krt.engine.pipeline import SpeechPipeline
 from krt.synth.fake_backend import FakeBackend
+from tests.krt_process import start_krt  # noqa: F401  (a fixture: krt serve as a real process)
 
 if TYPE_CHECKING:
     from pathlib import Path

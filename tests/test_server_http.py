@@ -92,6 +92,16 @@ async def test_readyz_says_503_while_draining(server):
         assert status == 200  # alive, just not taking new work
 
 
+async def test_a_draining_replica_refuses_new_websockets_before_the_upgrade(server):
+    """503 before anything is upgraded: a load balancer may try the next replica."""
+    with trio.fail_after(10):
+        server.state.in_flight.start_drain()
+        upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        status, headers, body = await http_get(server.port, WS_PATH, headers=upgrade)
+    assert (status, headers["retry-after"]) == (503, "5")
+    assert "reconnect" in json.loads(body)["error"]
+
+
 async def test_unknown_path_is_404(server):
     with trio.fail_after(10):
         status, _headers, body = await http_get(server.port, "/v1/audio/transcriptions")

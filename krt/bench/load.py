@@ -18,7 +18,7 @@ import trio
 
 from krt.client.commands import pieces_of
 from krt.client.figures import jain_index
-from krt.client.speech import ResponseTrace, SpeechClient
+from krt.client.speech import MAX_RECONNECTS, ResponseTrace, SpeechClient
 from krt.metrics.stats import percentile
 
 if TYPE_CHECKING:
@@ -109,18 +109,34 @@ async def run_stream(
 
     A stuck response ends the stream: what follows would measure the stuck one. The
     socket is ended with ``session.end`` and read to its close, so late frames count.
+    A server that drains (it closes the socket, or refuses a text as ``busy`` saying to
+    reconnect) is left for a new connection, as a voice agent behind a load balancer
+    would, and the text is sent again there; a failure ends the stream.
     """
     transactions: list[Transaction] = []
-    async with connect() as client:
-        for text in texts:
-            transaction = await _speak_text(client, text, mode=mode, voice=voice, speed=speed)
-            transactions.append(transaction)
-            if on_done is not None:
-                on_done(transaction)
-            if any(trace.timed_out for trace in transaction) or client.closed:
-                break
-        await client.finish()
-        return StreamResult(tuple(transactions), tuple(client.connection_errors))
+    errors: list[str] = []
+    pending = list(texts)
+    reconnects = 0
+    while pending:
+        async with connect() as client:
+            while pending:
+                transaction = await _speak_text(client, pending[0], mode=mode, voice=voice, speed=speed)
+                if _told_to_reconnect(transaction) and reconnects < MAX_RECONNECTS:
+                    reconnects += 1
+                    break
+                pending.pop(0)
+                transactions.append(transaction)
+                if on_done is not None:
+                    on_done(transaction)
+                if any(trace.timed_out for trace in transaction) or client.closed:
+                    pending.clear()
+            await client.finish()
+            errors += client.connection_errors
+    return StreamResult(tuple(transactions), tuple(errors))
+
+
+def _told_to_reconnect(transaction: Transaction) -> bool:
+    return all(trace.told_to_reconnect for trace in transaction)
 
 
 async def run_level(

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 RESPONSE_TIMEOUT_S = 60.0
 """A response with no last event after this long is reported stuck and its stream stops."""
 FINISH_TIMEOUT_S = 10.0
+MAX_RECONNECTS = 3
+"""Reconnections a tool makes for a draining server before it reports what it got."""
 
 
 # --- one response as the client saw it -----------------------------------------------------
@@ -84,6 +86,16 @@ class ResponseTrace:
     @property
     def ttfb(self) -> float | None:
         return self.arrivals[0] - self.sent_at if self.arrivals else None
+
+    @property
+    def told_to_reconnect(self) -> bool:
+        """Nothing of it was heard because the server is draining: it was refused as
+        ``busy`` saying to reconnect, or the socket had been closed before it went out.
+        Behind a load balancer, a new connection lands on another replica."""
+        if self.arrivals:
+            return False
+        drained = self.error_code == "busy" and "reconnect" in self.error_message
+        return drained or self.error_code == "disconnected"
 
     @property
     def audio_seconds(self) -> float:

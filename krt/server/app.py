@@ -86,20 +86,33 @@ async def drain_on_request(state: ServerState, scope: trio.CancelScope) -> None:
     scope.cancel(reason="drained")
 
 
+DRAIN_CLOSE_CODE = 1012
+"""WebSocket "service restart": the close a draining replica sends, which tells a client
+to reconnect (through its load balancer, to another replica), unlike a failure's 1006
+or 1011."""
+DRAIN_CLOSE_REASON = "draining: reconnect"
+
+
 async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -> None:
-    """Refuse new responses, let open ones finish for up to ``KRT_DRAIN_SECONDS`` (or until
-    the next of ``signals``), then close every session with 1001 (going away)."""
+    """Refuse new responses (``busy``, saying why), let open ones finish for up to
+    ``KRT_DRAIN_SECONDS`` (or until the next of ``signals``), and close each session with
+    1012 as soon as it has nothing in flight, so its client reconnects elsewhere at once;
+    when the time is up, close whatever is left the same way."""
     state.in_flight.start_drain()
     state.monitor.server_changed()
     with trio.move_on_after(state.config.server.drain_seconds):
         async with trio.open_nursery() as waiting:
             if signals is not None:
                 waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
-            if state.in_flight.count:
-                await state.in_flight.zero.wait()
+            while True:
+                settled = state.in_flight.settled
+                await state.close_sessions(DRAIN_CLOSE_CODE, idle_only=True, reason=DRAIN_CLOSE_REASON)
+                if not state.in_flight.count:
+                    break
+                await settled.wait()
             waiting.cancel_scope.cancel()
     log.info("drained; closing %d sessions and exiting", state.sessions)
-    await state.close_sessions(1001)
+    await state.close_sessions(DRAIN_CLOSE_CODE, reason=DRAIN_CLOSE_REASON)
 
 
 async def _cancel_on_next_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:

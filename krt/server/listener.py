@@ -22,6 +22,7 @@ from krt.protocol import MAX_WS_MESSAGE_BYTES, WS_PATH
 from krt.server import openai_api, prometheus
 from krt.server.http import HEAD_TIMEOUT, FrontDoor, ReplayStream, RequestRefused, authorized, header
 from krt.server.outbox import CLOSE_TIMEOUT_S
+from krt.server.responses import DRAINING_REASON
 from krt.server.session import Session
 
 if TYPE_CHECKING:
@@ -92,6 +93,10 @@ async def _route(door: FrontDoor, request: h11.Request, state: ServerState, peer
         return
     if state.engine is None:
         await door.respond(503, {"error": "the model is still loading"}, [("Retry-After", "5")])
+        return
+    if state.draining:
+        # Before the upgrade, so a load balancer can try the next replica (nothing was sent).
+        await door.respond(503, {"error": DRAINING_REASON}, [("Retry-After", "5")])
         return
     if not authorized(request, state.config.auth.api_key):
         log.warning("%s: refused WebSocket upgrade: missing or wrong API key", peer)

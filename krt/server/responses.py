@@ -95,6 +95,11 @@ class Response:
         return None if self.first_audio_at is None else (self.first_audio_at - self.received_at) * 1000
 
 
+DRAINING_REASON = "the server is draining; reconnect to reach another replica"
+"""What a response refused during a drain is told: a client behind a load balancer
+reconnects (and lands elsewhere) rather than fails."""
+
+
 @attrs.define
 class InFlight:
     """Responses open server-wide, and whether new ones may open (not while draining)."""
@@ -102,6 +107,8 @@ class InFlight:
     count: int = 0
     zero: trio.Event = attrs.field(factory=trio.Event)
     draining: bool = False
+    settled: trio.Event = attrs.field(factory=trio.Event)
+    """Set when a response settles (then replaced): a drain closes what went idle."""
 
     def start_drain(self) -> None:
         """From now on new responses are refused ``busy``; open ones still run."""
@@ -109,7 +116,7 @@ class InFlight:
 
     def open(self) -> None:
         if self.draining:
-            raise SpeechError("busy", "the server is draining")
+            raise SpeechError("busy", DRAINING_REASON)
         self.count += 1
         self.zero = trio.Event() if self.zero.is_set() else self.zero
 
@@ -117,6 +124,8 @@ class InFlight:
         self.count -= 1
         if self.count == 0:
             self.zero.set()
+        self.settled.set()
+        self.settled = trio.Event()
 
 
 class ResponseBook:

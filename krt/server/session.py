@@ -109,9 +109,9 @@ class Session:
         finally:
             session_scope.cancel(reason="outbox stopped")
 
-    async def close(self, code: int) -> None:
+    async def close(self, code: int, reason: str | None = None) -> None:
         """Close the socket with ``code`` within a second, whatever the outbox is doing."""
-        await self.outbox.close_now(code)
+        await self.outbox.close_now(code, reason)
 
     async def cancel_response(self, response_id: str) -> bool:
         """Cancel as a ``response.cancel`` from the client would (the operator console's

@@ -52,12 +52,16 @@ class ServerState:
     def sessions(self) -> int:
         return len(self.open_sessions)
 
-    async def close_sessions(self, code: int = 1001) -> None:
+    async def close_sessions(
+        self, code: int = 1001, *, idle_only: bool = False, reason: str | None = None
+    ) -> None:
         """Say goodbye to every client (1001, going away) before the process exits, so
-        a voice agent reconnects elsewhere instead of guessing at an abnormal closure."""
+        a voice agent reconnects elsewhere instead of guessing at an abnormal closure;
+        ``idle_only``: only those with no response in flight."""
         async with trio.open_nursery() as nursery:
             for session in list(self.open_sessions):
-                nursery.start_soon(session.close, code)
+                if not idle_only or not session.responses.in_flight():
+                    nursery.start_soon(session.close, code, reason)
 
     def readiness(self) -> tuple[int, dict[str, object]]:
         if self.engine is None:

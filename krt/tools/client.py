@@ -24,6 +24,7 @@ from krt.client.commands import (
     output_of,
     pieces_of,
 )
+from krt.client.speech import MAX_RECONNECTS
 from krt.client.target import add_target_arguments, resolve_target
 from krt.codecs import NATIVE, OutputAudio
 
@@ -74,8 +75,10 @@ async def speak(
     incremental: bool = False,
     cancel_after_ms: float | None = None,
     output: OutputAudio = NATIVE,
+    pieces: Sequence[str] | None = None,
 ) -> list[ResponseTrace]:
-    """Speak ``text`` and return every response's trace, in the order they were created.
+    """Speak ``text`` (or exactly these ``pieces``, one response each) and return every
+    response's trace, in the order they were created.
 
     One task sends (responses or input pieces, then the barge if asked, then
     ``session.end``); this one reads every frame until the server closes the socket, so
@@ -92,7 +95,7 @@ async def speak(
                 await client.ws.send_message(protocol.encode(protocol.SessionUpdate(settings)))
                 await send_incremental(client, text)
             else:
-                for piece in pieces_of(text, mode):
+                for piece in pieces if pieces is not None else pieces_of(text, mode):
                     await client.create(piece, voice=voice, speed=speed)
             if cancel_after_ms is not None:
                 await trio.sleep_until(started + cancel_after_ms / 1000)
@@ -104,7 +107,8 @@ async def speak(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_all)
-            with trio.move_on_after(client.response_timeout * max(1, len(text) // 200)):
+            characters = len(text) + sum(map(len, pieces or ()))
+            with trio.move_on_after(client.response_timeout * max(1, characters // 200)):
                 await client.wait_until(lambda: client.closed)
         return list(client.traces.values())
 
@@ -141,6 +145,25 @@ def run(args: argparse.Namespace, config: Config) -> int:
             args.cancel_after,
             output_of(args),
         )
+        for _ in range(MAX_RECONNECTS if not (args.incremental or args.cancel_after) else 0):
+            # A draining server sent us away: what it did not speak goes to a new
+            # connection, which the balancer gives to another replica.
+            redo = [trace for trace in traces if trace.told_to_reconnect]
+            if not redo:
+                break
+            again = trio.run(
+                speak,
+                target,
+                "",
+                "single",
+                args.voice,
+                args.speed,
+                False,
+                None,
+                output_of(args),
+                [t.text for t in redo],
+            )
+            traces = [trace for trace in traces if not trace.told_to_reconnect] + again
     except ToolError as exc:
         print(f"krt client: {exc}", file=sys.stderr)
         return 1
