@@ -97,6 +97,11 @@ class ModelConfig:
         "fake backend only: seconds of compute per second of audio.",
         _at_least(0),
     )
+    fake_stall_word: str = knob(
+        "KRT_FAKE_STALL_WORD",
+        "",
+        "fake backend only: a model call on a segment with this word never ends (a stuck model).",
+    )
 
 
 DEFAULT_OPENAI_VOICE_MAP = (

@@ -22,6 +22,10 @@ StylePack = npt.NDArray[np.float32]
 
 
 BLEND_PART = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
+MAX_BLEND_WEIGHT = 100.0
+"""Weights are relative, so nothing is lost by a bound; without one, "9" × 400 parses as
+infinity and the normalised blend is NaN: a voice that speaks silence."""
+MAX_BLEND_VOICES = 8
 
 
 def parse_blend(spec: str) -> list[tuple[str, float]]:
@@ -29,17 +33,24 @@ def parse_blend(spec: str) -> list[tuple[str, float]]:
 
     The syntax is Kokoro-FastAPI's, which voice-agent builders already know. Kokoro
     itself blends voices by averaging their packs, which is what weights mean here.
+    Each weight must be a number in (0, ``MAX_BLEND_WEIGHT``]; ValueError says which is not.
     """
+    chunks = spec.split("+")
+    if len(chunks) > MAX_BLEND_VOICES:
+        raise ValueError(f"a blend has at most {MAX_BLEND_VOICES} voices")
     parts: list[tuple[str, float]] = []
-    for chunk in spec.split("+"):
+    for chunk in chunks:
         match = BLEND_PART.match(chunk)
         if match is None:
             raise ValueError(f"{chunk.strip()!r} is not NAME or NAME(WEIGHT)")
         weight = float(match.group(2)) if match.group(2) else 1.0
+        if not 0 < weight <= MAX_BLEND_WEIGHT:  # also refuses inf and nan
+            shown = match.group(2) if len(match.group(2) or "") <= 12 else match.group(2)[:12] + "…"
+            raise ValueError(
+                f"the weight of {match.group(1)!r} ({shown}) must be more than 0 and at most {MAX_BLEND_WEIGHT:g}"
+            )
         parts.append((match.group(1), weight))
     total = sum(weight for _name, weight in parts)
-    if total <= 0:
-        raise ValueError("blend weights must add up to more than zero")
     return [(name, weight / total) for name, weight in parts]
 
 

@@ -6,13 +6,17 @@ port scanner would arrive, against the real server (fake model) on loopback.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
 
+from krt.server import listener
 from tests.server_harness import WS_PATH, Client, RunningServer, start_server
 
 pytestmark = pytest.mark.trio
@@ -276,3 +280,103 @@ async def test_the_key_never_reaches_the_log(keyed_server, caplog):
     assert any("session open" in line for line in server_lines)
     leaked = [line for line in server_lines if API_KEY in line]
     assert not leaked
+
+
+VALID_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+UPGRADE = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {VALID_KEY}\r\n"
+MALFORMED_UPGRADES = [
+    pytest.param(
+        f"GET {WS_PATH} HTTP/1.1",
+        UPGRADE.replace(f"Sec-WebSocket-Key: {VALID_KEY}\r\n", ""),
+        400,
+        id="no-key",
+    ),
+    pytest.param(f"GET {WS_PATH} HTTP/1.1", UPGRADE.replace(VALID_KEY, "c2hvcnQ="), 400, id="short-key"),
+    pytest.param(
+        f"GET {WS_PATH} HTTP/1.1", UPGRADE.replace("Version: 13", "Version: 8"), 426, id="version-8"
+    ),
+    pytest.param(
+        f"GET {WS_PATH} HTTP/1.1", UPGRADE.replace("Connection: Upgrade\r\n", ""), 400, id="no-connection"
+    ),
+    pytest.param(f"POST {WS_PATH} HTTP/1.1", UPGRADE, 405, id="post"),
+    pytest.param(f"GET {WS_PATH} HTTP/1.0", UPGRADE, 400, id="http-1.0"),
+]
+
+
+def live_tasks() -> int:
+    """Every task in this Trio run (the server's included)."""
+    count, nurseries = 0, list(trio.lowlevel.current_root_task().child_nurseries)
+    while nurseries:
+        nursery = nurseries.pop()
+        count += len(nursery.child_tasks)
+        for task in nursery.child_tasks:
+            nurseries += task.child_nurseries
+    return count
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize(("request_line", "headers", "status"), MALFORMED_UPGRADES)
+async def test_a_malformed_upgrade_is_refused_and_its_handler_ends(server, request_line, headers, status):
+    with trio.fail_after(10):
+        await trio.testing.wait_all_tasks_blocked()
+        before = live_tasks()
+        raw = f"{request_line}\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
+        answer = await http_exchange(server.port, raw)  # returns once the server has closed
+        await trio.testing.wait_all_tasks_blocked()
+        assert live_tasks() == before
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+async def test_memory_stays_flat_over_many_refused_upgrades(server):
+    """Each refused upgrade used to leave its handler waiting forever inside the
+    handshake (about 13 kB each: 3,000 of them held 38 MB)."""
+    with trio.fail_after(60):
+        raws = [
+            f"{line}\r\nHost: x\r\n{headers}\r\n".encode()
+            for line, headers, _ in (p.values for p in MALFORMED_UPGRADES)
+        ]
+        for raw in raws * 10:  # warm every path up first
+            await http_exchange(server.port, raw)
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        tasks, rss = live_tasks(), resident_bytes()
+        for raw in raws * 100:
+            await http_exchange(server.port, raw)
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        assert live_tasks() == tasks
+        assert resident_bytes() - rss < 2_000_000  # 600 requests; the leak was ~8 MB
+
+
+async def test_a_handshake_that_never_completes_is_dropped_at_its_deadline(server, monkeypatch):
+    """Whatever the WebSocket library does with a handshake, it gets HANDSHAKE_TIMEOUT_S."""
+
+    async def stuck(*_args, **_kwargs):
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(listener, "HANDSHAKE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(listener.trio_websocket, "wrap_server_stream", stuck)
+    with trio.fail_after(10):
+        await trio.testing.wait_all_tasks_blocked()
+        before = live_tasks()
+        started = trio.current_time()
+        answer = await http_exchange(
+            server.port, f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n".encode()
+        )
+        assert answer == b""  # dropped, not answered
+        assert 0.2 <= trio.current_time() - started < 2
+        await trio.testing.wait_all_tasks_blocked()
+        assert live_tasks() == before
+
+
+async def test_a_request_head_that_never_ends_is_dropped(server, monkeypatch):
+    monkeypatch.setattr(listener, "HEAD_TIMEOUT", 0.2)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\n".encode())  # and nothing more
+            assert await stream.receive_some() == b""

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from krt.engine.pipeline import SpeechPipeline
 from krt.errors import ModelUnavailableError, SpeechError
+from krt.synth.fake_backend import FakeBackend
 from krt.synth.voice_files import load_voice_packs
 from krt.voices import VoiceCatalog, with_defaults
+from tests.conftest import make_config
 
 
 def pack(value: float) -> np.ndarray:
@@ -87,3 +92,41 @@ def test_bad_voice_sources_are_clear_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", wrong=np.zeros((510, 3), dtype=np.float32))
     with pytest.raises(ModelUnavailableError, match="shape"):
         load_voice_packs(tmp_path / "bad.npz")
+
+
+WEIGHTS = st.one_of(
+    st.from_regex(r"[0-9]{1,500}(\.[0-9]{0,40})?", fullmatch=True),
+    st.from_regex(r"[0-9]*\.[0-9]+", fullmatch=True),
+    st.text(max_size=30),
+)
+
+
+PIPELINE = SpeechPipeline(FakeBackend(), make_config(KRT_BACKEND="fake"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=WEIGHTS, second=st.one_of(st.none(), WEIGHTS))
+@example(first="9" * 400, second=None)  # parses as infinity: the blend was NaN, silence
+@example(first="0", second="0.5")
+@example(first="1e5", second=None)
+def test_any_blend_weight_is_a_clear_refusal_or_audible_speech(first, second):
+    """Whatever a client writes between the parentheses, the voice either is refused as
+    ``invalid_voice`` before anything is made, or speaks: never silence, never a crash."""
+    voice = f"fake_female({first})" + ("" if second is None else f"+fake_male({second})")
+    text = "Hello there, this is a test."
+    refusal: SpeechError | None = None
+    try:
+        PIPELINE.plan(text, voice)
+    except SpeechError as exc:
+        refusal = exc
+    if refusal is not None:
+        assert (refusal.code, bool(refusal.message)) == ("invalid_voice", True)
+        return
+    audio = np.frombuffer(b"".join(PIPELINE.speak(text, voice)), "<i2").astype(np.float32) / 32767
+    assert np.sqrt(np.mean(audio**2)) > 0.01
+
+
+def test_an_overflowing_weight_is_refused_saying_why(catalog):
+    with pytest.raises(SpeechError) as refused:
+        catalog.resolve("af_x(" + "9" * 400 + ")")
+    assert refused.value.code == "invalid_voice" and "at most 100" in refused.value.message

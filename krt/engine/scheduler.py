@@ -483,14 +483,17 @@ class Scheduler:
             self._in_turn = job
             started = self._turn_started = trio.current_time()
             self._turn_estimate = self._estimate_turn(job, new)
+            turn_ended = False
             try:
                 result = await self.runner.run(self._turn, job)
+                turn_ended = True
             finally:
                 self._in_turn = None
-                if job.withdrawn:
+                if job.withdrawn and turn_ended:
                     # Withdrawn during the turn (``_release`` leaves a job in its turn
-                    # alone): the model is done with it now, even when this loop is being
-                    # cancelled, so its segment is closed here, on the Trio thread.
+                    # alone): the model is done with it now, so its segment is closed
+                    # here, on the Trio thread. A turn abandoned because the process is
+                    # ending is left to its thread.
                     job.rendering.close()
             self._turns += 1
             elapsed = trio.current_time() - started

@@ -100,7 +100,7 @@ async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -
     when the time is up, close whatever is left the same way."""
     state.in_flight.start_drain()
     state.monitor.server_changed()
-    with trio.move_on_after(state.config.server.drain_seconds):
+    with trio.move_on_after(state.config.server.drain_seconds) as limit:
         async with trio.open_nursery() as waiting:
             if signals is not None:
                 waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
@@ -111,6 +111,13 @@ async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -
                     break
                 await settled.wait()
             waiting.cancel_scope.cancel()
+    if limit.cancelled_caught:
+        log.warning(
+            "KRT_DRAIN_SECONDS=%s passed with %d responses in flight: closing them and exiting "
+            "(a model call still running is abandoned with the process)",
+            state.config.server.drain_seconds,
+            state.in_flight.count,
+        )
     log.info("drained; closing %d sessions and exiting", state.sessions)
     await state.close_sessions(DRAIN_CLOSE_CODE, reason=DRAIN_CLOSE_REASON)
 

@@ -9,6 +9,7 @@ handshake and owns the connection from there.
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 from typing import TYPE_CHECKING
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from krt.server.state import ServerState
 
 log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+"""From a valid upgrade request to an open WebSocket: a peer cannot hold a half-open
+handshake (and what it holds) for longer."""
 
 
 ROUTES = ("/healthz", "/readyz", "/metrics", *openai_api.ROUTES, WS_PATH)
@@ -98,6 +103,12 @@ async def _route(door: FrontDoor, request: h11.Request, state: ServerState, peer
         # Before the upgrade, so a load balancer can try the next replica (nothing was sent).
         await door.respond(503, {"error": DRAINING_REASON}, [("Retry-After", "5")])
         return
+    refusal = handshake_refusal(request)
+    if refusal is not None:
+        status, reason, headers = refusal
+        log.info("%s: refused WebSocket upgrade: %s", peer, reason)
+        await door.respond(status, {"error": reason}, headers)
+        return
     if not authorized(request, state.config.auth.api_key):
         log.warning("%s: refused WebSocket upgrade: missing or wrong API key", peer)
         await door.respond(
@@ -105,6 +116,26 @@ async def _route(door: FrontDoor, request: h11.Request, state: ServerState, peer
         )
         return
     await serve_websocket(ReplayStream(bytes(door.received), door.stream), state, peer)
+
+
+def handshake_refusal(request: h11.Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+    """Why an upgrade request is not a valid RFC 6455 opening handshake, with its status;
+    None when it is. Checked before trio-websocket sees it: given an invalid one, its
+    handshake answers 400 but never returns, and each such request held its memory."""
+    if request.http_version != b"1.1":
+        return 400, "a WebSocket upgrade needs HTTP/1.1", []
+    connection = {token.strip().lower() for token in header(request, b"connection").split(",")}
+    if "upgrade" not in connection:
+        return 400, "a WebSocket upgrade needs 'Connection: Upgrade'", []
+    if header(request, b"sec-websocket-version").strip() != "13":
+        return 426, "only WebSocket version 13 is supported", [("Sec-WebSocket-Version", "13")]
+    try:
+        key = base64.b64decode(header(request, b"sec-websocket-key").strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        return 400, "'Sec-WebSocket-Key' must be 16 bytes in base64", []
+    return None
 
 
 async def serve_websocket(
@@ -122,10 +153,16 @@ async def serve_websocket(
     engine = state.engine
     assert engine is not None, "checked by the caller"
     async with trio.open_nursery() as nursery:
-        request = await trio_websocket.wrap_server_stream(
-            nursery, stream, max_message_size=MAX_WS_MESSAGE_BYTES
-        )
-        ws = await request.accept()
+        ws = None
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            request = await trio_websocket.wrap_server_stream(
+                nursery, stream, max_message_size=MAX_WS_MESSAGE_BYTES
+            )
+            ws = await request.accept()
+        if ws is None:
+            log.info("%s: WebSocket handshake not done within %s s; dropped", peer, HANDSHAKE_TIMEOUT_S)
+            nursery.cancel_scope.cancel()
+            return
         connection = state.monitor.new_connection_id()
         session = Session(
             ws,

@@ -11,6 +11,7 @@ default: it has to be asked for with ``KRT_BACKEND=fake``.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -88,9 +89,15 @@ class FakeBackend:
     device = "cpu"
     source = "synthetic (fake backend)"
 
-    def __init__(self, compute_ratio: float = 0.0, female: str = "", male: str = "") -> None:
+    def __init__(
+        self, compute_ratio: float = 0.0, female: str = "", male: str = "", *, stall_word: str = ""
+    ) -> None:
         self.compute_ratio = compute_ratio
+        self.stall_word = stall_word.lower()
+        """A segment with this word blocks its model call for good (``KRT_FAKE_STALL_WORD``):
+        what a drain must not wait on forever."""
         self.vocab: Mapping[str, int] = _fake_vocab()
+        self._symbols = {token: symbol for symbol, token in self.vocab.items()}
         self._silent_ids = {self.vocab[s] for s in PAUSE_SYMBOLS} | {self.vocab[" "], 0}
         self.voices = VoiceCatalog(
             packs=_fake_packs(), female=female or "fake_female", male=male or "fake_male"
@@ -105,6 +112,8 @@ class FakeBackend:
         """Kokoro's shape: a silent lead and tail around about ``FRAMES_PER_TOKEN / speed``
         frames per token (punctuation and spaces silent), rounded so the total follows
         the speed exactly."""
+        if self.stall_word and self.stall_word in "".join(self._symbols.get(t, "") for t in tokens).split():
+            threading.Event().wait()  # stuck for good, as a model call can be
         ends = np.maximum(np.round(np.arange(1, len(tokens) + 1) * FRAMES_PER_TOKEN / speed), 1)
         per_token = np.diff(ends, prepend=0).clip(min=1).astype(int)
         durations = (LEAD_FRAMES, *(int(d) for d in per_token), TAIL_FRAMES)

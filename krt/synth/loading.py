@@ -45,7 +45,12 @@ def load_backend(config: Config) -> Backend:
     if name == "fake":
         from krt.synth.fake_backend import FakeBackend
 
-        return FakeBackend(config.model.fake_compute_ratio, config.voices.female, config.voices.male)
+        return FakeBackend(
+            config.model.fake_compute_ratio,
+            config.voices.female,
+            config.voices.male,
+            stall_word=config.model.fake_stall_word,
+        )
     if name == "torch":
         from krt.synth.torch_backend import TorchBackend
 
