@@ -112,7 +112,8 @@ class FakeBackend:
         """Kokoro's shape: a silent lead and tail around about ``FRAMES_PER_TOKEN / speed``
         frames per token (punctuation and spaces silent), rounded so the total follows
         the speed exactly."""
-        if self.stall_word and self.stall_word in "".join(self._symbols.get(t, "") for t in tokens).split():
+        spoken = "".join(self._symbols.get(token, "") for token in tokens).split()
+        if self.stall_word and self.stall_word in (word.strip(PAUSE_SYMBOLS + "'\"()-") for word in spoken):
             threading.Event().wait()  # stuck for good, as a model call can be
         ends = np.maximum(np.round(np.arange(1, len(tokens) + 1) * FRAMES_PER_TOKEN / speed), 1)
         per_token = np.diff(ends, prepend=0).clip(min=1).astype(int)
