@@ -151,9 +151,11 @@ async def test_real_model_streams_speech_end_to_end(start_krt, model_cache_dir):
 
 
 async def test_a_stuck_model_call_does_not_keep_a_drained_server_alive(start_krt):
-    """The issue's case: a model call that will not end, its response canceled, then
-    SIGTERM. The process exits within KRT_DRAIN_SECONDS plus a small margin, abandoning
-    the call (its thread dies with the process), instead of waiting on it for ever."""
+    """A model call that will never end, its response still in flight, then SIGTERM: the
+    process exits within KRT_DRAIN_SECONDS plus a small margin, closing the client with
+    1012 and abandoning the call (its thread dies with the process), instead of waiting
+    on it for ever. The drain gives the engine its whole limit to start the stuck call,
+    so the call is running when the limit passes, whatever the timing of the machine."""
     drain_seconds = 2.0
     with trio.fail_after(STARTUP_SECONDS + 10):
         server = await start_krt(
@@ -163,8 +165,6 @@ async def test_a_stuck_model_call_does_not_keep_a_drained_server_alive(start_krt
             await client.send("response.create", response_id="stuck", input="Into the quagmire we go.")
             await client.send("response.create", response_id="queued", input="Waiting behind it.")
             await client.receive_until("response.created", "queued")
-            await client.send("response.cancel", response="stuck")
-            await client.receive_until("response.canceled", "stuck")
             signalled = trio.current_time()
             await terminate(server)
             with trio.fail_after(drain_seconds + 3), pytest.raises(ConnectionClosed) as closed:
@@ -172,5 +172,5 @@ async def test_a_stuck_model_call_does_not_keep_a_drained_server_alive(start_krt
             assert closed.value.reason.code == 1012
             with trio.fail_after(drain_seconds + 3):
                 assert await server.process.wait() == 0, server.log
-            assert trio.current_time() - signalled < drain_seconds + 3
-    assert "KRT_DRAIN_SECONDS=2.0 passed with 1 responses in flight" in server.log
+            assert drain_seconds <= trio.current_time() - signalled < drain_seconds + 3
+    assert "KRT_DRAIN_SECONDS=2.0 passed with 2 responses in flight" in server.log
