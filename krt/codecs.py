@@ -28,6 +28,7 @@ import attrs
 import numpy as np
 
 from krt import SAMPLE_RATE
+from krt.ogg import OggPager, OggReader
 from krt.protocol import AudioFormat
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class OutputAudio:
         if self.format == "opus" and self.sample_rate not in OPUS_SAMPLE_RATES:
             rates = ", ".join(map(str, OPUS_SAMPLE_RATES))
             raise UnsupportedOutput(f"opus cannot encode {self.sample_rate} Hz; use one of {rates}")
+
+    @property
+    def played_rate(self) -> int:
+        """The rate a player decodes it at: Opus always decodes at 48 kHz."""
+        return OPUS_GRANULE_RATE if self.format == "opus" else self.sample_rate
 
     @property
     def is_native(self) -> bool:
@@ -289,52 +295,6 @@ def _opus_tags() -> bytes:
     return b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
 
 
-class OggPager:
-    """Ogg pages of one logical stream: each call puts whole packets in one page."""
-
-    def __init__(self, serial: int) -> None:
-        self._serial = serial
-        self._sequence = 0
-
-    def page(self, packets: list[bytes], granule: int, *, first: bool = False, last: bool = False) -> bytes:
-        lacing = b"".join(_lacing(len(packet)) for packet in packets)
-        assert len(lacing) <= 255, "a page holds at most 255 lacing values"
-        header_type = (0x02 if first else 0) | (0x04 if last else 0)
-        header = struct.pack(
-            "<4sBBqIIIB", b"OggS", 0, header_type, granule, self._serial, self._sequence, 0, len(lacing)
-        )
-        self._sequence += 1
-        body = header + lacing + b"".join(packets)
-        checksum = ogg_crc(body)
-        return body[:22] + struct.pack("<I", checksum) + body[26:]
-
-
-def _lacing(size: int) -> bytes:
-    """A packet's segment table entries: 255 per full segment, then the remainder (maybe 0)."""
-    return b"\xff" * (size // 255) + bytes([size % 255])
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
-        table.append(crc & 0xFFFFFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def ogg_crc(data: bytes) -> int:
-    """Ogg's CRC-32 (polynomial 0x04C11DB7, unreflected, no final xor): not zlib's."""
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
-    return crc
-
-
 def decode(data: bytes, output: OutputAudio) -> tuple[np.ndarray, int]:
     """A whole stream of ``output`` back to float samples and their rate, through PyAV.
 
@@ -378,7 +338,7 @@ class StreamDecoder:
         import av
 
         self.output = output
-        self.sample_rate = OPUS_GRANULE_RATE if output.format == "opus" else output.sample_rate
+        self.sample_rate = output.played_rate
         self._context: av.AudioCodecContext | None = None
         if output.format in ("mulaw", "alaw", "opus"):
             codec = "libopus" if output.format == "opus" else f"pcm_{output.format}"
@@ -418,35 +378,4 @@ class StreamDecoder:
                 self._pre_skip = struct.unpack_from("<H", packet, 10)[0]
             elif not packet.startswith(b"OpusTags"):
                 packets.append(packet)
-        return packets
-
-
-class OggReader:
-    """Packets out of Ogg pages fed in any pieces (a page may span two deltas)."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._partial = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        packets = []
-        while len(self._buffer) >= 27:
-            if not self._buffer.startswith(b"OggS"):
-                raise ValueError("not an Ogg stream (no page starts here)")
-            segments = self._buffer[26]
-            header_size = 27 + segments
-            if len(self._buffer) < header_size:
-                break
-            lacing = self._buffer[27:header_size]
-            if len(self._buffer) < header_size + sum(lacing):
-                break
-            position = header_size
-            for size in lacing:
-                self._partial += self._buffer[position : position + size]
-                position += size
-                if size < 255:
-                    packets.append(self._partial)
-                    self._partial = b""
-            self._buffer = self._buffer[position:]
         return packets

@@ -18,9 +18,9 @@ from krt.codecs import (
     StreamEncoder,
     UnsupportedOutput,
     decode,
-    ogg_crc,
 )
 from krt.config import EncodingConfig
+from krt.ogg import ogg_crc
 
 ALL_OUTPUTS = [
     *(OutputAudio("pcm", rate) for rate in SAMPLE_RATES),

@@ -171,7 +171,7 @@ class SpeechClient:
             text,
             trio.current_time(),
             pcm=bytearray() if self.keep_audio else None,
-            sample_rate=self._heard_rate(),
+            sample_rate=self.output.played_rate,
         )
         self.traces[response_id] = trace
         await self._send(protocol.encode(event))
@@ -228,7 +228,7 @@ class SpeechClient:
                 "",
                 now,
                 pcm=bytearray() if self.keep_audio else None,
-                sample_rate=self._heard_rate(),
+                sample_rate=self.output.played_rate,
             )
             self.traces[event.response] = trace
             return
@@ -258,9 +258,6 @@ class SpeechClient:
         elif isinstance(event, protocol.ResponseError):
             trace.outcome, trace.error_code, trace.ended_at = "error", event.code, now
             trace.error_message = event.message
-
-    def _heard_rate(self) -> int:
-        return StreamDecoder(self.output).sample_rate if not self.output.is_native else SAMPLE_RATE
 
     def _heard(self, response_id: str, data: bytes) -> tuple[bytes, int]:
         """A delta as the PCM16 a player would play, and its rate."""

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
-from krt.engine.pipeline import PcmBatch, SpeechPlan
+from krt.engine.pipeline import MAX_SPEED, MIN_SPEED, PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import EngineStatistics, Scheduler
 from krt.engine.segmenter import predicted_audio_seconds
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from krt.engine.scheduler import Job
 
 __all__ = [
+    "MAX_SPEED",
+    "MIN_SPEED",
     "Engine",
     "EngineInfo",
     "EngineStatistics",

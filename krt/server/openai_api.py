@@ -29,6 +29,7 @@ import trio
 
 from krt.codecs import OutputAudio, StreamEncoder
 from krt.config import parse_voice_map
+from krt.engine.facade import MAX_SPEED, MIN_SPEED
 from krt.errors import SpeechError
 from krt.server.http import RequestRefused, authorized
 from krt.server.responses import Outcome, Response, ResponseBook
@@ -52,8 +53,7 @@ BODY_TIMEOUT_S = 10.0
 """A body still arriving after this is 408: a client cannot hold a connection open by
 trickling its request."""
 OPENAI_SPEED = (0.25, 4.0)
-"""What OpenAI accepts; krt speaks 0.5-2.0 and clamps what lies between."""
-KRT_SPEED = (0.5, 2.0)
+"""What OpenAI accepts; krt speaks MIN_SPEED-MAX_SPEED and clamps what lies beyond."""
 MODELS = ("kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 """Listed by ``GET /v1/models``; any model name is accepted and speaks with Kokoro."""
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -230,7 +230,7 @@ def _voices(engine: Engine, state: ServerState) -> dict[str, object]:
 
 def _krt_speed(speed: float) -> float:
     """OpenAI's 0.25-4.0 in krt's 0.5-2.0: beyond those, the nearest krt can speak."""
-    return min(max(speed, KRT_SPEED[0]), KRT_SPEED[1])
+    return min(max(speed, MIN_SPEED), MAX_SPEED)
 
 
 async def _speak(door: FrontDoor, engine: Engine, state: ServerState, peer: str) -> None:
