@@ -51,3 +51,48 @@ async def test_audio_queued_for_a_client_that_does_not_read_is_bounded_in_second
     # Then the queue takes batches up to OUTBOX_AUDIO_SECONDS and the producer waits.
     assert accepted == 1 + int(OUTBOX_AUDIO_SECONDS / batch_seconds)
     nursery.cancel_scope.cancel()
+
+
+class RecordingSocket:
+    """A WebSocket whose peer reads everything at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_message(self, text: str) -> None:
+        self.sent.append(text)
+        await trio.lowlevel.checkpoint()
+
+    async def ping(self, _payload: bytes) -> None:
+        await trio.lowlevel.checkpoint()  # the pong: it has read everything sent
+
+    async def aclose(self, _code: int = 1000) -> None:
+        return None
+
+
+async def test_a_batch_cut_off_by_its_responses_cancel_does_not_hold_back_the_next_response(nursery):
+    """A response cancelled just as its batch reaches the outbox (the send's checkpoint
+    raises) leaves nothing counted: the next response's audio goes out at once."""
+    config = make_config()
+    socket = RecordingSocket()
+    outbox = Outbox(socket, config.websocket, config.stream, lambda _response: None)  # type: ignore[arg-type]
+    nursery.start_soon(outbox.run)
+    plan = SpeechPlan("voice", 1.0, ("text",))
+    canceled, following = (
+        Response("canceled", plan, trio.current_time()),
+        Response("next", plan, trio.current_time()),
+    )
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await outbox.audio(canceled, (bytes(int(0.9 * OUTBOX_AUDIO_SECONDS * PCM_BYTES_PER_SECOND)),))
+    sent_next = trio.Event()
+
+    async def speak_next() -> None:
+        await outbox.audio(following, (bytes(int(0.2 * OUTBOX_AUDIO_SECONDS * PCM_BYTES_PER_SECOND)),))
+        sent_next.set()
+
+    nursery.start_soon(speak_next)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sent_next.is_set(), "the next response's audio waits for room the cancelled batch never took"
+    assert [text for text in socket.sent if '"next"' in text]
+    assert not [text for text in socket.sent if '"canceled"' in text]

@@ -135,7 +135,13 @@ class Outbox:
                 self._audio_dequeued = trio.Event()
             await self._audio_dequeued.wait()
         self._audio_queued += size
-        await self._send.send(AudioOut(response, batch))
+        try:
+            await self._send.send(AudioOut(response, batch))
+        except BaseException:
+            # Not queued (a cancelled response's batch, cut off at the send's checkpoint):
+            # counted as queued, it would hold every later batch of the session back.
+            self._audio_queued -= size
+            raise
 
     async def close_after_queued(self, code: int, reason: str | None = None) -> None:
         """Close with ``code`` once everything queued before this is sent."""
