@@ -56,6 +56,16 @@ RequestErrorCode = (
 )
 """``error`` event codes: a frame was read but cannot be acted on (a cancel of an unknown
 response, a session update krt cannot apply)."""
+DRAINING_REASON = "the server is draining; reconnect to reach another replica"
+"""The ``busy`` message of a response refused during a drain: a client behind a load
+balancer reconnects (and lands on another replica) and sends it again, rather than fails."""
+
+
+def told_to_reconnect(code: str | None, message: str) -> bool:
+    """A ``response.error`` that a new connection would not get: the replica is draining."""
+    return code == "busy" and "reconnect" in message
+
+
 REQUEST_ERROR_TYPE = "invalid_request_error"
 """``error.type`` of every connection-level error, as in OpenAI's realtime API."""
 

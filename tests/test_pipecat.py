@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from loguru import logger
 from websockets.asyncio.client import connect
 
 from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR
 from krt.metrics.report import read_records
+from krt.server.app import drain
 from tests.server_harness import start_server
 
 with warnings.catch_warnings():
@@ -118,6 +120,21 @@ class KrtInThread:
         assert self.server is not None
         return f"ws://127.0.0.1:{self.server.port}"
 
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    @property
+    def draining(self) -> bool:
+        return self.server is not None and self.server.state.draining
+
+    def drain(self) -> None:
+        """Drain as on SIGTERM (refuse new responses, close each socket with 1012 once
+        idle); returns once drained. The server stays up, refusing upgrades with 503."""
+        assert self.server is not None
+        trio.from_thread.run(drain, self.server.state, trio_token=self._token)
+
     def close_sessions(self, code: int) -> None:
         """Close every client socket from the server side, as a restart or proxy would."""
         assert self.server is not None
@@ -132,6 +149,43 @@ class KrtInThread:
 def krt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KrtInThread]:
     with KrtInThread(tmp_path_factory.mktemp("krt-pipecat"), API_KEY=API_KEY) as running:
         yield running
+
+
+class Relay:
+    """A TCP relay standing in for a load balancer: each new connection goes to the
+    replica it points at when the connection is made."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        await asyncio.gather(
+            pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer), return_exceptions=True
+        )
 
 
 # --- the pipeline ------------------------------------------------------------------------
@@ -482,3 +536,58 @@ def test_a_refused_sentence_is_a_non_fatal_error_and_the_turn_goes_on(krt: KrtIn
             assert 0.5 * predicted < seconds(bot.audio(stopped.context_id)) < 2 * predicted
 
     asyncio.run(scenario())
+
+
+def test_a_sentence_a_draining_krt_refuses_is_spoken_by_the_next_replica(tmp_path: Path) -> None:
+    """A rolling deploy mid-turn: the replica speaking the turn's first sentence starts
+    draining and refuses the second ("busy", reconnect). The service holds it, and once
+    the first sentence ends and the replica closes the socket (1012) it reconnects, through
+    the balancer, to the next replica and sends it there: the whole turn is heard, in order,
+    in one context, with no error."""
+    first = (
+        "The first sentence, which is long enough to keep its replica busy for a while, is spoken "
+        "by the replica that then drains."
+    )
+    second = "The second one is refused there and spoken by the next replica."
+    # The draining replica makes audio at only 4x real time, so the first sentence (about
+    # 8 s of audio) is still being made when the second arrives, and is refused.
+    slow = {"API_KEY": API_KEY, "KRT_FAKE_COMPUTE_RATIO": "0.25"}
+    resent: list[str] = []
+    sink = logger.add(
+        lambda message: resent.append(str(message)),
+        level="INFO",
+        filter=lambda r: "goes out again" in r["message"],
+    )
+    try:
+        with (
+            KrtInThread(tmp_path / "a", **slow) as draining,
+            KrtInThread(tmp_path / "b", API_KEY=API_KEY) as spare,
+        ):
+
+            async def scenario() -> None:
+                async with Relay(draining.port) as relay, running_bot(relay.url) as bot:
+                    # An LLM's tokens: the first sentence goes to krt once the next begins.
+                    await bot.send(LLMFullResponseStartFrame(), LLMTextFrame(f"{first} {second[:3]}"))
+                    await bot.until("the first sentence's audio", bot.audio)
+                    drained = asyncio.create_task(asyncio.to_thread(draining.drain))
+                    await bot.until("the drain to start", lambda: draining.draining)
+                    relay.target = spare.port  # the balancer takes the draining replica out
+                    await bot.send(LLMTextFrame(second[3:]), LLMFullResponseEndFrame())
+                    (stopped,) = await bot.stopped()
+                    await drained
+                    assert bot.errors() == []
+                    assert bot.connections == 2
+                    assert bot.audio() == bot.audio(stopped.context_id)
+                    assert spoken_text(bot) == f"{first} {second}"
+                    heard = seconds(bot.audio())
+
+                context_id = stopped.context_id
+                (made_first,) = [r for r in draining.records() if r["request_id"] == context_id]
+                (made_second,) = [r for r in spare.records() if r["request_id"] == f"{context_id}#2"]
+                assert not made_first["canceled"] and not made_second["canceled"]
+                assert heard == pytest.approx(made_first["audio_s"] + made_second["audio_s"], abs=0.01)
+
+            asyncio.run(scenario())
+    finally:
+        logger.remove(sink)
+    assert len(resent) == 1, "the second sentence was never refused: the test missed the drain"

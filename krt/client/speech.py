@@ -94,8 +94,10 @@ class ResponseTrace:
         Behind a load balancer, a new connection lands on another replica."""
         if self.arrivals:
             return False
-        drained = self.error_code == "busy" and "reconnect" in self.error_message
-        return drained or self.error_code == "disconnected"
+        return (
+            protocol.told_to_reconnect(self.error_code, self.error_message)
+            or self.error_code == "disconnected"
+        )
 
     @property
     def audio_seconds(self) -> float:

@@ -45,6 +45,11 @@ Design, and why:
   the audio its context played before it, counted in bytes as it arrives: exact, where a
   clock would drift. A krt that sends no timestamps still works: Pipecat then emits each
   sentence's text when its context ends.
+- **A draining krt loses no sentence.** A krt replica that is draining (a rolling deploy)
+  refuses new responses ``busy``, saying to reconnect, and closes the socket with 1012
+  once what it is speaking ends. A sentence refused so, before any of its audio, is held
+  (its context stays open) and goes out first on the next socket, which the load
+  balancer puts on another replica: the caller hears the whole turn, in order.
 - **Errors stay local.** A ``response.error`` is a non-fatal ``ErrorFrame`` and ends that
   response (the rest of the turn is still spoken); an ``error`` event is an ``ErrorFrame``
   too, except the harmless ``unknown_response`` of a cancel that crossed its response's end.
@@ -71,7 +76,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, assert_given
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from krt.protocol import WS_PATH
+from krt.protocol import WS_PATH, told_to_reconnect
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -136,6 +141,8 @@ class _Response:
     timed_to: int = 0
     """How far into ``text`` words have been handed to Pipecat."""
     canceled: bool = False
+    held: bool = False
+    """Refused by a draining krt: sent again, first thing, on the next socket."""
 
 
 @dataclass
@@ -269,8 +276,29 @@ class KrtTTSService(WebsocketTTSService):
             await self.push_error(error_msg=f"{self}: cannot connect to krt at {self._url}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", str(e))
             return
+        if not await self._send_held(websocket):
+            return
         self._ready.set()
         await self._call_event_handler("on_connected")
+
+    async def _send_held(self, websocket: ClientConnection) -> bool:
+        """Send the sentences a draining krt refused, in order, before anything newer;
+        False when the new socket failed too (the receive loop reconnects again)."""
+        for response_id, response in list(self._responses.items()):
+            if not response.held:
+                continue
+            try:
+                await websocket.send(self._create_event(response_id, response.text))
+            except ConnectionClosed as e:
+                logger.warning(f"{self}: resending {response_id} to krt: {e}")
+                return False
+            response.held = False
+            logger.info(f"{self}: resent {response_id}, which a draining krt refused, on a new connection")
+        return True
+
+    @staticmethod
+    def _create_event(response_id: str, text: str) -> str:
+        return json.dumps({"type": "response.create", "response_id": response_id, "input": text})
 
     def _session_update(self) -> str:
         session: dict[str, Any] = {
@@ -309,9 +337,18 @@ class KrtTTSService(WebsocketTTSService):
         self._ready.clear()
         # krt ends a connection's responses with it: nothing more comes for them, and
         # the base class has closed their contexts after the audio that did arrive.
-        lost = sum(not response.canceled for response in self._responses.values())
-        self._responses.clear()
-        self._contexts.clear()
+        # Sentences a draining krt refused are kept, with their contexts, for the next
+        # socket; not when the pipeline is ending.
+        held = {} if self._disconnecting else {rid: r for rid, r in self._responses.items() if r.held}
+        lost = sum(not (response.canceled or response.held) for response in self._responses.values())
+        self._contexts = {
+            context_id: context
+            for context_id, context in self._contexts.items()
+            if any(response.context_id == context_id for response in held.values())
+        }
+        for context in self._contexts.values():
+            context.in_flight = [response_id for response_id in context.in_flight if response_id in held]
+        self._responses = held
         if lost and not self._disconnecting:
             await self.push_error(f"{self}: krt connection lost with {lost} response(s) unfinished")
         try:
@@ -360,10 +397,14 @@ class KrtTTSService(WebsocketTTSService):
         # was in flight on the old socket will never come. A context whose sentence is
         # waiting for the new socket has sent nothing on the old one, so it stays open
         # (and so does the turn it belongs to).
+        # Nor does a context whose sentence a draining krt refused: it is sent again.
+        spared = self._waiting | {
+            response.context_id for response in self._responses.values() if response.held
+        }
         for context_id in self.get_audio_contexts():
-            if context_id not in self._waiting:
+            if context_id not in spared:
                 await self.remove_audio_context(context_id)
-        if self._turn_context_id is not None and self._turn_context_id not in self._waiting:
+        if self._turn_context_id is not None and self._turn_context_id not in spared:
             self._turn_context_id = None
             self._turn_context_id = self.create_context_id()
 
@@ -408,9 +449,7 @@ class KrtTTSService(WebsocketTTSService):
             self._responses[response_id] = _Response(context_id, text)
             context.in_flight.append(response_id)
             try:
-                await websocket.send(
-                    json.dumps({"type": "response.create", "response_id": response_id, "input": text})
-                )
+                await websocket.send(self._create_event(response_id, text))
             except ConnectionClosed as e:
                 self._forget(response_id)
                 if attempt == 1:
@@ -473,6 +512,9 @@ class KrtTTSService(WebsocketTTSService):
     async def _cancel_response(self, response_id: str) -> None:
         response = self._responses.get(response_id)
         if response is None or response.canceled:
+            return
+        if response.held:
+            self._forget(response_id)  # krt never took it: there is nothing to cancel
             return
         response.canceled = True
         websocket = self._open_socket()
@@ -579,6 +621,17 @@ class KrtTTSService(WebsocketTTSService):
         response_id = event.get("response")
         response = self._responses.get(response_id) if isinstance(response_id, str) else None
         if response is None:
+            return
+        if (
+            kind == "response.error"
+            and told_to_reconnect(event.get("code"), str(event.get("message", "")))
+            and not (response.canceled or response.audio_bytes)
+        ):
+            # Still in its context's flight, so the context waits for it.
+            response.held = True
+            logger.info(f"{self}: krt is draining; {response_id} goes out again on the next connection")
+            if all(other.held for other in self._responses.values()):
+                await self._drop_socket()  # nothing else to hear on it: reconnect now
             return
         self._forget(cast("str", response_id))
         if kind == "response.error" and not response.canceled:

@@ -19,11 +19,10 @@ import h11
 import trio
 import trio_websocket
 
-from krt.protocol import MAX_WS_MESSAGE_BYTES, WS_PATH
+from krt.protocol import DRAINING_REASON, MAX_WS_MESSAGE_BYTES, WS_PATH
 from krt.server import openai_api, prometheus
 from krt.server.http import HEAD_TIMEOUT, FrontDoor, ReplayStream, RequestRefused, authorized, header
 from krt.server.outbox import CLOSE_TIMEOUT_S
-from krt.server.responses import DRAINING_REASON
 from krt.server.session import Session
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from krt.codecs import StreamEncoder
 from krt.engine.facade import SpeechPlan
 from krt.errors import SpeechError
 from krt.metrics.record import ResponseRecord
+from krt.protocol import DRAINING_REASON
 
 if TYPE_CHECKING:
     from krt.metrics.record import MetricsLog
@@ -93,11 +94,6 @@ class Response:
 
     def ttfb_ms(self) -> float | None:
         return None if self.first_audio_at is None else (self.first_audio_at - self.received_at) * 1000
-
-
-DRAINING_REASON = "the server is draining; reconnect to reach another replica"
-"""What a response refused during a drain is told: a client behind a load balancer
-reconnects (and lands elsewhere) rather than fails."""
 
 
 @attrs.define
