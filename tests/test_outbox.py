@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 import trio.testing
 
-from krt import PCM_BYTES_PER_SECOND
+from krt import PCM_BYTES_PER_SECOND, protocol
 from krt.engine.pipeline import SpeechPlan
+from krt.metrics.record import MetricsLog
 from krt.server.outbox import OUTBOX_AUDIO_SECONDS, Outbox
-from krt.server.responses import Response
+from krt.server.responses import InFlight, Outcome, Response, ResponseBook
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.trio
@@ -96,3 +99,45 @@ async def test_a_batch_cut_off_by_its_responses_cancel_does_not_hold_back_the_ne
     assert sent_next.is_set(), "the next response's audio waits for room the cancelled batch never took"
     assert [text for text in socket.sent if '"next"' in text]
     assert not [text for text in socket.sent if '"canceled"' in text]
+
+
+class GatedSocket(RecordingSocket):
+    """A peer that stops reading at a frame containing ``hold_at`` until ``release`` is set."""
+
+    def __init__(self, hold_at: str) -> None:
+        super().__init__()
+        self.hold_at = hold_at
+        self.holding = trio.Event()
+        self.release = trio.Event()
+
+    async def send_message(self, text: str) -> None:
+        if self.hold_at in text and not self.release.is_set():
+            self.holding.set()
+            await self.release.wait()
+        await super().send_message(text)
+
+
+async def test_a_cancel_crossing_a_responses_last_event_is_refused_not_sent_as_a_second_end(
+    nursery, tmp_path
+):
+    """While ``response.completed`` is on its way to a slow reader, the response can no
+    longer be addressed: a client's cancel then gets ``unknown_response`` (as a cancel
+    arriving just after would), never a ``response.canceled`` after the completion."""
+    config = make_config()
+    socket = GatedSocket(hold_at="response.completed")
+    book = ResponseBook(InFlight(), MetricsLog(tmp_path / "metrics.log"), "fake")
+    outbox = Outbox(  # type: ignore[arg-type]
+        socket, config.websocket, config.stream, book.settle, on_last_event_sending=book.retire
+    )
+    nursery.start_soon(outbox.run)
+    response = Response("r1", SpeechPlan("voice", 1.0, ("text",)), trio.current_time())
+    book.open(response)
+    book.end(response, Outcome.COMPLETED)
+    await outbox.event(protocol.ResponseCompleted("r1"), response, ends=response)
+    await socket.holding.wait()
+    assert book.get("r1") is None  # what the session looks a cancel's target up in
+    assert book.in_flight()  # still counted until the event is on the wire
+    socket.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not book.in_flight()
+    assert [json.loads(text)["type"] for text in socket.sent] == ["response.completed"]

@@ -92,11 +92,15 @@ class Outbox:
         stream: StreamConfig,
         on_last_event_sent: Callable[[Response], None],
         peer: str = "?",
+        on_last_event_sending: Callable[[Response], None] = lambda _response: None,
     ) -> None:
         self.ws = ws
         self._websocket = websocket
         self._primer = bytes(stream.prime_bytes) if stream.prime_stream else b""
         self._on_last_event_sent = on_last_event_sent
+        self._on_last_event_sending = on_last_event_sending
+        """Told as a response's last event starts out, so a cancel crossing it is refused
+        (``unknown_response``) rather than followed by a second last event."""
         self._peer = peer
         self._send, self._receive = trio.open_memory_channel[Outgoing](OUTBOX_ITEMS)
         self._audio_queued = 0
@@ -282,6 +286,8 @@ class Outbox:
                 await flush()
                 await self._ping_behind_last_frame()  # before the event: it may end a response
                 if item.droppable_for is None or not item.droppable_for.canceled:
+                    if item.ends is not None:
+                        self._on_last_event_sending(item.ends)
                     if item.ends is not None and not item.ends.canceled:
                         await self._write_audio(item.ends, item.ends.output_tail())
                     await self._write(item.text)

@@ -69,7 +69,14 @@ class Session:
         self.settings = SessionSettings()
         self._encoding = config.encoding
         self.responses = ResponseBook(in_flight, metrics, engine.describe().backend, on_response_change)
-        self.outbox = Outbox(ws, config.websocket, config.stream, self.responses.settle, peer)
+        self.outbox = Outbox(
+            ws,
+            config.websocket,
+            config.stream,
+            self.responses.settle,
+            peer,
+            on_last_event_sending=self.responses.retire,
+        )
         self._websocket = config.websocket
         self._last_heard = trio.current_time()
         """When the client last sent anything, or last had a response in flight."""
