@@ -9,6 +9,7 @@ model on a real worker thread, as in production.
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -438,3 +439,37 @@ async def test_capacity_is_measured_on_model_work_only(nursery):
             await play(engine, engine.plan(long_text(word, 1)), Player())
         # The fake decodes 20x faster than real time, context frames included: no more.
         assert 0 < engine.statistics().capacity <= 20.0
+
+
+class GatedPrepare(FakeBackend):
+    """A model whose calls block until the test releases them, as a stuck one would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
+        self.entered.set()
+        self.release.wait()
+        return super().prepare(tokens, style, speed)
+
+
+async def test_a_turn_abandoned_as_the_process_ends_is_left_to_its_thread():
+    """Shutting down with a model call in progress: the engine loop is cancelled and the
+    call abandoned, and then the stream leaves. Its segment is still running on the model
+    thread, so leaving must not close it: Python refuses to close a running generator, and
+    that error would replace the cancellation and end the stream's connection with a
+    traceback instead of quietly."""
+    backend = GatedPrepare()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as streams:
+            async with trio.open_nursery() as engine_loop:
+                engine = await start_engine(engine_loop, engine_config(), backend, ThreadRunner())
+                player = Player()
+                streams.start_soon(play, engine, engine.plan("A sentence the model is stuck on."), player)
+                await trio.to_thread.run_sync(backend.entered.wait)
+                engine_loop.cancel_scope.cancel()
+            streams.cancel_scope.cancel()
+        assert player.batches == [] and player.error is None
+        backend.release.set()
+        await trio.testing.wait_all_threads_completed()

@@ -488,13 +488,16 @@ class Scheduler:
                 result = await self.runner.run(self._turn, job)
                 turn_ended = True
             finally:
-                self._in_turn = None
-                if job.withdrawn and turn_ended:
-                    # Withdrawn during the turn (``_release`` leaves a job in its turn
-                    # alone): the model is done with it now, so its segment is closed
-                    # here, on the Trio thread. A turn abandoned because the process is
-                    # ending is left to its thread.
-                    job.rendering.close()
+                # A turn abandoned because the process is ending stays "in turn": its
+                # thread may still be inside the segment, which ``_release`` must then
+                # leave to it (closing a running generator raises).
+                if turn_ended:
+                    self._in_turn = None
+                    if job.withdrawn:
+                        # Withdrawn during the turn (``_release`` leaves a job in its turn
+                        # alone): the model is done with it now, so its segment is closed
+                        # here, on the Trio thread.
+                        job.rendering.close()
             self._turns += 1
             elapsed = trio.current_time() - started
             self._model_seconds += elapsed
