@@ -25,6 +25,7 @@ import pytest
 import trio
 from loguru import logger
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
 from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR
 from krt.metrics.report import read_records
@@ -591,3 +592,31 @@ def test_a_sentence_a_draining_krt_refuses_is_spoken_by_the_next_replica(tmp_pat
     finally:
         logger.remove(sink)
     assert len(resent) == 1, "the second sentence was never refused: the test missed the drain"
+
+
+def test_a_connect_cancelled_mid_handshake_leaves_no_half_open_socket() -> None:
+    """A connect that is cancelled while krt has not yet agreed the session (an
+    interruption during an on-demand reconnect) closes the socket it opened: left open, it
+    would look connected and never be ready, and every later sentence would wait on it."""
+
+    async def scenario() -> None:
+        asked, closed = asyncio.Event(), asyncio.Event()
+
+        async def never_agrees(connection: Any) -> None:
+            await connection.recv()  # the session.update, left unanswered
+            asked.set()
+            await connection.wait_closed()
+            closed.set()
+
+        async with serve(never_agrees, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            tts = KrtTTSService(url=f"ws://127.0.0.1:{port}", api_key=API_KEY, session_timeout=WAIT)
+            connecting = asyncio.create_task(tts._connect_websocket())
+            await asyncio.wait_for(asked.wait(), WAIT)
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            await asyncio.wait_for(closed.wait(), WAIT)
+            assert tts._websocket is None
+
+    asyncio.run(scenario())

@@ -263,6 +263,14 @@ class KrtTTSService(WebsocketTTSService):
                 aiter(websocket), confirmed, on_message, self._session_timeout
             ):
                 raise ConnectionError("krt closed the connection before session.updated")
+            if not await self._send_held(websocket):
+                return
+        except asyncio.CancelledError:
+            # Cancelled mid-handshake (an interruption during an on-demand connect): a
+            # socket left open with no session agreed would look connected and never
+            # become ready, and every later sentence would wait on it in vain.
+            await self._drop_socket()
+            raise
         except _SessionRefusedError as refusal:
             await self._drop_socket()
             await self.push_error(
@@ -275,8 +283,6 @@ class KrtTTSService(WebsocketTTSService):
             await self._drop_socket()
             await self.push_error(error_msg=f"{self}: cannot connect to krt at {self._url}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", str(e))
-            return
-        if not await self._send_held(websocket):
             return
         self._ready.set()
         await self._call_event_handler("on_connected")
