@@ -228,11 +228,17 @@ class KrtConsole(App[None]):
 
     def _draw(self) -> None:
         self._dirty = False
+        if not self.is_running:
+            return
         self._draw_header()
         self._draw_table()
         self._draw_plots()
 
     def _draw_header(self) -> None:
+        # Quitting removes the screen's widgets before it stops the app's timers and
+        # callbacks: a redraw landing in between must be skipped, not crash the exit.
+        if not self.is_running:
+            return
         view, hello = self.view, self.view.hello
         if hello is None:
             identity = "krt"
@@ -312,6 +318,8 @@ class KrtConsole(App[None]):
             self.query_one(f"#label-{field}", Label).update(f"{title}{now}")
 
     def _draw_logs(self) -> None:
+        if not self.is_running:
+            return
         log = self.query_one(RichLog)
         log.clear()
         for entry in self.view.logs:

@@ -379,3 +379,24 @@ def test_end_to_end_the_console_cancels_a_real_clients_response_on_a_real_server
 
     with tempfile.TemporaryDirectory(prefix="krt-") as directory:
         asyncio.run(scenario(Path(directory)))
+
+
+def test_a_redraw_that_lands_while_the_console_quits_is_skipped():
+    """Quitting removes the widgets before the once-a-second header redraw (and any feed
+    redraw queued) is stopped; one landing in between must not end the exit in a crash."""
+    redrawn_at_unmount: list[bool] = []
+
+    class Quitting(KrtConsole):
+        def on_unmount(self) -> None:  # the widgets are gone, as a late tick would find them
+            self._draw()
+            self.feed_message(HELLO)
+            redrawn_at_unmount.append(True)
+
+    async def scenario() -> None:
+        app = Quitting(FakeSender(), clock=lambda: NOW)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await fed(pilot)
+            await pilot.press("q")
+
+    run(scenario)
+    assert redrawn_at_unmount == [True]
