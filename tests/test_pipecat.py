@@ -620,3 +620,42 @@ def test_a_connect_cancelled_mid_handshake_leaves_no_half_open_socket() -> None:
             assert tts._websocket is None
 
     asyncio.run(scenario())
+
+
+def test_a_reply_krt_queues_past_pipecats_usual_quiet_time_is_still_heard(tmp_path: Path) -> None:
+    """On a busy krt a reply may wait in the queue for up to ``QUEUE_WAIT_SLA_MS`` (4 s by
+    default) before its first audio. After Pipecat's usual 3 s without audio its context
+    would be finished and the reply dropped; the service gives krt longer, and the reply
+    is heard whole, with no error."""
+    queue_wait = 3.5
+    one_slot = {"MAX_CONCURRENT_JOBS": "1", "MAX_QUEUED_REQUESTS": "2", "QUEUE_WAIT_SLA_MS": "600000"}
+    with KrtInThread(tmp_path, API_KEY=API_KEY, **one_slot) as busy:
+
+        async def scenario() -> None:
+            native = await reference(busy.url, SHORT)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with connect(krt_endpoint(busy.url), additional_headers=headers) as blocker:
+                create = {"type": "response.create", "response_id": "blocker", "input": LONG}
+                await blocker.send(json.dumps(create))
+                async for message in blocker:  # the one slot is taken once its audio flows
+                    if json.loads(message)["type"] == "response.output_audio.delta":
+                        break
+                reading = asyncio.create_task(asyncio.wait_for(_read_all(blocker), WAIT + queue_wait))
+                async with running_bot(busy.url) as bot:
+                    await bot.send(TTSSpeakFrame(SHORT))
+                    await asyncio.sleep(queue_wait)  # the time krt keeps the reply queued
+                    assert bot.audio() == [], "the reply was not queued behind the blocker"
+                    await blocker.send(json.dumps({"type": "response.cancel", "response": "blocker"}))
+                    (stopped,) = await bot.stopped()
+                    assert bot.errors() == []
+                    assert seconds(bot.audio(stopped.context_id)) == pytest.approx(
+                        len(native["audio"]) / 2 / 24_000, abs=0.005
+                    )
+                reading.cancel()
+
+        asyncio.run(scenario())
+
+
+async def _read_all(websocket: Any) -> None:
+    async for _message in websocket:
+        pass

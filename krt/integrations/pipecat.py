@@ -98,6 +98,13 @@ _RESPONSE_ERROR_CATEGORIES = {
 }
 """None of them permanent: one refused sentence says nothing about the next one."""
 _TOKEN = re.compile(r"\S+")
+QUIET_CONTEXT_TIMEOUT_S = 10.0
+"""How long a context may go without audio before Pipecat takes it as finished (its
+``stop_frame_timeout_s``, 3 s by default). A busy krt queues a response for up to
+``QUEUE_WAIT_SLA_MS`` (4 s by default) before its first window, and Pipecat plays no audio
+of a context it has finished, so the base class's 3 s would drop the whole reply krt
+queued. krt ends every response with an event, on which the context ends at once: this
+is only the safety net for a krt that never answers."""
 
 
 def krt_endpoint(url: str) -> str:
@@ -192,8 +199,10 @@ class KrtTTSService(WebsocketTTSService):
                 ``WS_IDLE_TIMEOUT`` (300 s by default); 0 sends none.
             session_timeout: Longest wait for krt to accept the session on a new socket.
             **kwargs: Passed on to :class:`WebsocketTTSService` (``text_aggregation_mode``,
-                ``text_transforms``, ``reconnect_on_error``…).
+                ``text_transforms``, ``reconnect_on_error``…); ``stop_frame_timeout_s``
+                defaults to :data:`QUIET_CONTEXT_TIMEOUT_S`, above krt's queue wait.
         """
+        kwargs.setdefault("stop_frame_timeout_s", QUIET_CONTEXT_TIMEOUT_S)
         store = KrtTTSSettings(model=None, voice="female", language=None, speed=None)
         if settings is not None:
             store.apply_update(settings)
@@ -476,10 +485,17 @@ class KrtTTSService(WebsocketTTSService):
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The turn is over: its context ends once krt has finished its responses."""
         context_id = context_id or self.get_active_audio_context_id()
-        context = self._contexts.get(context_id) if context_id else None
-        if context_id and context is not None:
+        if not context_id:
+            return
+        context = self._contexts.get(context_id)
+        if context is not None:
             context.closed = True
             await self._finish_if_done(context_id)
+        elif self.audio_context_available(context_id):
+            # Nothing of it went to krt (a service written off is given no text): it ends
+            # now, not after the quiet timeout, which waits for audio that cannot come.
+            await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
+            await self.remove_audio_context(context_id)
 
     async def _finish_if_done(self, context_id: str) -> None:
         context = self._contexts.get(context_id)
