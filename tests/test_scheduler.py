@@ -442,16 +442,20 @@ async def test_capacity_is_measured_on_model_work_only(nursery):
 
 
 class GatedPrepare(FakeBackend):
-    """A model whose calls block until the test releases them, as a stuck one would."""
+    """A model whose calls block until the test releases them, as a stuck one would, and
+    then fail: the engine they were called for is gone, and nothing may call back into it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.entered, self.release = threading.Event(), threading.Event()
+        self.entered, self.release, self.left = threading.Event(), threading.Event(), threading.Event()
 
     def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
         self.entered.set()
-        self.release.wait()
-        return super().prepare(tokens, style, speed)
+        try:
+            self.release.wait()
+            raise SpeechError("synthesis_failed", "released after the engine was gone")
+        finally:
+            self.left.set()
 
 
 async def test_a_turn_abandoned_as_the_process_ends_is_left_to_its_thread():
@@ -472,4 +476,4 @@ async def test_a_turn_abandoned_as_the_process_ends_is_left_to_its_thread():
             streams.cancel_scope.cancel()
         assert player.batches == [] and player.error is None
         backend.release.set()
-        await trio.testing.wait_all_threads_completed()
+        await trio.to_thread.run_sync(backend.left.wait)

@@ -156,7 +156,8 @@ class Engine:
         log.info("engine capacity %.2f audio s per s: %d streams at once", stats.capacity, stats.slots)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The engine loop; runs until cancelled (a turn in progress is finished first)."""
+        """The engine loop; runs until cancelled (a model call in progress is abandoned to
+        its thread)."""
         await self._scheduler.run(task_status=task_status)
 
 

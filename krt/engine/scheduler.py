@@ -466,7 +466,8 @@ class Scheduler:
         self._fill_slots()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The engine loop; runs until cancelled (a turn in progress is finished first)."""
+        """The engine loop; runs until cancelled (which only the process ending does: a
+        model call in progress is then abandoned to its thread, see ``ThreadRunner``)."""
         task_status.started()
         while True:
             job = self._pick()

@@ -103,8 +103,8 @@ QUIET_CONTEXT_TIMEOUT_S = 10.0
 ``stop_frame_timeout_s``, 3 s by default). A busy krt queues a response for up to
 ``QUEUE_WAIT_SLA_MS`` (4 s by default) before its first window, and Pipecat plays no audio
 of a context it has finished, so the base class's 3 s would drop the whole reply krt
-queued. krt ends every response with an event, on which the context ends at once: this
-is only the safety net for a krt that never answers."""
+queued. krt ends every response with an event, on which a context whose turn is over ends
+at once: this is only the safety net for a krt that never answers."""
 
 
 def krt_endpoint(url: str) -> str:
@@ -277,8 +277,12 @@ class KrtTTSService(WebsocketTTSService):
         except asyncio.CancelledError:
             # Cancelled mid-handshake (an interruption during an on-demand connect): a
             # socket left open with no session agreed would look connected and never
-            # become ready, and every later sentence would wait on it in vain.
-            await self._drop_socket()
+            # become ready, and every later sentence would wait on it in vain. Aborted,
+            # not closed: a close handshake with a peer that hangs would hold the
+            # interruption up for the close timeout.
+            websocket_opened, self._websocket = self._websocket, None
+            if websocket_opened is not None:
+                websocket_opened.transport.abort()
             raise
         except _SessionRefusedError as refusal:
             await self._drop_socket()
@@ -299,15 +303,20 @@ class KrtTTSService(WebsocketTTSService):
     async def _send_held(self, websocket: ClientConnection) -> bool:
         """Send the sentences a draining krt refused, in order, before anything newer;
         False when the new socket failed too (the receive loop reconnects again)."""
+        resent: list[_Response] = []
         for response_id, response in list(self._responses.items()):
-            if not response.held:
+            # Looked up again each time: an interruption during a send forgets its sentences.
+            if self._responses.get(response_id) is not response or not response.held:
                 continue
             try:
                 await websocket.send(self._create_event(response_id, response.text))
             except ConnectionClosed as e:
                 logger.warning(f"{self}: resending {response_id} to krt: {e}")
+                for sent in resent:  # died with this socket before any of it was read
+                    sent.held = True
                 return False
             response.held = False
+            resent.append(response)
             logger.info(f"{self}: resent {response_id}, which a draining krt refused, on a new connection")
         return True
 
@@ -595,8 +604,13 @@ class KrtTTSService(WebsocketTTSService):
         context_id = response.context_id
         # Pipecat reopens a context that went quiet only for the turn in progress.
         if not self.audio_context_available(context_id) and context_id != self._turn_context_id:
-            logger.debug(f"{self}: nobody will play krt response {response_id}; cancelling it")
+            # Pipecat finished the context while krt was still making it (no audio for
+            # ``stop_frame_timeout_s``): what is left of it will not be heard, and says so.
             await self._cancel_response(cast("str", response_id))
+            await self.push_error(
+                f"{self}: krt response {response_id} came after Pipecat finished its context "
+                f"(no audio for {self._stop_frame_timeout_s:g} s); not played"
+            )
             return None
         return response
 

@@ -7,7 +7,8 @@ drain waits on) and, unless it failed, lands in the metrics log. Until it is *re
 ``response.cancel`` or ``barge`` can stop it, even when its synthesis is done and only
 its audio is still queued for a slow client. A cancel retires it at once (a second cancel
 gets ``unknown_response``), and so does a failure, whose ``response.error`` is never
-turned into a cancel; a completed response is retired when it is settled. A connection
+turned into a cancel; a completed response is retired as its last event starts out (a
+cancel crossing it gets ``unknown_response``, never a second last event). A connection
 that vanishes settles every unsettled response as canceled, but for failed ones.
 
 The server-wide side is :class:`InFlight`: how many responses are open across all
@@ -173,8 +174,8 @@ class ResponseBook:
     def end(self, response: Response, outcome: Outcome) -> None:
         """Its synthesis is over (completed or failed), unless it was canceled first.
 
-        A completed response stays addressable until its last event is on the wire: its
-        audio may still be queued for a slow client, and a cancel must stop that too. A
+        A completed response stays addressable until its last event starts out: its audio
+        may still be queued for a slow client, and a cancel must stop that too. A
         failed one is retired now, so its ``response.error`` always reaches the client.
         """
         if response.outcome is Outcome.OPEN:
