@@ -365,14 +365,13 @@ class KrtTTSService(WebsocketTTSService):
         # socket; not when the pipeline is ending.
         held = {} if self._disconnecting else {rid: r for rid, r in self._responses.items() if r.held}
         lost = sum(not (response.canceled or response.held) for response in self._responses.values())
+        self._responses = held
+        kept = self._held_context_ids()
         self._contexts = {
-            context_id: context
-            for context_id, context in self._contexts.items()
-            if any(response.context_id == context_id for response in held.values())
+            context_id: context for context_id, context in self._contexts.items() if context_id in kept
         }
         for context in self._contexts.values():
             context.in_flight = [response_id for response_id in context.in_flight if response_id in held]
-        self._responses = held
         if lost and not self._disconnecting:
             await self.push_error(f"{self}: krt connection lost with {lost} response(s) unfinished")
         try:
@@ -422,15 +421,17 @@ class KrtTTSService(WebsocketTTSService):
         # waiting for the new socket has sent nothing on the old one, so it stays open
         # (and so does the turn it belongs to).
         # Nor does a context whose sentence a draining krt refused: it is sent again.
-        spared = self._waiting | {
-            response.context_id for response in self._responses.values() if response.held
-        }
+        spared = self._waiting | self._held_context_ids()
         for context_id in self.get_audio_contexts():
             if context_id not in spared:
                 await self.remove_audio_context(context_id)
         if self._turn_context_id is not None and self._turn_context_id not in spared:
             self._turn_context_id = None
             self._turn_context_id = self.create_context_id()
+
+    def _held_context_ids(self) -> set[str]:
+        """Contexts with a sentence a draining krt refused: they outlive the socket."""
+        return {response.context_id for response in self._responses.values() if response.held}
 
     async def _send_keepalive(self) -> None:
         websocket = self._open_socket()
@@ -500,11 +501,10 @@ class KrtTTSService(WebsocketTTSService):
         if context is not None:
             context.closed = True
             await self._finish_if_done(context_id)
-        elif self.audio_context_available(context_id):
+        else:
             # Nothing of it went to krt (a service written off is given no text): it ends
             # now, not after the quiet timeout, which waits for audio that cannot come.
-            await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
-            await self.remove_audio_context(context_id)
+            await self._finish_audio_context(context_id)
 
     async def _finish_if_done(self, context_id: str) -> None:
         context = self._contexts.get(context_id)
@@ -516,6 +516,10 @@ class KrtTTSService(WebsocketTTSService):
         if not (context.closed or abandoned):
             return
         del self._contexts[context_id]
+        await self._finish_audio_context(context_id)
+
+    async def _finish_audio_context(self, context_id: str) -> None:
+        """End a context Pipecat still plays: TTSStoppedFrame after its audio, then close it."""
         if self.audio_context_available(context_id):
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
