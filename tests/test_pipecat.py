@@ -29,7 +29,7 @@ from websockets.asyncio.server import serve
 
 from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR
 from krt.metrics.report import read_records
-from krt.server.app import drain
+from krt.server.drain import drain
 from tests.server_harness import start_server
 
 with warnings.catch_warnings():

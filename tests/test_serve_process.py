@@ -7,6 +7,7 @@ log lines on stderr, never by sleeping. Every process is killed in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import stat
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from krt.metrics.report import read_records
+from krt.protocol import DRAINING_REASON, told_to_reconnect
 from tests.krt_process import STARTUP_SECONDS, ServerProcess, terminate
 from tests.server_harness import Client
 from tests.speech_checks import assert_sounds_like_speech
@@ -101,7 +103,73 @@ async def test_sigterm_drains_in_flight_audio_refuses_new_work_and_exits_0(
         assert record["audio_s"] == pytest.approx(len(expected) / 48000, abs=0.0005)  # logged in ms
 
 
-async def test_drain_deadline_cuts_a_long_response_and_still_exits_0(start_krt, tmp_path):
+SOCKET_TEXTS = (
+    "The quick brown fox jumps over the lazy dog near the river bank today.",
+    "She sells sea shells by the sea shore while the waves roll in slowly.",
+    "A journey of a thousand miles begins with a single careful step forward.",
+)
+
+
+async def test_sigterm_finishes_what_four_sockets_had_accepted(start_krt, fake_pipeline):
+    """Four sockets each send three responses, then SIGTERM at the first audio: every
+    response krt accepted (``response.created``) is completed, sounding as a quiet run
+    does, or was refused with the reconnect error at the signal; the process exits 0
+    within KRT_DRAIN_SECONDS."""
+    drain_seconds = 30.0
+    quiet = {text: b"".join(fake_pipeline.speak(text)) for text in SOCKET_TEXTS}
+    with trio.fail_after(STARTUP_SECONDS + drain_seconds + 10):
+        server = await start_krt(
+            KRT_BACKEND="fake", KRT_FAKE_COMPUTE_RATIO="0.5", KRT_DRAIN_SECONDS=str(drain_seconds)
+        )
+        first_audio = trio.Event()
+        clients: list[Client] = []
+
+        async def speak(index: int) -> None:
+            async with connect(server) as client:
+                clients.append(client)
+                for number, text in enumerate(SOCKET_TEXTS):
+                    await client.send("response.create", response_id=f"s{index}r{number}", input=text)
+                ended = 0
+                with contextlib.suppress(ConnectionClosed):
+                    while ended < len(SOCKET_TEXTS):
+                        event = await client.receive()
+                        if event["type"] == "response.output_audio.delta":
+                            first_audio.set()
+                        ended += event["type"] in ("response.completed", "response.error")
+
+        async with trio.open_nursery() as sockets:
+            for index in range(4):
+                sockets.start_soon(speak, index)
+            await first_audio.wait()
+            signalled = trio.current_time()
+            await terminate(server)
+        with trio.fail_after(drain_seconds):
+            assert await server.process.wait() == 0, server.log
+        assert trio.current_time() - signalled < drain_seconds
+
+    created = completed = refused_at_signal = 0
+    for client in clients:
+        for number, text in enumerate(SOCKET_TEXTS):
+            events = [e for e in client.events if e.get("response", "").endswith(f"r{number}")]
+            types = [event["type"] for event in events]
+            if types == ["response.error"]:  # refused before it was accepted: busy
+                assert events[0]["code"] == "busy"
+                continue
+            created += 1
+            assert types[0] == "response.created"
+            if types[-1] == "response.completed":
+                completed += 1
+                assert bytes(client.audio[events[0]["response"]]) == quiet[text]
+            else:
+                assert (types[-1], events[-1]["message"]) == ("response.error", DRAINING_REASON), types
+                refused_at_signal += 1
+    assert created >= len(SOCKET_TEXTS)  # a socket admitted has all three accepted
+    assert completed + refused_at_signal == created  # nothing created was lost or cut
+    assert f"refusing {refused_at_signal}" in server.log
+    assert "Traceback" not in server.log
+
+
+async def test_a_response_that_cannot_end_within_the_drain_is_refused_at_the_signal(start_krt, tmp_path):
     drain_seconds = 0.5
     with trio.fail_after(STARTUP_SECONDS + 10):
         server = await start_krt(
@@ -111,19 +179,20 @@ async def test_drain_deadline_cuts_a_long_response_and_still_exits_0(start_krt, 
             await client.send("response.create", response_id="long", input=LONG_TEXT)
             await client.receive_until("response.output_audio.delta", "long")  # ≈ 15 s of work ahead
 
-            signalled = trio.current_time()
             await terminate(server)
-            # The client keeps reading, as a player does, and is told, not left hanging.
+            # The client keeps reading, as a player does, and is told at once to go
+            # elsewhere with it rather than hear it cut off at the limit.
             with trio.fail_after(drain_seconds + 3), pytest.raises(ConnectionClosed) as closed:
                 await client.receive_until("response.completed", "long")
             assert closed.value.reason.code == 1012  # service restart: reconnect elsewhere
+            refusal = client.events[-1]
+            assert (refusal["type"], refusal["code"]) == ("response.error", "busy")
+            assert told_to_reconnect(refusal["code"], refusal["message"])
             with trio.fail_after(drain_seconds + 3):
                 assert await server.process.wait() == 0, server.log
-            elapsed = trio.current_time() - signalled
-            assert elapsed < drain_seconds + 3
         assert "Traceback" not in server.log
-        (record,) = read_records(tmp_path / "logs" / "metrics.log")  # cut short by the exit: canceled
-        assert (record["request_id"], record["canceled"]) == ("long", True)
+        assert "refusing 1" in server.log
+        assert not (tmp_path / "logs" / "metrics.log").exists()  # refused: nothing spoken to log
 
 
 @pytest.mark.integration

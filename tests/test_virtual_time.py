@@ -13,10 +13,11 @@ import base64
 import contextlib
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 from krt import PCM_BYTES_PER_SECOND
 from krt.engine.facade import WARM_UP_TEXT, Engine
@@ -25,7 +26,8 @@ from krt.engine.scheduler import CAPACITY_HEADROOM
 from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR
 from krt.errors import SpeechError
 from krt.g2p import tokenize
-from krt.server.app import drain
+from krt.protocol import DRAINING_REASON
+from krt.server.drain import drain
 from krt.synth.fake_backend import SECONDS_PER_TOKEN, FakeBackend
 from tests.fakes import ClockedFake, MemoryClient
 from tests.inline_engine import (
@@ -229,6 +231,42 @@ async def test_a_newcomer_is_busy_when_its_predicted_wait_exceeds_the_sla(
         assert engine.statistics().busy_rejections == (0 if admitted else 1)
 
 
+async def test_busy_comes_instead_of_response_created_never_after_it(nursery, tmp_path, autojump_clock):
+    """A response is accepted only if the engine takes it: four sockets queue three
+    sentences each on a one-slot engine. A response the engine refuses gets ``busy`` and
+    no ``response.created``; every response created is spoken in full, its socket's later
+    ones included (they wait behind it, they are never refused)."""
+    with trio.fail_after(120):
+        state = await start_state(nursery, tmp_path, ClockedFake(autojump_clock, ratio=0.5))
+        await state.engine.warm_up()
+        assert state.engine.statistics().slots == 1
+        clients = [await MemoryClient.connect(nursery, state) for _ in range(4)]
+        for i, client in enumerate(clients):
+            for j in range(3):
+                await client.send("response.create", response_id=f"r{j}", input=sentences("alpha", 2 + i))
+
+        async def read(client: MemoryClient) -> None:
+            ended = 0
+            while ended < 3:
+                event = await client.receive()
+                ended += event["type"] in ("response.completed", "response.error")
+
+        async with trio.open_nursery() as readers:
+            for client in clients:
+                readers.start_soon(read, client)
+        outcomes = [[client.event_types(f"r{j}") for j in range(3)] for client in clients]
+        refused = [types for per_socket in outcomes for types in per_socket if types == ["response.error"]]
+        spoken = [types for per_socket in outcomes for types in per_socket if types[0] == "response.created"]
+        assert len(refused) + len(spoken) == 12
+        assert refused and spoken
+        assert all(types[-1] == "response.completed" for types in spoken)
+        for client in clients:
+            for j in range(3):
+                if client.event_types(f"r{j}") == ["response.error"]:
+                    (event,) = [e for e in client.events if e.get("response") == f"r{j}"]
+                    assert event["code"] == "busy"
+
+
 async def test_with_no_free_slot_a_newcomer_also_waits_for_the_shortest_stream_to_play(
     nursery, autojump_clock
 ):
@@ -392,7 +430,12 @@ async def test_drain_closes_idle_sockets_at_once_and_busy_ones_once_their_last_r
         assert state.sessions == 0
 
 
-async def test_drain_gives_up_after_krt_drain_seconds_and_closes_1012(nursery, tmp_path, autojump_clock):
+async def test_drain_refuses_at_the_signal_a_response_that_cannot_end_in_time(
+    nursery, tmp_path, autojump_clock
+):
+    """r1 waits for the only slot, which a stream that reads nothing holds: the schedule
+    cannot end it within KRT_DRAIN_SECONDS, so it is refused at the signal (saying to
+    reconnect), not cut at the limit, and its socket, idle then, is closed at once."""
     with trio.fail_after(30):
         state = await start_state(
             nursery,
@@ -403,10 +446,9 @@ async def test_drain_gives_up_after_krt_drain_seconds_and_closes_1012(nursery, t
             QUEUE_WAIT_SLA_MS="100000",
         )
         engine = state.engine
+        await engine.warm_up()
         client = await MemoryClient.connect(nursery, state)
 
-        # Another stream holds the only slot and reads nothing: once its buffer is full
-        # the model idles, and r1 waits for the slot for as long as anyone lets it.
         async with engine.stream(engine.plan(LONG_TEXT), "hog") as hog:
             await until_full(hog)
             await client.send("response.create", response_id="r1", input="Waiting for a slot.")
@@ -419,13 +461,126 @@ async def test_drain_gives_up_after_krt_drain_seconds_and_closes_1012(nursery, t
             await client.ended.wait()
 
             assert code == 1012
-            assert client.closed_at == pytest.approx(started + 0.5, abs=TICK)
-            assert client.event_types("r1") == ["response.created"]
-            assert state.in_flight.count == 0
-            assert engine.statistics().waiting == 0  # r1's job left with its session
+            assert client.event_types("r1") == ["response.created", "response.error"]
+            refused = client.events[-1]
+            assert (refused["code"], refused["message"]) == ("busy", DRAINING_REASON)
+            assert client.arrivals[-1] == started  # at the signal, not at the limit
+            assert client.closed_at == started
+            assert engine.statistics().waiting == 0  # r1's job left the engine
         await draining.done.wait()
-        records = metrics_lines(tmp_path)
-        assert records["r1"]["canceled"] is True
+        assert "r1" not in metrics_lines(tmp_path)  # refused, not spoken: no metrics line
+
+
+async def test_drain_limit_still_cuts_a_response_that_runs_slower_than_predicted(
+    nursery, tmp_path, autojump_clock
+):
+    """The forecast keeps r1 (it would end in ~1 s), then the machine turns six times
+    slower: KRT_DRAIN_SECONDS still bounds the drain, r1 is closed with 1012 and counts
+    as canceled."""
+    with trio.fail_after(60):
+        backend = ClockedFake(autojump_clock, ratio=0.5)
+        state = await start_state(nursery, tmp_path, backend, KRT_DRAIN_SECONDS="3")
+        await state.engine.warm_up()
+        client = await MemoryClient.connect(nursery, state)
+        await client.send("response.create", response_id="r1", input=sentences("alpha", 3))
+        await client.receive_until("response.output_audio.delta", "r1")
+
+        started = trio.current_time()
+        draining = TimedDrain()
+        await nursery.start(draining.run, state)
+        backend.ratio = 3.0
+        code = await client.receive_until_closed()
+        await draining.done.wait()
+
+        assert code == 1012
+        assert "response.error" not in client.event_types("r1")  # it was kept
+        assert "response.completed" not in client.event_types("r1")
+        # Cut at the limit, give or take the one window the inline model was inside.
+        assert started + 3 <= client.closed_at <= started + 3 + 6
+        assert metrics_lines(tmp_path)["r1"]["canceled"] is True
+
+
+async def run_four_sockets(
+    nursery, tmp_path, clock, *, drain_seconds: float | None
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, bytes], dict[str, float], float]:
+    """Four sockets each queue three sentences at once; with ``drain_seconds`` a drain
+    starts at the first audio. Per response: its events, its audio, when its last
+    event arrived; and when the first audio came (and the drain started)."""
+    env = {"QUEUE_WAIT_SLA_MS": "100000"}
+    if drain_seconds is not None:
+        env["KRT_DRAIN_SECONDS"] = str(drain_seconds)
+    state = await start_state(nursery, tmp_path, ClockedFake(clock, ratio=0.5), **env)
+    await state.engine.warm_up()
+    clients = [await MemoryClient.connect(nursery, state) for _ in range(4)]
+    ids = {client: [f"s{i}r{j}" for j in range(3)] for i, client in enumerate(clients)}
+    for i, client in enumerate(clients):
+        for j, response_id in enumerate(ids[client]):
+            text = sentences(("alpha", "bravo", "charlie", "delta")[i], 2 + j)
+            await client.send("response.create", response_id=response_id, input=text)
+    ended: dict[str, float] = {}
+    first_audio = trio.Event()
+
+    async def read(client: MemoryClient) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while len([e for e in ids[client] if e in ended]) < 3:
+                event = await client.receive()
+                if event["type"] == "response.output_audio.delta":
+                    first_audio.set()
+                if event["type"] in ("response.completed", "response.error", "response.canceled"):
+                    ended[event["response"]] = trio.current_time()
+
+    async with trio.open_nursery() as readers:
+        for client in clients:
+            readers.start_soon(read, client)
+        await first_audio.wait()
+        drain_started = trio.current_time()
+        if drain_seconds is not None:
+            draining = TimedDrain()
+            await nursery.start(draining.run, state)
+    events = {
+        rid: [e for e in client.events if e.get("response") == rid]
+        for client in clients
+        for rid in ids[client]
+    }
+    audio = {rid: bytes(client.audio.get(rid, b"")) for client in clients for rid in ids[client]}
+    return events, audio, ended, drain_started
+
+
+async def test_drain_finishes_every_accepted_response_that_fits_and_refuses_the_rest_at_the_signal(
+    nursery, tmp_path, autojump_clock
+):
+    """Four sockets with three responses each, a drain at the first audio. Every
+    response either completes, sounding exactly as in a quiet run, or is refused at the
+    signal (busy, reconnect); a socket's refusals are its last responses; none is cut
+    at the limit; and a refused one ends late in a quiet run too."""
+    with trio.fail_after(120):
+        quiet_events, quiet_audio, quiet_ended, quiet_first_audio = await run_four_sockets(
+            nursery, tmp_path / "quiet", autojump_clock, drain_seconds=None
+        )
+        assert all(events[-1]["type"] == "response.completed" for events in quiet_events.values())
+
+    drain_seconds = 6.0
+    with trio.fail_after(120):
+        events, audio, ended, drain_started = await run_four_sockets(
+            nursery, tmp_path / "drained", autojump_clock, drain_seconds=drain_seconds
+        )
+    kept = [rid for rid in events if events[rid][-1]["type"] == "response.completed"]
+    refused = [rid for rid in events if events[rid][-1]["type"] == "response.error"]
+    assert sorted(kept + refused) == sorted(events)  # nothing canceled, nothing cut
+    assert kept and refused  # the limit falls among them: both sides are exercised
+    for rid in kept:
+        assert audio[rid] == quiet_audio[rid], rid
+        assert ended[rid] - drain_started <= drain_seconds
+    for rid in refused:
+        assert ended[rid] == drain_started, rid  # at the signal, not later
+        socket, number = rid[:2], int(rid[3])
+        later = [f"{socket}r{j}" for j in range(number, 3)]
+        assert all(other in refused for other in later)  # a socket keeps its first ones
+        (refusal,) = [e for e in events[rid] if e["type"] == "response.error"]
+        assert (refusal["code"], refusal["message"]) == ("busy", DRAINING_REASON)
+        # Refused only when late in a quiet run too, by more than the headroom the
+        # forecast keeps for a drifting machine (a kept one cut at the limit is worse).
+        assert quiet_ended[rid] - quiet_first_audio > drain_seconds / CAPACITY_HEADROOM, rid
 
 
 async def test_drain_returns_as_soon_as_its_sessions_are_closed(nursery, tmp_path, autojump_clock):

@@ -17,17 +17,17 @@ import trio
 from krt import PCM_BYTES_PER_SECOND
 from krt.engine.pipeline import MAX_SPEED, MIN_SPEED, PcmBatch, SpeechPlan
 from krt.engine.runner import ThreadRunner
-from krt.engine.scheduler import EngineStatistics, Scheduler
+from krt.engine.scheduler import EngineStatistics, Job, Scheduler
 from krt.engine.segmenter import predicted_audio_seconds
 from krt.engine.timestamps import WordTime
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from contextlib import AbstractAsyncContextManager
 
     from krt.config import AdmissionConfig, Config
     from krt.engine.pipeline import Rendering, SpeechPipeline
     from krt.engine.runner import ModelRunner
-    from krt.engine.scheduler import Job
 
 __all__ = [
     "MAX_SPEED",
@@ -35,6 +35,7 @@ __all__ = [
     "Engine",
     "EngineInfo",
     "EngineStatistics",
+    "Job",
     "PcmBatch",
     "SpeechPlan",
     "WordTime",
@@ -108,6 +109,34 @@ class Engine:
         """
         return self._scheduler.stream(self._pipeline.rendering(plan), label, paced=paced)
 
+    def admit(self, plan: SpeechPlan, label: str, *, accepted: bool = False) -> Job:
+        """Admit ``plan`` as a realtime stream now, before its client is told the response
+        exists: SpeechError ``busy`` when refused, unless ``accepted`` (a response queued
+        behind another on the same socket, whose stream the engine already took in: it
+        waits its turn, it is never refused). The job takes turns from now on; whoever
+        admitted it must :meth:`hold` it or :meth:`withdraw` it."""
+        return self._scheduler.admit(self._pipeline.rendering(plan), label, accepted=accepted)
+
+    def hold(self, job: Job) -> AbstractAsyncContextManager[Job]:
+        """Iterate an admitted job for its PCM; leaving the block for any reason withdraws it."""
+        return self._scheduler.hold(job)
+
+    def withdraw(self, job: Job) -> None:
+        """Drop a job admitted and never held (its response was cancelled while queued);
+        harmless on a job already withdrawn."""
+        self._scheduler.withdraw(job)
+
+    def forecast(
+        self, streams: Sequence[tuple[Job | None, Sequence[SpeechPlan]]], horizon: float
+    ) -> list[list[float]]:
+        """Seconds from now until each response ends, as the engine's schedule predicts it
+        (``math.inf`` past ``horizon``): for each stream, its job in the engine (or None)
+        and then each plan queued behind it on the same socket; every other job in the
+        engine competes. What a drain decides with."""
+        return self._scheduler.forecast(
+            [(job, [_predicted_seconds(plan) for plan in queued]) for job, queued in streams], horizon
+        )
+
     def statistics(self) -> EngineStatistics:
         return self._scheduler.statistics()
 
@@ -128,13 +157,14 @@ class Engine:
         # Built directly, not through plan(): the warm-up must not depend on request limits
         # such as MAX_UTTERANCE_WORDS.
         plan = SpeechPlan(self._pipeline.voices.female, self._pipeline.resolve_speed(None), (text,))
-        first_window = later = later_compute = 0.0
+        first_window = first_audio = later = later_compute = 0.0
         later_frames = 0
         for attempt in ("first", "second"):
             rendering = self._pipeline.rendering(plan)
             started = trio.current_time()
-            await self._runner.run(_first_batch, rendering)
+            first_batch = await self._runner.run(_first_batch, rendering)
             first_window = trio.current_time() - started
+            first_audio = sum(map(len, first_batch or ())) / PCM_BYTES_PER_SECOND
             first_frames = rendering.windows.frames_decoded
             later = await self._runner.run(_drain_seconds, rendering)
             later_compute = trio.current_time() - started - first_window
@@ -151,6 +181,7 @@ class Engine:
             first_window,
             later / later_compute if measured else None,
             later_compute / later_frames if measured else None,
+            first_audio,
         )
         stats = self._scheduler.statistics()
         log.info("engine capacity %.2f audio s per s: %d streams at once", stats.capacity, stats.slots)
@@ -159,6 +190,10 @@ class Engine:
         """The engine loop; runs until cancelled (a model call in progress is abandoned to
         its thread)."""
         await self._scheduler.run(task_status=task_status)
+
+
+def _predicted_seconds(plan: SpeechPlan) -> float:
+    return predicted_audio_seconds(sum(map(len, plan.segments)), plan.speed)
 
 
 def _first_batch(rendering: Rendering) -> PcmBatch | None:

@@ -43,12 +43,13 @@ import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
+from krt.engine.forecast import EngineMeasures, StreamState, predict_ends
 from krt.engine.pipeline import PcmBatch, Rendering
 from krt.engine.segmenter import predicted_audio_seconds
 from krt.errors import SpeechError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
     from krt.config import AdmissionConfig
     from krt.engine.pipeline import SpeechPlan
@@ -72,6 +73,11 @@ AHEAD_SECONDS = 8.0
 CAPACITY_HEADROOM = 1.25
 """Active streams are held to capacity / this: what is left covers the cost of first
 windows, of windows cut short, and the drift of a shared machine."""
+FIRST_WINDOW_AUDIO_GUESS = 1.0
+"""Audio seconds of a first window, for forecasts made before one was measured."""
+MIN_REMAINING_AUDIO = 0.5
+"""What a job not yet done is assumed to have left when the text-length prediction says
+it has made all of it already (speech runs longer than predicted)."""
 WINDOW_SLACK_SHARE = 0.9
 """A started stream's next window is sized to compute in this share of the time its
 player has left. (Dividing it among the started streams was measured worse: windows
@@ -228,6 +234,8 @@ class Scheduler:
         """Unknown until measured, then an exponential average."""
         self._seconds_per_frame: float | None = None
         """Model time per decoded frame, context included; unknown until measured."""
+        self._first_window_audio: float | None = None
+        """Audio seconds a first window makes; unknown until measured."""
         self._turns = 0
         self._busy = 0
         self._model_seconds = 0.0
@@ -278,25 +286,32 @@ class Scheduler:
         shortest = min(job.remaining_playback(now) for job in self._active)
         return wait + shortest * (len(self._waiting) + 1)
 
-    def _admit(self, job: Job) -> None:
+    def _admit(self, job: Job, *, accepted: bool = False) -> None:
+        """Queue ``job`` as active or waiting, or refuse it ``busy``; an ``accepted`` one
+        (a response its client was already told exists, queued behind another of the same
+        stream) is never refused: it waits for a slot like any other."""
         queued = len(self._active) + len(self._waiting)
         slot_free = len(self._active) < self.slots()
-        if queued >= self.admission.queue_maxsize or (
-            not slot_free and len(self._waiting) >= self.admission.max_queued_requests
-        ):
-            self._busy += 1
-            raise SpeechError("busy", f"{queued} responses are already in the engine; try again shortly")
-        wait = self.predicted_wait()
-        if wait * 1000 > self.admission.queue_wait_sla_ms:
-            self._busy += 1
-            raise SpeechError(
-                "busy",
-                f"predicted wait {wait * 1000:.0f} ms exceeds QUEUE_WAIT_SLA_MS={self.admission.queue_wait_sla_ms}",
-            )
+        if not accepted:
+            if queued >= self.admission.queue_maxsize or (
+                not slot_free and len(self._waiting) >= self.admission.max_queued_requests
+            ):
+                self._busy += 1
+                raise SpeechError("busy", f"{queued} responses are already in the engine; try again shortly")
+            wait = self.predicted_wait()
+            if wait * 1000 > self.admission.queue_wait_sla_ms:
+                self._busy += 1
+                raise SpeechError(
+                    "busy",
+                    f"predicted wait {wait * 1000:.0f} ms exceeds "
+                    f"QUEUE_WAIT_SLA_MS={self.admission.queue_wait_sla_ms}",
+                )
         (self._active if slot_free else self._waiting).append(job)
         self._wakeup.set()
 
     def _release(self, job: Job) -> None:
+        if job.withdrawn:
+            return
         job.withdrawn = True
         if job is not self._in_turn:
             # Paused between turns: close the segment now rather than whenever the job
@@ -312,25 +327,80 @@ class Scheduler:
         while self._waiting and len(self._active) < self.slots():
             self._active.append(self._waiting.popleft())
 
-    @asynccontextmanager
-    async def stream(self, rendering: Rendering, label: str, *, paced: bool = True) -> AsyncIterator[Job]:
-        """Admit a job and yield it; iterate it for its PCM, in order.
-
-        Raises SpeechError("busy") when refused. Leaving the block for any reason —
-        the last chunk read, a cancel scope, a disconnect — withdraws the job: nothing
-        more is computed for it and anything still in flight is discarded.
-        """
+    def admit(self, rendering: Rendering, label: str, *, paced: bool = True, accepted: bool = False) -> Job:
+        """Admit a job now (SpeechError ``busy`` when refused, unless ``accepted``); it
+        takes turns from now on. Whoever admitted it must :meth:`hold` it or
+        :meth:`withdraw` it."""
         # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_SECONDS
         # of audio wait, so it never holds more than that plus one window.
         send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
         job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon, paced=paced)
-        self._admit(job)
+        self._admit(job, accepted=accepted)
+        return job
+
+    @asynccontextmanager
+    async def hold(self, job: Job) -> AsyncIterator[Job]:
+        """Yield an admitted job to iterate; leaving the block for any reason (the last
+        chunk read, a cancel scope, a disconnect) withdraws it."""
         try:
-            with receive:
+            with job.receive:
                 yield job
         finally:
-            self._release(job)
-            send.close()
+            self.withdraw(job)
+
+    @asynccontextmanager
+    async def stream(self, rendering: Rendering, label: str, *, paced: bool = True) -> AsyncIterator[Job]:
+        """Admit a job and hold it: :meth:`admit` and :meth:`hold` in one."""
+        async with self.hold(self.admit(rendering, label, paced=paced)) as job:
+            yield job
+
+    def withdraw(self, job: Job) -> None:
+        """Nothing more is computed for ``job`` and anything still in flight is discarded
+        (a second call does nothing)."""
+        self._release(job)
+        job.send.close()
+
+    def forecast(
+        self, streams: Sequence[tuple[Job | None, Sequence[float]]], horizon: float
+    ) -> list[list[float]]:
+        """Seconds from now until each response of ``streams`` ends, as the schedule
+        predicts (:mod:`krt.engine.forecast`); ``math.inf`` past ``horizon``.
+
+        A stream is its job in the engine (None when it has none right now) and the audio
+        seconds of the responses queued behind it; the answer lists the job's end (when
+        there is one), then theirs. Every other job in the engine competes as a stream of
+        its own.
+        """
+        now = trio.current_time()
+        named = {job for job, _queued in streams if job is not None}
+        others = [(job, ()) for job in (*self._active, *self._waiting) if job not in named]
+        states = [self._stream_state(job, queued, now) for job, queued in (*streams, *others)]
+        measures = EngineMeasures(
+            capacity=self._capacity or 0.0,
+            first_window_seconds=self._first_window_seconds or 0.0,
+            first_window_audio=self._first_window_audio or FIRST_WINDOW_AUDIO_GUESS,
+            slots=self.slots(),
+            ahead_seconds=AHEAD_SECONDS,
+            headroom=CAPACITY_HEADROOM,
+        )
+        busy_until = now
+        if self._in_turn is not None:
+            busy_until += max(0.0, self._turn_estimate - (now - self._turn_started))
+        ends = predict_ends(states, measures, now, horizon, busy_until)
+        return [[end - now for end in stream_ends] for stream_ends in ends[: len(streams)]]
+
+    def _stream_state(self, job: Job | None, queued: Sequence[float], now: float) -> StreamState:
+        if job is None or job.withdrawn:
+            return StreamState(list(queued), active=False, submitted_at=now)
+        planned = predicted_audio_seconds(sum(map(len, job.plan.segments)), job.plan.speed)
+        left = 0.0 if job.done else max(planned - job.audio_made, MIN_REMAINING_AUDIO)
+        return StreamState(
+            [left, *queued],
+            played_until=None if job.first_audio_at is None else job.deadline,
+            paced=job.paced,
+            active=job in self._active,
+            submitted_at=job.submitted_at,
+        )
 
     def _wakeup_soon(self) -> None:
         self._wakeup.set()
@@ -438,6 +508,10 @@ class Scheduler:
             self._first_window_seconds = (
                 seconds if previous_first is None else 0.7 * previous_first + 0.3 * seconds
             )
+            previous_audio = self._first_window_audio
+            self._first_window_audio = (
+                audio_seconds if previous_audio is None else 0.7 * previous_audio + 0.3 * audio_seconds
+            )
         elif frames <= 0:
             # No model call (a response's leftover chunk): its microseconds say nothing of
             # the model's speed, and counted would claim a huge capacity.
@@ -455,11 +529,17 @@ class Scheduler:
         self._wakeup.set()
 
     def calibrate(
-        self, first_window_seconds: float, capacity: float | None, seconds_per_frame: float | None
+        self,
+        first_window_seconds: float,
+        capacity: float | None,
+        seconds_per_frame: float | None,
+        first_window_audio: float | None = None,
     ) -> None:
         """Replace the estimates with measured ones (the warm-up's second, warm run); a
         warm-up that fits in one window measures only the first."""
         self._first_window_seconds = first_window_seconds
+        if first_window_audio:
+            self._first_window_audio = first_window_audio
         if capacity is not None and seconds_per_frame is not None:
             self._capacity = capacity
             self._seconds_per_frame = seconds_per_frame

@@ -1,16 +1,14 @@
 """``krt serve``: listen at once, load and warm the model, serve, drain on SIGTERM/SIGINT.
 
 The port answers from the first moment (``/readyz`` says 503 while the model loads),
-so an orchestrator can tell "starting" from "dead". A signal starts a drain: readiness
-turns 503, new responses are refused as ``busy``, responses in flight may finish for
-``KRT_DRAIN_SECONDS``, then the process exits 0. A second signal exits at once.
+so an orchestrator can tell "starting" from "dead". A signal starts a drain
+(:mod:`krt.server.drain`), then the process exits 0. A second signal exits at once.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator  # noqa: TC003
 from typing import TYPE_CHECKING
 
 import trio
@@ -19,6 +17,7 @@ from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
 from krt.metrics.record import MetricsLog
 from krt.server.admin import serve_admin
+from krt.server.drain import drain
 from krt.server.listener import serve
 from krt.server.state import ServerState
 from krt.synth.loading import load_backend
@@ -84,49 +83,6 @@ async def drain_on_request(state: ServerState, scope: trio.CancelScope) -> None:
     log.info("draining at an operator's request (%d responses in flight)", state.in_flight.count)
     await drain(state)
     scope.cancel(reason="drained")
-
-
-DRAIN_CLOSE_CODE = 1012
-"""WebSocket "service restart": the close a draining replica sends, which tells a client
-to reconnect (through its load balancer, to another replica), unlike a failure's 1006
-or 1011."""
-DRAIN_CLOSE_REASON = "draining: reconnect"
-
-
-async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -> None:
-    """Refuse new responses (``busy``, saying why), let open ones finish for up to
-    ``KRT_DRAIN_SECONDS`` (or until the next of ``signals``), and close each session with
-    1012 as soon as it has nothing in flight, so its client reconnects elsewhere at once;
-    when the time is up, close whatever is left the same way."""
-    state.in_flight.start_drain()
-    state.monitor.server_changed()
-    with trio.move_on_after(state.config.server.drain_seconds) as limit:
-        async with trio.open_nursery() as waiting:
-            if signals is not None:
-                waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
-            while True:
-                settled = state.in_flight.settled
-                await state.close_sessions(DRAIN_CLOSE_CODE, idle_only=True, reason=DRAIN_CLOSE_REASON)
-                if not state.in_flight.count:
-                    break
-                await settled.wait()
-            waiting.cancel_scope.cancel()
-    if limit.cancelled_caught:
-        log.warning(
-            "KRT_DRAIN_SECONDS=%s passed with %d responses in flight: closing them and exiting "
-            "(a model call still running is abandoned with the process)",
-            state.config.server.drain_seconds,
-            state.in_flight.count,
-        )
-    log.info("drained; closing %d sessions and exiting", state.sessions)
-    await state.close_sessions(DRAIN_CLOSE_CODE, reason=DRAIN_CLOSE_REASON)
-
-
-async def _cancel_on_next_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
-    async for _signum in signals:
-        log.warning("second signal: exiting without waiting")
-        scope.cancel()
-        return
 
 
 async def main(

@@ -28,7 +28,7 @@ import trio
 
 from krt import PCM_BYTES_PER_SECOND
 from krt.codecs import StreamEncoder
-from krt.engine.facade import SpeechPlan
+from krt.engine.facade import Job, SpeechPlan
 from krt.errors import SpeechError
 from krt.metrics.record import ResponseRecord
 from krt.protocol import DRAINING_REASON
@@ -71,6 +71,9 @@ class Response:
     """How it came: ``websocket`` or ``http`` (the OpenAI speech endpoint)."""
     encoder: StreamEncoder | None = None
     """Converts its PCM to the session's format and rate; None for Kokoro's own PCM."""
+    job: Job | None = None
+    """Its synthesis in the engine: admitted before ``response.created`` when nothing is
+    ahead of it on its socket, else once the responses before it are done."""
     on_audio_taken: Callable[[float], None] = lambda _seconds: None
     """Told the seconds of audio each time the client acknowledges reading some (the
     engine job's :meth:`~krt.engine.scheduler.Job.taken` while it is synthesizing)."""
@@ -156,6 +159,10 @@ class ResponseBook:
     def addressable(self) -> list[Response]:
         return list(self._addressable.values())
 
+    def unsettled(self) -> list[Response]:
+        """Responses whose last event is not yet on the wire, in the order they were opened."""
+        return list(self._unsettled)
+
     def open(self, response: Response) -> None:
         """Count a response the client is about to be told exists; SpeechError ``busy`` while draining."""
         self._in_flight.open()
@@ -169,6 +176,16 @@ class ResponseBook:
         assert not response.settled, "a settled response is retired"
         response.outcome = Outcome.CANCELED
         response.scope.cancel(reason="response.cancel")
+        self.retire(response)
+
+    def refuse(self, response: Response, code: str) -> None:
+        """Stop it now and fail it with ``code`` (a draining server that cannot finish it):
+        its scope is cancelled and it is retired, so its ``response.error`` is its last
+        word, as with any failure."""
+        assert response.outcome is Outcome.OPEN, "only a response still being made is refused"
+        response.outcome = Outcome.FAILED
+        response.error_code = code
+        response.scope.cancel(reason=code)
         self.retire(response)
 
     def end(self, response: Response, outcome: Outcome) -> None:

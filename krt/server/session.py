@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
     from krt.config import Config
-    from krt.engine.facade import Engine, WordTime
+    from krt.engine.facade import Engine, Job, WordTime
     from krt.metrics.record import MetricsLog
     from krt.server.responses import InFlight
 
@@ -82,6 +82,8 @@ class Session:
         """When the client last sent anything, or last had a response in flight."""
         self.input = InputBuffer(config.stream.flush_idle_ms / 1000)
         self._queue_send, self._queue_receive = trio.open_memory_channel[Response](MAX_PENDING_RESPONSES)
+        self._speaking: Response | None = None
+        """The response the synth task is on (None between responses)."""
         self._input_arrived = trio.Event()
         self._input_lock = trio.Lock()
         """Held while buffered input becomes responses, so an idle flush cannot overtake
@@ -107,6 +109,9 @@ class Session:
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("%s: connection lost", self.peer)
         finally:
+            for response in self.responses.unsettled():
+                if response.job is not None:  # admitted and still queued here: nothing holds it
+                    self.engine.withdraw(response.job)
             self.responses.abandon_all()
 
     async def _write_then_stop(self, session_scope: trio.CancelScope) -> None:
@@ -253,12 +258,36 @@ class Session:
             output = self.settings.output
             encoder = None if output.is_native else StreamEncoder(output, self._encoding)
             response = Response(response_id, plan, trio.current_time(), text, encoder=encoder)
-            self.responses.open(response)
+            if self._speaking is None and not self._queue_send.statistics().current_buffer_used:
+                # Nothing ahead of it here: the engine decides now, so that ``busy`` comes
+                # instead of ``response.created``, never after it.
+                response.job = self.engine.admit(plan, response_id)
+            try:
+                self.responses.open(response)
+            except SpeechError:
+                if response.job is not None:
+                    self.engine.withdraw(response.job)
+                raise
         except SpeechError as exc:
             await self.outbox.event(protocol.ResponseError(response_id, exc.code, exc.message))
             return
         self._queue_send.send_nowait(response)  # room was checked with no await since
         await self.outbox.event(protocol.ResponseCreated(response_id))
+
+    async def refuse(self, response: Response, code: protocol.ResponseErrorCode, message: str) -> None:
+        """Fail a response that has not ended, now, with ``code`` (a drain that predicts it
+        cannot end in time): it stops at once and its ``response.error`` is its last event."""
+        self.responses.refuse(response, code)
+        await self.outbox.event(protocol.ResponseError(response.response_id, code, message), ends=response)
+
+    def pending_work(self) -> tuple[Job | None, list[Response]]:
+        """What this socket still has to make, in order: the job of the response the
+        engine is on (None when none is in the engine) and the responses still being
+        made, that response first. Responses already made (their last audio maybe still
+        queued for the client) are left out: they end by themselves."""
+        making = [response for response in self.responses.unsettled() if response.outcome is Outcome.OPEN]
+        job = making[0].job if making and making[0].job is not None and not making[0].job.withdrawn else None
+        return job, making
 
     async def _cancel(self, response: Response) -> None:
         """Stop a response now: its scope is cancelled, and the outbox drops what it queued."""
@@ -323,10 +352,16 @@ class Session:
     async def _synth(self) -> None:
         async with self._queue_receive:
             async for response in self._queue_receive:
-                if response.canceled:
+                if response.canceled or response.outcome is Outcome.FAILED:
+                    if response.job is not None:
+                        self.engine.withdraw(response.job)
                     continue
-                with response.scope:
-                    await self._speak(response)
+                self._speaking = response
+                try:
+                    with response.scope:
+                        await self._speak(response)
+                finally:
+                    self._speaking = None
         await self.outbox.close_after_queued(1000)
 
     def _timestamps_event(self, response: Response, words: list[WordTime]) -> protocol.OutputAudioTimestamps:
@@ -348,7 +383,9 @@ class Session:
 
     async def _speak(self, response: Response) -> None:
         try:
-            async with self.engine.stream(response.plan, response.response_id) as job:
+            if response.job is None:  # queued behind another: its stream is in already
+                response.job = self.engine.admit(response.plan, response.response_id, accepted=True)
+            async with self.engine.hold(response.job) as job:
                 job.taken_downstream()
                 response.on_audio_taken = job.taken
                 async for batch in job:
