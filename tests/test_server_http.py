@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
 
-from krt.server import listener
+from krt.server import http, listener, openai_api
 from tests.server_harness import WS_PATH, Client, RunningServer, start_server
 
 pytestmark = pytest.mark.trio
@@ -380,3 +380,185 @@ async def test_a_request_head_that_never_ends_is_dropped(server, monkeypatch):
         async with stream:
             await stream.send_all(f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\n".encode())  # and nothing more
             assert await stream.receive_some() == b""
+
+
+# -- a lingering close: a refused request's client sees its status -------------------------
+
+
+def oversized_head(path: str) -> bytes:
+    """A request of 10,000 header lines (about 200 kB, far over MAX_HEAD_BYTES) to ``path``,
+    with the method and fields its route takes, so only the head's size is wrong."""
+    method = "POST" if path == openai_api.SPEECH_PATH else "GET"
+    fields = UPGRADE if path == WS_PATH else ""
+    filler = b"".join(b"X-Filler-%05d: 1\r\n" % n for n in range(10_000))
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n{fields}".encode() + filler + b"\r\n"
+
+
+async def send_while_reading(port: int, raw: bytes, then: bytes = b"") -> tuple[bytes, str, str]:
+    """Send ``raw`` in one write (then ``then`` over and over, if given, until the server
+    stops taking it) while another task reads the answer.
+
+    Returns the answer, how the sending ended ("whole", or "reset" where the server's reset
+    cut it short) and how the answer ended ("eof", the server's orderly close, or "reset").
+    A client like curl or http.client stops at its first failed write and never reads
+    the answer, so "reset" while sending is an answer lost.
+    """
+    answer = bytearray()
+    ends = {"sent": "whole", "answer": "eof"}
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+
+    async def send() -> None:
+        try:
+            await stream.send_all(raw)
+            while then:
+                await stream.send_all(then)
+        except trio.BrokenResourceError:
+            ends["sent"] = "reset"
+
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        try:
+            while data := await stream.receive_some(65536):
+                answer += data
+        except trio.BrokenResourceError:
+            ends["answer"] = "reset"
+    return bytes(answer), ends["sent"], ends["answer"]
+
+
+@pytest.mark.parametrize("path", [*listener.ROUTES, "/no/such/route"])
+async def test_an_oversized_head_gets_its_431_before_the_close(server, path):
+    """The server refuses after reading MAX_HEAD_BYTES of the head; it used to close with
+    the rest unread, and the kernel's reset cut the client's write short (an answer lost
+    to a client that stops there, as most do)."""
+    with trio.fail_after(10):
+        answer, sent, ended = await send_while_reading(server.port, oversized_head(path))
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert (sent, ended) == ("whole", "eof")
+    _status, headers, body = parse_answer(answer)
+    assert int(headers["content-length"]) == len(body)
+
+
+async def test_a_body_over_the_limit_gets_its_413_before_the_close(server):
+    """A declared body over MAX_BODY_BYTES is refused before it is read: the client that
+    sends it whole, then reads, gets its 413 and an orderly close."""
+    body = b"x" * (8 * openai_api.MAX_BODY_BYTES)
+    head = (
+        f"POST {openai_api.SPEECH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with trio.fail_after(10):
+        answer, sent, ended = await send_while_reading(server.port, head + body)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert (sent, ended) == ("whole", "eof")
+
+
+async def test_a_body_that_never_ends_gets_its_413_and_is_cut_off(server):
+    """A client that goes on sending a refused body reads its 413 and the server's
+    orderly end of it, and is cut off once the linger's bound is reached."""
+    head = (
+        f"POST {openai_api.SPEECH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000000000000\r\n\r\n"
+    ).encode()
+    with trio.fail_after(30):  # the bounds are LINGER_MAX_BYTES and LINGER_SECONDS: far less
+        answer, sent, ended = await send_while_reading(server.port, head, then=b"x" * 65536)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert (sent, ended) == ("reset", "eof")  # it never stops: the server closed on it
+
+
+async def refused_door(client: trio.abc.Stream, server: trio.abc.Stream) -> http.FrontDoor:
+    """A FrontDoor that answered 413 to a POST whose declared body it never read."""
+    await client.send_all(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+    door = http.FrontDoor(server)
+    await door.read_head()
+    with pytest.raises(http.RequestRefused) as refused:
+        await door.read_body(1024)
+    await door.respond(refused.value.status, {"error": refused.value.reason})
+    return door
+
+
+async def read_to_eof(stream: trio.abc.Stream) -> bytes:
+    received = bytearray()
+    while data := await stream.receive_some():
+        received += data
+    return bytes(received)
+
+
+# The door's own tests run on memory streams in virtual time (``autojump_clock``): a wait
+# for a deadline passes at once, and a fail_after turns a hang into a failure.
+
+
+async def test_linger_ends_at_its_time_bound_when_the_peer_neither_sends_nor_closes(autojump_clock):
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        door = await refused_door(client, server)
+        await door.linger()
+        assert trio.current_time() == pytest.approx(http.LINGER_SECONDS)
+        assert (await read_to_eof(client)).startswith(b"HTTP/1.1 413 ")  # then the half-close
+
+
+async def test_linger_ends_at_its_byte_bound_when_the_peer_never_stops_sending(autojump_clock):
+    client, server = trio.testing.memory_stream_pair()
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while True:
+            await client.send_all(b"x" * 4096)
+            sent += 4096
+
+    with trio.fail_after(60):
+        door = await refused_door(client, server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            await door.linger()
+            nursery.cancel_scope.cancel()
+    assert trio.current_time() == 0  # the bytes ended it, long before the time bound
+    assert sent >= http.LINGER_MAX_BYTES
+
+
+async def test_linger_ends_when_the_peer_closes(autojump_clock):
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        door = await refused_door(client, server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(door.linger)
+            assert (await read_to_eof(client)).startswith(b"HTTP/1.1 413 ")
+            await client.send_all(b"the rest of the body")
+            await client.send_eof()
+    assert trio.current_time() == 0
+
+
+async def test_linger_drains_a_stream_that_cannot_half_close(autojump_clock):
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        door = await refused_door(client, http.ReplayStream(b"", server))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(door.linger)
+            await client.send_all(b"the rest of the body")
+            await client.send_eof()
+        assert (await client.receive_some()).startswith(b"HTTP/1.1 413 ")
+    assert trio.current_time() == 0  # it read to the peer's close, not to its bound
+
+
+async def test_no_linger_after_a_request_read_whole(autojump_clock):
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        await client.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        door = http.FrontDoor(server)
+        await door.read_head()
+        await door.respond(200, {"status": "ok"})
+        await door.linger()  # the peer stays open: a linger would last its time bound
+    assert trio.current_time() == 0
+
+
+async def test_no_linger_when_the_door_answered_nothing(autojump_clock):
+    """A WebSocket session (or a dropped handshake) owns the stream: nothing to linger on,
+    even with the request's body unread."""
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        head = f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\n{UPGRADE}Content-Length: 5\r\n\r\n"
+        await client.send_all(head.encode())
+        door = http.FrontDoor(server)
+        await door.read_head()
+        await door.linger()
+    assert trio.current_time() == 0

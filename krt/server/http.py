@@ -61,6 +61,20 @@ MAX_TARGET_BYTES = 8 * 1024
 MAX_HEADER_FIELDS = 100
 """Most header fields in a request head; more is 431, as is a head over MAX_HEAD_BYTES."""
 HTTP_VERSIONS = (b"1.0", b"1.1")
+LINGER_SECONDS = 2.0
+"""How long, at most, krt reads on (and discards) after answering a request it did not
+read to the end, before it closes. A socket closed with input unread sends the peer a
+reset, not a FIN: a client still sending its head or body has its write fail, and most
+(curl, http.client) stop there and never read the status that was already sent; some
+stacks even drop the answer on the reset. Reading on until the peer has sent what it had
+(and seen our half-close) lets it read the answer, as nginx's ``lingering_close`` does.
+Bounded, so a peer cannot hold the connection by sending forever; nginx's bound is 30 s
+(``lingering_time``), far more than krt's small refusals need on a working network."""
+LINGER_MAX_BYTES = 1024 * 1024
+"""The most a lingering close reads and discards: a client sending a few hundred kilobytes
+too many gets its answer; a flood is cut off at once whatever LINGER_SECONDS allows."""
+_READ_WHOLE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+"""The peer's h11 states once its request has been read to its end (or it closed)."""
 
 
 class RequestRefused(Exception):
@@ -164,6 +178,42 @@ class FrontDoor:
 
     async def end(self) -> None:
         await self.stream.send_all(self._connection.send(h11.EndOfMessage()) or b"")
+
+    async def linger(self) -> None:
+        """Before the caller closes: after an answer to a request not read to its end,
+        half-close and read (discarding) until the peer closes, for at most
+        LINGER_SECONDS and LINGER_MAX_BYTES (see LINGER_SECONDS for why).
+
+        Nothing to wait for when the door answered nothing (a WebSocket session took the
+        stream over, or the peer was dropped unanswered) or read the whole request: those
+        close at once. A stream that cannot half-close is still drained.
+        """
+        if not self.started or self._read_whole():
+            return
+        try:
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()  # the answer is whole: the peer reads our FIN
+            discarded = 0
+            with trio.move_on_after(LINGER_SECONDS):
+                while discarded < LINGER_MAX_BYTES:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        return
+                    discarded += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer reset: nothing left to protect
+
+    def _read_whole(self) -> bool:
+        """Whether the peer's request has been read to its end. A request's end is
+        consumed from what was already received (a bodiless GET's, or a small body that
+        came with the head), never waited for; a head h11 refused never ends."""
+        try:
+            while self._connection.their_state is h11.SEND_BODY:
+                if self._connection.next_event() in (h11.NEED_DATA, h11.PAUSED):
+                    break
+        except h11.ProtocolError:
+            return False
+        return self._connection.their_state in _READ_WHOLE
 
 
 def _check_limits(request: h11.Request) -> None:

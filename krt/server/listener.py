@@ -51,6 +51,7 @@ async def handle_connection(stream: trio.abc.Stream, state: ServerState) -> None
         except RequestRefused as refused:
             log.info("%s: refused request: %d %s", peer, refused.status, refused.reason)
             await door.respond(refused.status, {"error": refused.reason})
+        await door.linger()  # a request answered before it was read whole: let its peer see the answer
     except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as group:
         log.debug("%s: connection dropped: %r", peer, group.exceptions)
     except* Exception as group:
