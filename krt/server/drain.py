@@ -74,8 +74,8 @@ async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -
         async with trio.open_nursery() as waiting:
             if signals is not None:
                 waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
-            for session, response in late:
-                await session.refuse(response, "busy", DRAINING_REASON)
+            for session, response in late:  # each at once: a slow reader holds up only its own
+                waiting.start_soon(session.refuse, response, "busy", DRAINING_REASON)
             while True:
                 settled = state.in_flight.settled
                 await state.close_sessions(DRAIN_CLOSE_CODE, idle_only=True, reason=DRAIN_CLOSE_REASON)

@@ -10,6 +10,7 @@ to the :class:`~krt.server.responses.ResponseBook`; this module wires them to th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import uuid
@@ -276,9 +277,16 @@ class Session:
 
     async def refuse(self, response: Response, code: protocol.ResponseErrorCode, message: str) -> None:
         """Fail a response that has not ended, now, with ``code`` (a drain that predicts it
-        cannot end in time): it stops at once and its ``response.error`` is its last event."""
+        cannot end in time): it stops at once and its ``response.error`` is its last event.
+        One that ended meanwhile (made, cancelled, failed) is left as it is, and a session
+        that is gone has no one to tell."""
+        if response.outcome is not Outcome.OPEN:
+            return
         self.responses.refuse(response, code)
-        await self.outbox.event(protocol.ResponseError(response.response_id, code, message), ends=response)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.outbox.event(
+                protocol.ResponseError(response.response_id, code, message), ends=response
+            )
 
     def pending_work(self) -> tuple[Job | None, list[Response]]:
         """What this socket still has to make, in order: the job of the response the
