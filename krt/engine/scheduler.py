@@ -19,7 +19,9 @@ most ``floor(capacity / CAPACITY_HEADROOM)`` streams are active (and never more 
 ``MAX_CONCURRENT_JOBS``); up to ``MAX_QUEUED_REQUESTS`` more wait for a slot, and a job
 whose predicted wait for its first turn exceeds ``QUEUE_WAIT_SLA_MS`` is refused as
 ``busy`` at once (a voice agent would rather fall back than have its caller listen to
-silence).
+silence). A job admitted as *accepted* (a response queued behind another of the same
+socket, whose client was already told it exists) is never refused: it waits for a slot.
+:meth:`Scheduler.forecast` replays these rules to predict when admitted work will end.
 
 Withdrawing a job (barge-in, disconnect) only flags it: queued work is dropped at once,
 and a window in progress on the model thread runs to its end, where the flag is
