@@ -292,10 +292,14 @@ class Session:
         """What this socket still has to make, in order: the job of the response the
         engine is on (None when none is in the engine) and the responses still being
         made, that response first. Responses already made (their last audio maybe still
-        queued for the client) are left out: they end by themselves."""
-        making = [response for response in self.responses.unsettled() if response.outcome is Outcome.OPEN]
-        job = making[0].job if making and making[0].job is not None and not making[0].job.withdrawn else None
-        return job, making
+        queued for the client, or still being read off a job the engine is done with) are
+        left out: they end by themselves."""
+        making = [
+            response
+            for response in self.responses.unsettled()
+            if response.outcome is Outcome.OPEN and not (response.job is not None and response.job.withdrawn)
+        ]
+        return (making[0].job if making else None), making
 
     async def _cancel(self, response: Response) -> None:
         """Stop a response now: its scope is cancelled, and the outbox drops what it queued."""
