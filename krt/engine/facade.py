@@ -133,9 +133,7 @@ class Engine:
         (``math.inf`` past ``horizon``): for each stream, its job in the engine (or None)
         and then each plan queued behind it on the same socket; every other job in the
         engine competes. What a drain decides with."""
-        return self._scheduler.forecast(
-            [(job, [_predicted_seconds(plan) for plan in queued]) for job, queued in streams], horizon
-        )
+        return self._scheduler.forecast(streams, horizon)
 
     def statistics(self) -> EngineStatistics:
         return self._scheduler.statistics()
@@ -190,10 +188,6 @@ class Engine:
         """The engine loop; runs until cancelled (a model call in progress is abandoned to
         its thread)."""
         await self._scheduler.run(task_status=task_status)
-
-
-def _predicted_seconds(plan: SpeechPlan) -> float:
-    return predicted_audio_seconds(sum(map(len, plan.segments)), plan.speed)
 
 
 def _first_batch(rendering: Rendering) -> PcmBatch | None:

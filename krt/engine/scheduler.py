@@ -214,6 +214,11 @@ class TurnResult:
     error: SpeechError | None
 
 
+def _planned_seconds(plan: SpeechPlan) -> float:
+    """How long all of ``plan`` is predicted to play."""
+    return predicted_audio_seconds(sum(map(len, plan.segments)), plan.speed)
+
+
 def _batch_seconds(batch: PcmBatch) -> float:
     return sum(map(len, batch)) / PCM_BYTES_PER_SECOND
 
@@ -363,13 +368,13 @@ class Scheduler:
         job.send.close()
 
     def forecast(
-        self, streams: Sequence[tuple[Job | None, Sequence[float]]], horizon: float
+        self, streams: Sequence[tuple[Job | None, Sequence[SpeechPlan]]], horizon: float
     ) -> list[list[float]]:
         """Seconds from now until each response of ``streams`` ends, as the schedule
         predicts (:mod:`krt.engine.forecast`); ``math.inf`` past ``horizon``.
 
-        A stream is its job in the engine (None when it has none right now) and the audio
-        seconds of the responses queued behind it; the answer lists the job's end (when
+        A stream is its job in the engine (None when it has none right now) and the plans
+        of the responses queued behind it; the answer lists the job's end (when
         there is one), then theirs. Every other job in the engine competes as a stream of
         its own.
         """
@@ -391,13 +396,13 @@ class Scheduler:
         ends = predict_ends(states, measures, now, horizon, busy_until)
         return [[end - now for end in stream_ends] for stream_ends in ends[: len(streams)]]
 
-    def _stream_state(self, job: Job | None, queued: Sequence[float], now: float) -> StreamState:
+    def _stream_state(self, job: Job | None, queued: Sequence[SpeechPlan], now: float) -> StreamState:
+        after = [_planned_seconds(plan) for plan in queued]
         if job is None or job.withdrawn:
-            return StreamState(list(queued), active=False, submitted_at=now)
-        planned = predicted_audio_seconds(sum(map(len, job.plan.segments)), job.plan.speed)
-        left = 0.0 if job.done else max(planned - job.audio_made, MIN_REMAINING_AUDIO)
+            return StreamState(after, active=False, submitted_at=now)
+        left = 0.0 if job.done else max(_planned_seconds(job.plan) - job.audio_made, MIN_REMAINING_AUDIO)
         return StreamState(
-            [left, *queued],
+            [left, *after],
             played_until=None if job.first_audio_at is None else job.deadline,
             paced=job.paced,
             active=job in self._active,
