@@ -29,6 +29,7 @@ BENCHES = {
     "engine": ("krt.bench.engine_bench", "the engine floor: load, whole sentence vs first window, xRT, RSS"),
     "server": ("krt.bench.server_bench", "the real server in-process: TTFB/floor, barge-in, load levels"),
     "formats": ("krt.bench.formats_bench", "TTFB of each audio format, WebSocket and HTTP, in one run"),
+    "capacity": ("krt.bench.capacity", "the most agent streams a running server serves in real time"),
 }
 SWEEP = "krt.bench.sweep"
 """``krt bench`` with no subcommand: load and concurrency sweeps against a running server."""

@@ -248,7 +248,10 @@ class AdmissionConfig:
         "MAX_QUEUED_REQUESTS", 16, "Requests allowed to wait behind the running ones.", _at_least(0)
     )
     queue_wait_sla_ms: int = knob(
-        "QUEUE_WAIT_SLA_MS", 4000, "Refuse with busy when the predicted wait exceeds this.", _at_least(0)
+        "QUEUE_WAIT_SLA_MS",
+        4000,
+        "Refuse with busy when the schedule cannot give a request its first turn within this.",
+        _at_least(0),
     )
     queue_maxsize: int = knob("QUEUE_MAXSIZE", 256, "Safety cap on internal engine jobs.", _at_least(1))
 

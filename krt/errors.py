@@ -11,10 +11,13 @@ if TYPE_CHECKING:
 class SpeechError(Exception):
     """A request krt will not or could not speak; ``code`` is the ``response.error`` code."""
 
-    def __init__(self, code: ResponseErrorCode, message: str) -> None:
+    def __init__(self, code: ResponseErrorCode, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code: ResponseErrorCode = code
         self.message = message
+        self.retry_after = retry_after
+        """For ``busy``: seconds after which the same request is predicted to be taken in
+        (its place is kept for its client until shortly after); None when unknown."""
 
 
 class ModelUnavailableError(RuntimeError):

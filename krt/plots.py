@@ -138,6 +138,60 @@ def sweep_plot(
     figure.savefig(path, dpi=DPI)
 
 
+def capacity_plot(
+    path: Path, levels: Sequence[Mapping[str, Any]], *, title: str, p95_target_ms: float, capacity: int
+) -> None:
+    """First audio (top) and replies and audio made per second (bottom) against the stream
+    count of ``krt bench capacity``; counts with a stall or an unspoken reply are crossed
+    out, the target is drawn in and the capacity found is shaded."""
+    streams = [int(level["streams"]) for level in levels]
+    figure = Figure(figsize=(10, 7.5), layout="constrained")
+    latency_axes, rate_axes = figure.subplots(2, 1, sharex=True)
+    latency_axes.plot(
+        streams, _series(levels, "first_audio_p50_ms"), marker="o", color="tab:blue", label="p50"
+    )
+    latency_axes.plot(
+        streams, _series(levels, "first_audio_p95_ms"), marker="s", color="tab:orange", label="p95"
+    )
+    latency_axes.axhline(
+        p95_target_ms, color="grey", linestyle="--", linewidth=1, label=f"p95 target ({p95_target_ms:g} ms)"
+    )
+    failed = [level for level in levels if level["stalled"] or level["errors"]]
+    if failed:
+        latency_axes.scatter(
+            [int(level["streams"]) for level in failed],
+            [_on_axis(level, "first_audio_p95_ms") for level in failed],
+            marker="x",
+            s=120,
+            linewidths=2.5,
+            color="black",
+            zorder=5,
+            clip_on=False,
+            label="stalled / unspoken",
+        )
+    for axes in (latency_axes, rate_axes):
+        axes.margins(x=0.08)
+        if capacity:
+            axes.axvline(capacity, color="tab:green", alpha=0.3, linewidth=10, zorder=0)
+        axes.grid(True, alpha=0.3)
+    if capacity:
+        latency_axes.plot([], [], color="tab:green", alpha=0.3, linewidth=10, label=f"capacity: {capacity}")
+    latency_axes.set_ylabel("first audio, from the first try (ms)")
+    latency_axes.set_ylim(bottom=0)
+    latency_axes.set_title("Latency a caller waits, time spent refused included", fontsize="medium")
+    rate_axes.plot(streams, _series(levels, "audio_per_s"), marker="o", color="tab:purple", label="audio s/s")
+    rate_axes.plot(streams, _series(levels, "replies_per_s"), marker="^", color="tab:cyan", label="replies/s")
+    rate_axes.set_ylabel("per wall second")
+    rate_axes.set_ylim(bottom=0)
+    rate_axes.set_xlabel("streams (agents speaking back to back, joining at random)")
+    rate_axes.set_xticks(streams)
+    rate_axes.set_title("Throughput", fontsize="medium")
+    for axes in (latency_axes, rate_axes):
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=DPI)
+
+
 def _label(axes: Axes, level: Mapping[str, Any], key: str, text: str, *, last: int, colour: str) -> None:
     """Small text beside a level's point, to the left of the rightmost one so it is not cut off."""
     at_right_edge = int(level["concurrency"]) == last

@@ -27,6 +27,9 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 from cattrs.strategies import configure_tagged_union
 
+if typing.TYPE_CHECKING:
+    from krt.errors import SpeechError
+
 WS_PATH = "/v1/audio/speech/stream/ws"
 """The one route that speaks this protocol."""
 MAX_EVENT_BYTES = 64 * 1024
@@ -280,6 +283,14 @@ class ResponseError:
     response: str
     code: str
     message: str
+    retry_after_ms: int | None = None
+    """With ``busy`` from a replica that is not draining: when the same request is
+    predicted to be taken in; its place is kept for this socket until shortly after."""
+
+    @classmethod
+    def of(cls, response: str, error: SpeechError) -> ResponseError:
+        retry_after = None if error.retry_after is None else math.ceil(error.retry_after * 1000)
+        return cls(response, error.code, error.message, retry_after)
 
 
 @attrs.frozen

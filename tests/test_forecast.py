@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 
-from krt.engine.forecast import EngineMeasures, StreamState, predict_ends
+from krt.engine.forecast import EngineMeasures, StreamState, earliest_start, predict_ends, replay
 
 MEASURES = EngineMeasures(
     capacity=2.0, first_window_seconds=0.5, first_window_audio=1.0, slots=4, ahead_seconds=8.0, headroom=1.0
@@ -53,3 +54,70 @@ def test_with_no_capacity_measured_everything_is_kept():
     unmeasured = EngineMeasures(0.0, 0.0, 1.0, 1, 8.0, 1.25)
     (ends,) = predict_ends([StreamState([30.0, 30.0])], unmeasured, now=5.0, horizon=1.0, busy_until=5.0)
     assert ends == [5.0, 5.0]
+
+
+# -- admission: when a newcomer fits ----------------------------------------------------
+
+ADMISSION = EngineMeasures(
+    capacity=2.0, first_window_seconds=0.5, first_window_audio=1.0, slots=8, ahead_seconds=8.0, headroom=1.0
+)
+
+
+def start_of(admitted, audio, measures=ADMISSION, *, max_streams=8, within=4.0):
+    return earliest_start(
+        admitted, audio, measures, 0.0, 60.0, 0.0, max_streams=max_streams, first_turn_within=within
+    )
+
+
+def test_a_short_reply_fits_beside_a_stream_far_ahead_of_its_player():
+    """Twice real time, one stream 6 s ahead: a newcomer of 3 s needs 1.5 s of compute
+    and nobody runs dry meanwhile, although a count of streams (2 / 1.25) would say one."""
+    ahead = StreamState([4.0], played_until=6.0, submitted_at=-5.0)
+    assert start_of([ahead], 3.0) == 0.0
+
+
+def test_a_newcomer_that_would_make_a_player_run_dry_waits_for_its_end():
+    """A stream 0.2 s from running dry goes before any newcomer's first window (0.5 s):
+    it would stall, so the newcomer starts when that stream's compute is done."""
+    (ends,) = predict_ends([StreamState([3.0], played_until=0.2)], ADMISSION, 0.0, 60.0, 0.0)
+    start = start_of([StreamState([3.0], played_until=0.2, submitted_at=-1.0)], 3.0)
+    assert start == pytest.approx(ends[0])
+
+
+def test_long_streams_past_the_capacity_never_fit_together():
+    """Two unending streams at 1.6x real time cannot both be fed: the second waits for
+    the first to end, and with no end in the horizon it is not started at all."""
+    slow = attrs.evolve(ADMISSION, capacity=1.6)
+    assert start_of([StreamState([300.0], played_until=1.0, submitted_at=-1.0)], 300.0, slow) is None
+    assert start_of([StreamState([10.0], played_until=1.0, submitted_at=-1.0)], 300.0, slow) > 0
+
+
+def test_a_reservation_starting_later_keeps_its_place():
+    """A refused client told to come back at t=2 counts from then: a newcomer now that
+    would starve it waits, one that leaves room for it goes now."""
+    slow = attrs.evolve(ADMISSION, capacity=1.2)
+    reserved = StreamState([20.0], submitted_at=2.0, starts_at=2.0)
+    assert start_of([], 20.0, slow) == 0.0
+    assert start_of([reserved], 20.0, slow) != 0.0
+    assert start_of([reserved], 0.5, slow) == 0.0
+
+
+def test_the_stream_cap_and_the_first_turn_limit_hold():
+    ahead = StreamState([4.0], played_until=6.0, submitted_at=-5.0)
+    assert start_of([ahead], 3.0, max_streams=1) == pytest.approx(
+        predict_ends([ahead], ADMISSION, 0, 60, 0)[0][0]
+    )
+    # Replies made whole in a first window each: three of them (1.5 s) go before a fourth.
+    whole = attrs.evolve(ADMISSION, first_window_audio=3.0)
+    newcomers = [StreamState([3.0], submitted_at=-1.0) for _ in range(3)]
+    assert start_of(newcomers, 3.0, whole, within=1.4) != 0.0
+    assert start_of(newcomers, 3.0, whole, within=1.5) == 0.0
+
+
+def test_replay_counts_the_silence_of_a_player_that_runs_dry():
+    slow = attrs.evolve(ADMISSION, capacity=0.5)  # half real time: every later window is late
+    (outcome,) = replay([StreamState([5.0])], slow, 0.0, 60.0, 0.0)
+    assert outcome.first_turn == 0.0
+    assert outcome.stall_seconds > 0
+    (fast,) = replay([StreamState([5.0])], ADMISSION, 0.0, 60.0, 0.0)
+    assert fast.stall_seconds == 0

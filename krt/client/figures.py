@@ -25,6 +25,8 @@ class Stalls:
     """Pauses a real-time player would have made."""
     seconds: float
     """Their total length."""
+    longest: float = 0.0
+    """The longest of them: the silence a caller notices most."""
 
 
 def stalls(schedule: Iterable[tuple[float, float]], noise_floor: float = 0.0) -> Stalls:
@@ -33,7 +35,7 @@ def stalls(schedule: Iterable[tuple[float, float]], noise_floor: float = 0.0) ->
     Playback starts when the first piece arrives and runs in real time; whenever a piece
     arrives after everything before it has been played, the player waits for it.
     """
-    count, total = 0, 0.0
+    count, total, longest = 0, 0.0, 0.0
     played_until: float | None = None
     for arrived, duration in schedule:
         if played_until is None:
@@ -43,9 +45,10 @@ def stalls(schedule: Iterable[tuple[float, float]], noise_floor: float = 0.0) ->
             if gap > noise_floor:
                 count += 1
                 total += gap
+                longest = max(longest, gap)
             played_until = arrived
         played_until += duration
-    return Stalls(count, total)
+    return Stalls(count, total, longest)
 
 
 AUDIBLE_PCM16 = round(32767 * 10 ** (-50 / 20))

@@ -70,6 +70,8 @@ class ResponseTrace:
     error_code: str | None = None
     error_message: str = ""
     """The server's words for ``error_code`` (e.g. the voices it does have)."""
+    retry_after: float | None = None
+    """With ``busy``: seconds after which the server predicts it would take the request in."""
     cancel_sent_at: float | None = None
     leaked_bytes: int = 0
     """Audio of this response that arrived after its last event: must stay 0."""
@@ -260,6 +262,7 @@ class SpeechClient:
         elif isinstance(event, protocol.ResponseError):
             trace.outcome, trace.error_code, trace.ended_at = "error", event.code, now
             trace.error_message = event.message
+            trace.retry_after = None if event.retry_after_ms is None else event.retry_after_ms / 1000
 
     def _heard(self, response_id: str, data: bytes) -> tuple[bytes, int]:
         """A delta as the PCM16 a player would play, and its rate."""

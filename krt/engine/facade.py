@@ -22,7 +22,7 @@ from krt.engine.segmenter import predicted_audio_seconds
 from krt.engine.timestamps import WordTime
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Hashable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from krt.config import AdmissionConfig, Config
@@ -99,23 +99,29 @@ class Engine:
             backend.name, backend.device, backend.source, voices.female, voices.male, tuple(voices.names)
         )
 
-    def stream(self, plan: SpeechPlan, label: str, *, paced: bool = True) -> AbstractAsyncContextManager[Job]:
+    def stream(
+        self, plan: SpeechPlan, label: str, *, paced: bool = True, client: Hashable | None = None
+    ) -> AbstractAsyncContextManager[Job]:
         """Admit ``plan`` and yield its job; iterate the job for PCM batches, in order.
 
         Raises SpeechError ``busy`` when refused. Leaving the block for any reason (the
         last batch read, a cancel scope, a disconnect) withdraws the job: nothing more is
         computed for it and anything still in flight is discarded. ``paced=False`` is for
-        downloads, made as fast as the turns other streams do not need allow.
+        downloads, made as fast as the turns other streams do not need allow. ``client``
+        (a socket, an address) is who a ``busy`` refusal keeps a place for.
         """
-        return self._scheduler.stream(self._pipeline.rendering(plan), label, paced=paced)
+        return self._scheduler.stream(self._pipeline.rendering(plan), label, paced=paced, client=client)
 
-    def admit(self, plan: SpeechPlan, label: str, *, accepted: bool = False) -> Job:
+    def admit(
+        self, plan: SpeechPlan, label: str, *, accepted: bool = False, client: Hashable | None = None
+    ) -> Job:
         """Admit ``plan`` as a realtime stream now, before its client is told the response
         exists: SpeechError ``busy`` when refused, unless ``accepted`` (a response queued
         behind another on the same socket, whose stream the engine already took in: it
-        waits its turn, it is never refused). The job takes turns from now on; whoever
-        admitted it must :meth:`hold` it or :meth:`withdraw` it."""
-        return self._scheduler.admit(self._pipeline.rendering(plan), label, accepted=accepted)
+        waits its turn, it is never refused). A refusal says when to come back and keeps
+        that place for ``client`` (its socket). The job takes turns from now on, or once
+        the schedule fits it; whoever admitted it must :meth:`hold` it or :meth:`withdraw` it."""
+        return self._scheduler.admit(self._pipeline.rendering(plan), label, accepted=accepted, client=client)
 
     def hold(self, job: Job) -> AbstractAsyncContextManager[Job]:
         """Iterate an admitted job for its PCM; leaving the block for any reason withdraws it."""

@@ -13,15 +13,26 @@ stream stalls while the machine has the capacity for all of them. A job is not g
 turns more than ``AHEAD_SECONDS`` ahead of its player, so a response that will be
 interrupted wastes little, and a slow reader holds back only its own stream.
 
-Admission is decided from capacity, measured: the audio seconds the engine makes per
-second of model time (``capacity``, averaged over turns, calibrated by the warm-up). At
-most ``floor(capacity / CAPACITY_HEADROOM)`` streams are active (and never more than
-``MAX_CONCURRENT_JOBS``); up to ``MAX_QUEUED_REQUESTS`` more wait for a slot, and a job
-whose predicted wait for its first turn exceeds ``QUEUE_WAIT_SLA_MS`` is refused as
-``busy`` at once (a voice agent would rather fall back than have its caller listen to
-silence). A job admitted as *accepted* (a response queued behind another of the same
-socket, whose client was already told it exists) is never refused: it waits for a slot.
-:meth:`Scheduler.forecast` replays these rules to predict when admitted work will end.
+Admission is decided by the schedule, not by a count of streams. A stream needs compute
+only until its player is far enough ahead, and a voice-agent reply is a few seconds long,
+so how many fit depends on what they say. A newcomer is taken in when the earliest-deadline
+schedule of everything admitted plus the newcomer, replayed on the engine's measurements
+(:mod:`krt.engine.forecast`: the cost of a first window, the audio seconds made per second
+of model time, each stream's predicted remaining audio and its player's buffer, costs
+inflated by ``CAPACITY_HEADROOM``), still feeds every player without a stall and gives
+the newcomer its first audio within ``QUEUE_WAIT_SLA_MS``. When that holds only later
+(when a response ends) and within ``QUEUE_WAIT_SLA_MS``, it waits in a FIFO queue and
+is started the moment it fits; otherwise it is refused ``busy`` at once (a voice agent
+would rather fall back than have its caller listen to silence), told when it would fit,
+and that place is *reserved* for its client until shortly after: every later decision
+counts the reservation as a stream starting then, so a client that retries when told is
+not overtaken by one served meanwhile. ``MAX_CONCURRENT_JOBS`` caps the streams
+synthesizing at once and ``MAX_QUEUED_REQUESTS`` the queue. A job admitted as *accepted*
+(a response queued behind another of the same socket, whose client was already told it
+exists) is never refused: it waits for the schedule to fit it. A stream whose reader has
+taken nothing for ``PARK_AFTER_SECONDS`` is *parked*: it holds no place in the schedule
+until its reader comes back, and then waits at the head of the queue.
+:meth:`Scheduler.forecast` replays the same rules to predict when admitted work will end.
 
 Withdrawing a job (barge-in, disconnect) only flags it: queued work is dropped at once,
 and a window in progress on the model thread runs to its end, where the flag is
@@ -37,15 +48,21 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
-from krt.engine.forecast import EngineMeasures, StreamState, predict_ends
+from krt.engine.forecast import (
+    WINDOW_SLACK_SHARE,
+    EngineMeasures,
+    StreamState,
+    earliest_start,
+    predict_ends,
+)
 from krt.engine.pipeline import PcmBatch, Rendering
 from krt.engine.segmenter import predicted_audio_seconds
 from krt.errors import SpeechError
@@ -73,18 +90,21 @@ iterated, unless its reader hands the audio on and says when it is taken further
 AHEAD_SECONDS = 8.0
 """A started job gets no turn while its player has more than this much audio ahead."""
 CAPACITY_HEADROOM = 1.25
-"""Active streams are held to capacity / this: what is left covers the cost of first
-windows, of windows cut short, and the drift of a shared machine."""
+"""Admission predicts with every cost multiplied by this: what is left covers windows cut
+short and the drift of a shared machine (±25 % within minutes on a 2-core host)."""
+ADMISSION_HORIZON_SECONDS = 60.0
+"""How far ahead admission replays the schedule; a stall predicted later than this is
+left to a later decision (speech that long is a download, refilled every window)."""
+RESERVATION_GRACE_SECONDS = 2.0
+"""How long after the moment a refused client was told to come back its place is kept."""
+PARK_AFTER_SECONDS = 1.0
+"""A stream whose reader has taken nothing for this long, with its buffer full, is parked:
+it holds no place in the schedule until its reader takes audio again."""
 FIRST_WINDOW_AUDIO_GUESS = 1.0
 """Audio seconds of a first window, for forecasts made before one was measured."""
 MIN_REMAINING_AUDIO = 0.5
 """What a job not yet done is assumed to have left when the text-length prediction says
 it has made all of it already (speech runs longer than predicted)."""
-WINDOW_SLACK_SHARE = 0.9
-"""A started stream's next window is sized to compute in this share of the time its
-player has left. (Dividing it among the started streams was measured worse: windows
-shrink to the minimum, whose context costs as much as the window, and near capacity
-the streams fall behind for good.)"""
 
 
 @attrs.define(eq=False)
@@ -113,6 +133,12 @@ class Job:
     unread_seconds: float = 0.0
     """Seconds of audio delivered to the job and not yet taken (see JOB_BUFFER_SECONDS)."""
     latest_batch_seconds: float = 0.0
+    client: Hashable | None = None
+    """Who asked (a socket, an address): whose reservation it uses up."""
+    reserved_since: float | None = None
+    """When its client was first refused, if it came back on a reservation (its seniority)."""
+    full_since: float | None = None
+    """Since when its buffer has been full (no room for another window); None while it has room."""
     _taken_on_read: bool = True
 
     @property
@@ -147,6 +173,15 @@ class Job:
     def has_room(self) -> bool:
         return self.unread_seconds - self.latest_batch_seconds < JOB_BUFFER_SECONDS
 
+    @property
+    def parks_at(self) -> float:
+        """When it is parked if its reader takes nothing meanwhile (``math.inf`` while it has room)."""
+        return math.inf if self.full_since is None else self.full_since + PARK_AFTER_SECONDS
+
+    def parked(self, now: float) -> bool:
+        """Its reader has taken nothing for ``PARK_AFTER_SECONDS`` and its buffer is full."""
+        return now >= self.parks_at
+
     def taken_downstream(self) -> None:
         """From now on audio counts as unread until :meth:`taken` says so, not when the job
         is iterated: the server calls it so that a job's buffer ends at the client (audio
@@ -157,6 +192,8 @@ class Job:
     def taken(self, seconds: float) -> None:
         """``seconds`` of this job's audio have reached whoever it was for."""
         self.unread_seconds = max(0.0, self.unread_seconds - seconds)
+        if self.has_room():
+            self.full_since = None
         self.wake_engine()  # there is room again: the job may be due a turn
 
     def take_words(self) -> list[list[WordTime]]:
@@ -206,6 +243,8 @@ class EngineStatistics:
     """Batches that came after their stream's real-time player would have run dry."""
     stall_seconds: float = 0.0
     """How long those players would have waited, in all."""
+    parked: int = 0
+    """Jobs admitted whose readers stopped taking audio: they hold no place meanwhile."""
 
 
 @attrs.frozen
@@ -217,6 +256,23 @@ class TurnResult:
 def _planned_seconds(plan: SpeechPlan) -> float:
     """How long all of ``plan`` is predicted to play."""
     return predicted_audio_seconds(sum(map(len, plan.segments)), plan.speed)
+
+
+def _remaining_seconds(job: Job) -> float:
+    """Audio ``job`` is predicted still to make (never nothing while it is not done)."""
+    return 0.0 if job.done else max(_planned_seconds(job.plan) - job.audio_made, MIN_REMAINING_AUDIO)
+
+
+@attrs.frozen
+class Reservation:
+    """The place kept for a refused client: a stream of ``audio`` seconds starting at
+    ``start_at``, counted in every admission decision until ``expires_at``."""
+
+    audio: float
+    start_at: float
+    expires_at: float
+    since: float
+    """When its client was first refused: older reservations go first."""
 
 
 def _batch_seconds(batch: PcmBatch) -> float:
@@ -231,6 +287,10 @@ class Scheduler:
         self.admission = admission
         self._active: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._parked: list[Job] = []
+        """Admitted jobs whose readers stopped taking audio (see PARK_AFTER_SECONDS)."""
+        self._reservations: dict[Hashable, Reservation] = {}
+        """Places kept for refused clients, by client."""
         self._wakeup = trio.Event()
         self._in_turn: Job | None = None
         self._turn_started = 0.0
@@ -263,57 +323,157 @@ class Scheduler:
             self._audio_seconds,
             self._stalls,
             self._stall_seconds,
+            len(self._parked),
         )
 
     # -- admission ---------------------------------------------------------------------
 
     def slots(self) -> int:
-        """Streams that may be active at once: what the measured capacity sustains in real
-        time, at least one, at most ``MAX_CONCURRENT_JOBS``."""
+        """Streams of unending speech the measured capacity sustains in real time (at least
+        one, at most ``MAX_CONCURRENT_JOBS``): a figure for operators. Admission itself
+        goes by the schedule, and takes in more streams of short replies than this."""
         if self._capacity is None:
             return self.admission.max_concurrent_jobs
         sustainable = max(1, math.floor(self._capacity / CAPACITY_HEADROOM))
         return min(self.admission.max_concurrent_jobs, sustainable)
 
-    def predicted_wait(self) -> float:
-        """Seconds until a job submitted now would get its first turn.
+    def _measures(self, slots: int) -> EngineMeasures:
+        return EngineMeasures(
+            capacity=self._capacity or 0.0,
+            first_window_seconds=self._first_window_seconds or 0.0,
+            first_window_audio=self._first_window_audio or FIRST_WINDOW_AUDIO_GUESS,
+            slots=slots,
+            ahead_seconds=AHEAD_SECONDS,
+            headroom=CAPACITY_HEADROOM,
+        )
 
-        With a free slot, it waits for the rest of the window in progress and the first
-        windows of the newcomers ahead of it. Without one, it also waits for a slot: the
-        active job nearest its end frees one when its player finishes, and each job
-        already waiting takes a slot first.
-        """
-        now = trio.current_time()
-        ahead = sum(1 for job in self._active if job.waiting_for_first_audio and job is not self._in_turn)
-        wait = ahead * (self._first_window_seconds or 0.0)
-        if self._in_turn is not None:
-            wait += max(0.0, self._turn_estimate - (now - self._turn_started))
-        if len(self._active) < self.slots():
-            return wait
-        shortest = min(job.remaining_playback(now) for job in self._active)
-        return wait + shortest * (len(self._waiting) + 1)
+    def _busy_until(self, now: float) -> float:
+        """When the model thread will be free of the window in progress."""
+        if self._in_turn is None:
+            return now
+        return now + max(0.0, self._turn_estimate - (now - self._turn_started))
+
+    def _scheduled(self, now: float, deciding: Job) -> list[StreamState]:
+        """What admission must keep fed when deciding on ``deciding``: the active streams
+        that are not parked, then the reservations of refused clients, each starting when
+        told. A client back with a reservation of its own yields only to older ones, so two
+        refused clients never hold each other off."""
+        senior_to = math.inf if deciding.reserved_since is None else deciding.reserved_since
+        states = [self._stream_state(job, (), now) for job in self._active if not job.parked(now)]
+        for client, reservation in self._reservations.items():
+            if client != deciding.client and reservation.since < senior_to:
+                start = max(now, reservation.start_at)
+                states.append(StreamState([reservation.audio], submitted_at=start, starts_at=start))
+        return states
+
+    def _start_at(self, job: Job, now: float, scheduled: list[StreamState]) -> float | None:
+        """When ``job`` can start with every player still fed (see ``earliest_start``);
+        ``now`` for any job while no capacity is measured yet, if there is room."""
+        active = sum(1 for other in self._active if not other.parked(now))
+        if self._capacity is None:
+            return now if active < self.admission.max_concurrent_jobs else None
+        return earliest_start(
+            scheduled,
+            _remaining_seconds(job),
+            self._measures(len(scheduled) + 1),
+            now,
+            ADMISSION_HORIZON_SECONDS,
+            self._busy_until(now),
+            max_streams=self.admission.max_concurrent_jobs,
+            first_turn_within=self.admission.queue_wait_sla_ms / 1000,
+            paced=job.paced,
+        )
 
     def _admit(self, job: Job, *, accepted: bool = False) -> None:
-        """Queue ``job`` as active or waiting, or refuse it ``busy``; an ``accepted`` one
-        (a response its client was already told exists, queued behind another of the same
-        stream) is never refused: it waits for a slot like any other."""
+        """Start ``job`` now if the schedule fits it, queue it if it will fit within
+        ``QUEUE_WAIT_SLA_MS``, or refuse it ``busy`` (with a reservation for its client). An
+        ``accepted`` job is never refused; it waits for the schedule to fit it."""
+        now = trio.current_time()
+        self._expire_reservations(now)
+        reserved = self._reservations.pop(job.client, None) if job.client is not None else None
+        if reserved is not None:
+            job.reserved_since = reserved.since
+        if accepted:
+            self._enqueue(job, first=False)
+            return
         queued = len(self._active) + len(self._waiting)
-        slot_free = len(self._active) < self.slots()
-        if not accepted:
-            if queued >= self.admission.queue_maxsize or (
-                not slot_free and len(self._waiting) >= self.admission.max_queued_requests
-            ):
-                self._busy += 1
-                raise SpeechError("busy", f"{queued} responses are already in the engine; try again shortly")
-            wait = self.predicted_wait()
-            if wait * 1000 > self.admission.queue_wait_sla_ms:
-                self._busy += 1
-                raise SpeechError(
-                    "busy",
-                    f"predicted wait {wait * 1000:.0f} ms exceeds "
-                    f"QUEUE_WAIT_SLA_MS={self.admission.queue_wait_sla_ms}",
-                )
-        (self._active if slot_free else self._waiting).append(job)
+        if queued >= self.admission.queue_maxsize:
+            self._refuse(job, None, f"{queued} responses are already in the engine; try again shortly")
+        start = None
+        if not self._waiting or reserved is not None:
+            start = self._start_at(job, now, self._scheduled(now, job))
+        if start is not None and start <= now:
+            self._active.append(job)
+            self._wakeup.set()
+            return
+        if len(self._waiting) >= self.admission.max_queued_requests:
+            self._refuse(job, start, f"{len(self._waiting)} requests are already waiting")
+        sla = self.admission.queue_wait_sla_ms / 1000
+        if start is None and self._waiting:  # behind the queue: when it would start is theirs to say
+            start = self._queue_start(job, now)
+        if (start is not None and start - now <= sla) or self._capacity is None:
+            self._enqueue(job, first=reserved is not None)
+            return
+        self._refuse(
+            job,
+            start,
+            "the engine cannot start this without a stall within "
+            f"QUEUE_WAIT_SLA_MS={self.admission.queue_wait_sla_ms}",
+        )
+
+    def _queue_start(self, job: Job, now: float) -> float | None:
+        """When ``job`` would start behind the queue: every waiting job counted as if it
+        started now (the queue goes first), then the earliest moment it fits after them."""
+        waiting = [self._stream_state(other, (), now) for other in self._waiting]
+        for state in waiting:
+            state.active = True
+        return self._start_at(job, now, [*self._scheduled(now, job), *waiting])
+
+    def _refuse(self, job: Job, start: float | None, why: str) -> NoReturn:
+        """Refuse ``job`` ``busy``, telling its client when to come back and keeping that
+        place for it (the moment it would fit, or a guess when none is predicted)."""
+        now = trio.current_time()
+        self._busy += 1
+        wait = (start - now) if start is not None else self._fallback_retry(now)
+        retry_after = max(wait, 0.1)
+        if job.client is not None:
+            self._reservations[job.client] = Reservation(
+                audio=_remaining_seconds(job),
+                start_at=now + retry_after,
+                expires_at=now + retry_after + RESERVATION_GRACE_SECONDS,
+                since=now if job.reserved_since is None else job.reserved_since,
+            )
+        raise SpeechError(
+            "busy",
+            f"{why}; retry in {retry_after * 1000:.0f} ms (your place is kept until then)",
+            retry_after=retry_after,
+        )
+
+    def _fallback_retry(self, now: float) -> float:
+        """When to come back if no fitting moment was predicted: when the first admitted
+        response is predicted to end, or after the SLA if none is."""
+        ends = predict_ends(
+            [self._stream_state(job, (), now) for job in (*self._active, *self._waiting)],
+            self._measures(self.admission.max_concurrent_jobs),
+            now,
+            ADMISSION_HORIZON_SECONDS,
+            self._busy_until(now),
+        )
+        soonest = min((end[0] for end in ends if end and end[0] < math.inf), default=None)
+        return self.admission.queue_wait_sla_ms / 1000 if soonest is None else soonest - now
+
+    def _expire_reservations(self, now: float) -> None:
+        for client in [c for c, r in self._reservations.items() if r.expires_at <= now]:
+            del self._reservations[client]
+
+    def _enqueue(self, job: Job, *, first: bool) -> None:
+        """Put ``job`` in the queue (at its head when its place was reserved, or it is a
+        parked stream back) and start whoever fits."""
+        if first:
+            self._waiting.appendleft(job)
+        else:
+            self._waiting.append(job)
+        self._fill_slots()
         self._wakeup.set()
 
     def _release(self, job: Job) -> None:
@@ -324,24 +484,68 @@ class Scheduler:
             # Paused between turns: close the segment now rather than whenever the job
             # is garbage-collected, so a backend's per-segment state is freed at once.
             job.rendering.close()
-        for queue in (self._active, self._waiting):
+        for queue in (self._active, self._waiting, self._parked):
             if job in queue:
                 queue.remove(job)
         self._fill_slots()
         self._wakeup.set()
 
     def _fill_slots(self) -> None:
-        while self._waiting and len(self._active) < self.slots():
+        """Start waiting jobs, in order, while the schedule fits the one at the head; with
+        nothing active, the head starts whatever the schedule says (accepted work is never
+        left waiting on a prediction alone)."""
+        now = trio.current_time()
+        self._expire_reservations(now)
+        while self._waiting:
+            head = self._waiting[0]
+            if any(not job.parked(now) for job in self._active):
+                start = self._start_at(head, now, self._scheduled(now, head))
+                if start is None or start > now:
+                    return
             self._active.append(self._waiting.popleft())
 
-    def admit(self, rendering: Rendering, label: str, *, paced: bool = True, accepted: bool = False) -> Job:
+    def _park_and_unpark(self, now: float) -> None:
+        """Park active streams whose readers stopped; queue parked ones whose readers came
+        back (at the head of the queue: they were admitted once already)."""
+        for job in [job for job in self._active if job.parked(now)]:
+            self._active.remove(job)
+            self._parked.append(job)
+        for job in [job for job in self._parked if job.has_room()]:
+            self._parked.remove(job)
+            # Its player ran dry through its reader's own pause: it now has what the reader
+            # has yet to take, and is due like a stream that far ahead, not long overdue.
+            if job.first_audio_at is not None:
+                job.first_audio_at = now + job.unread_seconds - job.audio_made
+                job.played_until = job.deadline
+            self._waiting.appendleft(job)
+        self._fill_slots()
+
+    def admit(
+        self,
+        rendering: Rendering,
+        label: str,
+        *,
+        paced: bool = True,
+        accepted: bool = False,
+        client: Hashable | None = None,
+    ) -> Job:
         """Admit a job now (SpeechError ``busy`` when refused, unless ``accepted``); it
-        takes turns from now on. Whoever admitted it must :meth:`hold` it or
-        :meth:`withdraw` it."""
+        takes turns from now on, or once the schedule fits it. ``client`` (a socket, an
+        address) is who a refusal keeps a place for. Whoever admitted it must
+        :meth:`hold` it or :meth:`withdraw` it."""
         # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_SECONDS
         # of audio wait, so it never holds more than that plus one window.
         send, receive = trio.open_memory_channel[PcmBatch | SpeechError](math.inf)
-        job = Job(rendering, label, send, receive, trio.current_time(), self._wakeup_soon, paced=paced)
+        job = Job(
+            rendering,
+            label,
+            send,
+            receive,
+            trio.current_time(),
+            self._wakeup_soon,
+            paced=paced,
+            client=client,
+        )
         self._admit(job, accepted=accepted)
         return job
 
@@ -356,9 +560,11 @@ class Scheduler:
             self.withdraw(job)
 
     @asynccontextmanager
-    async def stream(self, rendering: Rendering, label: str, *, paced: bool = True) -> AsyncIterator[Job]:
+    async def stream(
+        self, rendering: Rendering, label: str, *, paced: bool = True, client: Hashable | None = None
+    ) -> AsyncIterator[Job]:
         """Admit a job and hold it: :meth:`admit` and :meth:`hold` in one."""
-        async with self.hold(self.admit(rendering, label, paced=paced)) as job:
+        async with self.hold(self.admit(rendering, label, paced=paced, client=client)) as job:
             yield job
 
     def withdraw(self, job: Job) -> None:
@@ -380,19 +586,12 @@ class Scheduler:
         """
         now = trio.current_time()
         named = {job for job, _queued in streams if job is not None}
-        others = [(job, ()) for job in (*self._active, *self._waiting) if job not in named]
+        others = [(job, ()) for job in (*self._active, *self._waiting, *self._parked) if job not in named]
         states = [self._stream_state(job, queued, now) for job, queued in (*streams, *others)]
-        measures = EngineMeasures(
-            capacity=self._capacity or 0.0,
-            first_window_seconds=self._first_window_seconds or 0.0,
-            first_window_audio=self._first_window_audio or FIRST_WINDOW_AUDIO_GUESS,
-            slots=self.slots(),
-            ahead_seconds=AHEAD_SECONDS,
-            headroom=CAPACITY_HEADROOM,
-        )
-        busy_until = now
-        if self._in_turn is not None:
-            busy_until += max(0.0, self._turn_estimate - (now - self._turn_started))
+        # The schedule keeps about as many streams going as it does now: one ending
+        # makes room for the next.
+        measures = self._measures(max(1, len(self._active)))
+        busy_until = self._busy_until(now)
         ends = predict_ends(states, measures, now, horizon, busy_until)
         return [[end - now for end in stream_ends] for stream_ends in ends[: len(streams)]]
 
@@ -400,9 +599,8 @@ class Scheduler:
         after = [_planned_seconds(plan) for plan in queued]
         if job is None or job.withdrawn:
             return StreamState(after, active=False, submitted_at=now)
-        left = 0.0 if job.done else max(_planned_seconds(job.plan) - job.audio_made, MIN_REMAINING_AUDIO)
         return StreamState(
-            [left, *after],
+            [_remaining_seconds(job), *after],
             played_until=None if job.first_audio_at is None else job.deadline,
             paced=job.paced,
             active=job in self._active,
@@ -429,14 +627,16 @@ class Scheduler:
         return min(ready, key=lambda job: job.deadline) if ready else None
 
     def _next_due_in(self) -> float:
-        """Seconds until a job held back for being far enough ahead is due again."""
+        """Seconds until a job held back for being far enough ahead is due again, or one
+        whose reader stopped is to be parked."""
         now = trio.current_time()
         ahead = [
             job.deadline - AHEAD_SECONDS - now
             for job in self._active
             if not job.withdrawn and job.has_room() and job.first_audio_at is not None and job.paced
         ]
-        return max(0.0, min(ahead)) if ahead else math.inf
+        parking = [job.parks_at - now for job in self._active]  # the same sum `parked` compares
+        return max(0.0, min(ahead + parking, default=math.inf))
 
     def _deliver(self, job: Job, batch: PcmBatch) -> None:
         """On the Trio thread, as soon as the model thread has a batch."""
@@ -455,6 +655,8 @@ class Scheduler:
         job.audio_made += seconds
         job.unread_seconds += seconds
         job.latest_batch_seconds = seconds
+        if job.full_since is None and not job.has_room():
+            job.full_since = now
         job.send.send_nowait(batch)
 
     def _turn(self, job: Job) -> TurnResult:
@@ -557,6 +759,7 @@ class Scheduler:
         model call in progress is then abandoned to its thread, see ``ThreadRunner``)."""
         task_status.started()
         while True:
+            self._park_and_unpark(trio.current_time())
             job = self._pick()
             if job is None:
                 self._wakeup = trio.Event()

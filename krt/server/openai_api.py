@@ -278,9 +278,8 @@ async def _speak(door: FrontDoor, engine: Engine, state: ServerState, peer: str)
         book.end(response, Outcome.FAILED)
         book.settle(response)
         if error.code == "busy":
-            raise ApiError(
-                429, error.message, code="busy", headers=(("Retry-After", str(RETRY_AFTER_BUSY_S)),)
-            )
+            retry_after = RETRY_AFTER_BUSY_S if error.retry_after is None else math.ceil(error.retry_after)
+            raise ApiError(429, error.message, code="busy", headers=(("Retry-After", str(retry_after)),))
         if not door.started:
             raise ApiError(500, error.message, code=error.code)
         await body.fail(error)  # mid-body: the client sees the stream cut short
@@ -296,7 +295,8 @@ async def _stream(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cancel_on_hangup, door, nursery.cancel_scope, peer)
         try:
-            async with engine.stream(response.plan, response.response_id, paced=False) as job:
+            client = ("http", peer.rpartition(":")[0])  # a refusal keeps its place for this address
+            async with engine.stream(response.plan, response.response_id, paced=False, client=client) as job:
                 async for batch in job:
                     response.queue_seconds = job.queue_seconds or 0.0
                     pcm = b"".join(batch)

@@ -118,7 +118,12 @@ class _StateCollector(Collector):
                 "Streams admitted, waiting for a slot.",
                 stats.waiting,
             ),
-            (GaugeMetricFamily, "krt_engine_slots", "Streams the measured capacity sustains.", stats.slots),
+            (
+                GaugeMetricFamily,
+                "krt_engine_slots",
+                "Unending streams the measured capacity sustains (admission goes by the schedule).",
+                stats.slots,
+            ),
             (
                 GaugeMetricFamily,
                 "krt_engine_capacity",

@@ -262,7 +262,7 @@ class Session:
             if self._speaking is None and not self._queue_send.statistics().current_buffer_used:
                 # Nothing ahead of it here: the engine decides now, so that ``busy`` comes
                 # instead of ``response.created``, never after it.
-                response.job = self.engine.admit(plan, response_id)
+                response.job = self.engine.admit(plan, response_id, client=self)
             try:
                 self.responses.open(response)
             except SpeechError:
@@ -270,7 +270,7 @@ class Session:
                     self.engine.withdraw(response.job)
                 raise
         except SpeechError as exc:
-            await self.outbox.event(protocol.ResponseError(response_id, exc.code, exc.message))
+            await self.outbox.event(protocol.ResponseError.of(response_id, exc))
             return
         self._queue_send.send_nowait(response)  # room was checked with no await since
         await self.outbox.event(protocol.ResponseCreated(response_id))
@@ -409,7 +409,7 @@ class Session:
             response.error_code = exc.code
             self.responses.end(response, Outcome.FAILED)
             await self.outbox.event(
-                protocol.ResponseError(response.response_id, exc.code, exc.message), response, ends=response
+                protocol.ResponseError.of(response.response_id, exc), response, ends=response
             )
             return
         self.responses.end(response, Outcome.COMPLETED)

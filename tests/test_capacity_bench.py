@@ -1,0 +1,86 @@
+"""``krt bench capacity``: agents joining at random, retrying a ``busy`` when told, and the
+search for the largest stream count that keeps first audio in time with no stall."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from krt.bench.capacity import format_table, passes, search
+from tests.server_harness import run_krt
+from tests.test_sweep import png_size
+
+pytestmark = pytest.mark.trio
+
+
+def level(streams: int, *, ok: bool) -> dict[str, object]:
+    return {
+        "streams": streams,
+        "replies": 4 * streams,
+        "spoken": 4 * streams,
+        "first_audio_p50_ms": 300.0,
+        "first_audio_p95_ms": 600.0 if ok else 2400.0,
+        "longest_silence_ms": 0.0,
+        "stalled": 0,
+        "busy": 0,
+        "refused_twice": 0,
+        "errors": 0,
+        "replies_per_s": 1.0,
+        "audio_per_s": 3.0,
+        "wall_s": 10.0,
+    }
+
+
+async def test_the_search_doubles_until_a_count_fails_then_bisects():
+    ran: list[int] = []
+
+    async def run(count: int) -> dict[str, object]:
+        ran.append(count)
+        return level(count, ok=count <= 5)
+
+    levels, best = await search(run, 16, 1500.0, None)
+    assert best == 5
+    assert ran == [1, 2, 4, 8, 6, 5]
+    assert [row["streams"] for row in levels] == [1, 2, 4, 5, 6, 8]
+    table = format_table(levels, 1500.0).splitlines()
+    assert table[0].split()[0] == "streams" and len(table) == 7
+    assert [line.split()[-1] for line in table[1:]] == ["yes", "yes", "yes", "yes", "no", "no"]
+
+
+async def test_a_stall_or_an_unspoken_reply_fails_a_count_whatever_its_latency():
+    assert passes(level(2, ok=True), 1500.0)
+    assert not passes({**level(2, ok=True), "stalled": 1}, 1500.0)
+    assert not passes({**level(2, ok=True), "errors": 1}, 1500.0)
+    ran: list[int] = []
+
+    async def run(count: int) -> dict[str, object]:
+        ran.append(count)
+        return level(count, ok=True)
+
+    _levels, best = await search(run, 6, 1500.0, None)
+    assert (best, ran) == (6, [1, 2, 4, 6])  # every count passes: the search stops at the most
+
+
+async def test_busy_replies_are_retried_when_told_and_counted_against_a_real_server(harness, tmp_path):
+    """One stream at a time and no queue: at three streams two replies are refused, come
+    back when the refusal says, and are spoken; their wait counts in first audio."""
+    with trio.fail_after(90):
+        server = await harness.server(
+            KRT_FAKE_COMPUTE_RATIO="0.05", MAX_CONCURRENT_JOBS="1", MAX_QUEUED_REQUESTS="0"
+        )
+        done = await run_krt(
+            "bench", "capacity", "--url", server.url, "--streams", "1,3", "--replies", "1",
+            "--spread", "0", "--json", "--plot", str(tmp_path / "capacity.png"), cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    alone, three = result["levels"]
+    assert (alone["streams"], alone["spoken"], alone["busy"]) == (1, 1, 0)
+    assert (three["streams"], three["spoken"], three["errors"]) == (3, 3, 0)
+    assert three["busy"] >= 2  # everyone asked at once: one is taken, the others told when
+    assert three["first_audio_p95_ms"] > alone["first_audio_p95_ms"]
+    assert three["stalled"] == 0
+    assert png_size(tmp_path / "capacity.png") == (1200, 900)
+    assert "Traceback" not in done.stderr.decode()
