@@ -224,7 +224,7 @@ async def test_a_newcomer_is_busy_when_its_first_turn_would_come_after_the_sla(
                 assert refused.value.retry_after is not None
                 assert refused.value.retry_after > sla_ms / 1000
                 said = re.search(r"retry in (\d+) ms", refused.value.message)
-                assert said is not None and int(said[1]) == round(refused.value.retry_after * 1000)
+                assert said is not None and int(said[1]) == math.ceil(refused.value.retry_after * 1000)
             async for _batch in job_a:
                 pass
         assert engine.statistics().busy_rejections == (0 if admitted else 1)
@@ -272,8 +272,8 @@ async def test_busy_comes_instead_of_response_created_never_after_it(nursery, tm
 async def test_a_refused_client_that_comes_back_when_told_is_not_overtaken(nursery, autojump_clock):
     """One stream at a time and no queue. C, refused while A speaks, is told when to come
     back; D asks the moment A is done (as a client that sends its next request when its
-    last one ends would) and is refused, although the engine is idle: C's place is kept.
-    C, back when told, is taken in."""
+    last one ends would) and is refused, although the engine is idle: C's place is kept
+    (until 2 s after the time C was told). C, back, is taken in at once."""
     with trio.fail_after(60):
         config = engine_config(MAX_CONCURRENT_JOBS="1", MAX_QUEUED_REQUESTS="0", QUEUE_WAIT_SLA_MS="100000")
         engine = await start_engine(nursery, config, ClockedFake(autojump_clock, ratio=0.2))
@@ -287,13 +287,12 @@ async def test_a_refused_client_that_comes_back_when_told_is_not_overtaken(nurse
             told = trio.current_time() + refused_c.value.retry_after
             async for _batch in job_a:
                 pass
-        assert trio.current_time() < told  # A was done sooner than predicted (headroom)
         with pytest.raises(SpeechError) as refused_d:
             await try_stream(engine, plan, "d", client="D")
         assert refused_d.value.code == "busy"
         assert refused_d.value.retry_after is not None
         assert trio.current_time() + refused_d.value.retry_after > told
-        await trio.sleep_until(told)
+        await trio.sleep_until(max(told, trio.current_time()))
         async with engine.stream(plan, "c2", client="C") as job_c:
             async for _batch in job_c:
                 pass

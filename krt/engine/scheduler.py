@@ -435,7 +435,9 @@ class Scheduler:
         now = trio.current_time()
         self._busy += 1
         wait = (start - now) if start is not None else self._fallback_retry(now)
-        retry_after = max(wait, 0.1)
+        # The prediction's costs carry the headroom; the client is told the expected time,
+        # so the engine does not idle waiting for it (come early, it is decided afresh).
+        retry_after = max(wait / CAPACITY_HEADROOM, 0.1)
         if job.client is not None:
             self._reservations[job.client] = Reservation(
                 audio=_remaining_seconds(job),
@@ -445,7 +447,7 @@ class Scheduler:
             )
         raise SpeechError(
             "busy",
-            f"{why}; retry in {retry_after * 1000:.0f} ms (your place is kept until then)",
+            f"{why}; retry in {math.ceil(retry_after * 1000)} ms (your place is kept until then)",
             retry_after=retry_after,
         )
 
