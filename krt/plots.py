@@ -84,17 +84,7 @@ def sweep_plot(
     )
     failed = [level for level in levels if _faults(level)]
     if failed:
-        ttfb_axes.scatter(
-            [int(level["concurrency"]) for level in failed],
-            [_on_axis(level, "ttfb_p95_ms") for level in failed],
-            marker="x",
-            s=120,
-            linewidths=2.5,
-            color="black",
-            zorder=5,
-            clip_on=False,
-            label="busy / errors / stuck",
-        )
+        _cross_out(ttfb_axes, failed, "concurrency", "ttfb_p95_ms", "busy / errors / stuck")
         for level in failed:
             text = _faults(level) if _value(level, "ttfb_p95_ms") >= 0 else f"no audio: {_faults(level)}"
             _label(ttfb_axes, level, "ttfb_p95_ms", text, last=concurrency[-1], colour="black")
@@ -158,17 +148,7 @@ def capacity_plot(
     )
     failed = [level for level in levels if level["stalled"] or level["errors"]]
     if failed:
-        latency_axes.scatter(
-            [int(level["streams"]) for level in failed],
-            [_on_axis(level, "first_audio_p95_ms") for level in failed],
-            marker="x",
-            s=120,
-            linewidths=2.5,
-            color="black",
-            zorder=5,
-            clip_on=False,
-            label="stalled / unspoken",
-        )
+        _cross_out(latency_axes, failed, "streams", "first_audio_p95_ms", "stalled / unspoken")
     for axes in (latency_axes, rate_axes):
         axes.margins(x=0.08)
         if capacity:
@@ -190,6 +170,21 @@ def capacity_plot(
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     figure.suptitle(title)
     figure.savefig(path, dpi=DPI)
+
+
+def _cross_out(axes: Axes, failed: Sequence[Mapping[str, Any]], x_key: str, y_key: str, label: str) -> None:
+    """A black cross on each level that failed, on the line it would have been judged by."""
+    axes.scatter(
+        [int(level[x_key]) for level in failed],
+        [_on_axis(level, y_key) for level in failed],
+        marker="x",
+        s=120,
+        linewidths=2.5,
+        color="black",
+        zorder=5,
+        clip_on=False,
+        label=label,
+    )
 
 
 def _label(axes: Axes, level: Mapping[str, Any], key: str, text: str, *, last: int, colour: str) -> None:

@@ -98,8 +98,11 @@ def test_incomplete_local_directory_says_what_is_missing(torch_config, tmp_path)
         TorchBackend(config)
 
 
-@pytest.mark.parametrize("voice", ["female", "male"])
-def test_torch_windows_join_into_what_the_whole_decode_sounds_like(torch_pipeline, voice):
+def test_torch_windows_join_into_what_the_whole_decode_sounds_like(torch_pipeline):
+    """One voice: the windowing is the engine's, shared with onnx (tested there in both
+    voices); what is torch's own is how a span decodes, the same in any voice. (Each
+    voice costs a minute of CI on a 2-core runner.)"""
+    voice = "female"
     for text in WINDOW_TEXTS[1:]:
         mel, clicks, seams = windowed_against_whole(
             torch_pipeline.backend, torch_pipeline.phonemizer, text, voice

@@ -79,15 +79,14 @@ class LevelResult:
         return [trace for stream in self.streams for trace in stream.traces]
 
 
-async def _speak_text(
-    client: SpeechClient, text: str, *, mode: str, voice: str | None, speed: float | None
+async def _speak_pieces(
+    client: SpeechClient, pieces: Sequence[str], *, voice: str | None, speed: float | None
 ) -> Transaction:
-    """Send the text's pieces at once and wait for all of them, bounded by the response timeout.
+    """Send the pieces at once and wait for all of them, bounded by the response timeout.
 
     A piece still open when the time runs out is marked stuck; a closed connection has
     already ended every open piece.
     """
-    pieces = pieces_of(text, mode) or [text.strip()]
     transaction = tuple([await client.create(piece, voice=voice, speed=speed) for piece in pieces])
     with trio.move_on_after(client.response_timeout):
         await client.wait_until(lambda: all(trace.finished for trace in transaction))
@@ -109,22 +108,30 @@ async def run_stream(
 
     A stuck response ends the stream: what follows would measure the stuck one. The
     socket is ended with ``session.end`` and read to its close, so late frames count.
-    A server that drains (it closes the socket, or refuses a text as ``busy`` saying to
+    A server that drains (it closes the socket, or refuses pieces as ``busy`` saying to
     reconnect) is left for a new connection, as a voice agent behind a load balancer
-    would, and the text is sent again there; a failure ends the stream.
+    would, and the pieces it refused are sent again there (those it spoke are kept: a
+    drain can land between the sentences of one text); a failure ends the stream.
     """
     transactions: list[Transaction] = []
     errors: list[str] = []
-    pending = list(texts)
+    pending = [pieces_of(text, mode) or [text.strip()] for text in texts]
+    spoken: list[ResponseTrace] = []  # of the text in progress, before a drain refused the rest
     reconnects = 0
     while pending:
         async with connect() as client:
             while pending:
-                transaction = await _speak_text(client, pending[0], mode=mode, voice=voice, speed=speed)
-                if _told_to_reconnect(transaction) and reconnects < MAX_RECONNECTS:
+                transaction = await _speak_pieces(client, pending[0], voice=voice, speed=speed)
+                refused = [trace for trace in transaction if trace.told_to_reconnect]
+                if refused and reconnects < MAX_RECONNECTS:
+                    # Draining: what it spoke is kept, what it refused is sent again elsewhere.
                     reconnects += 1
+                    spoken += [trace for trace in transaction if not trace.told_to_reconnect]
+                    pending[0] = [trace.text for trace in refused]
                     break
                 pending.pop(0)
+                transaction = (*spoken, *transaction)
+                spoken = []
                 transactions.append(transaction)
                 if on_done is not None:
                     on_done(transaction)
@@ -133,10 +140,6 @@ async def run_stream(
             await client.finish()
             errors += client.connection_errors
     return StreamResult(tuple(transactions), tuple(errors))
-
-
-def _told_to_reconnect(transaction: Transaction) -> bool:
-    return all(trace.told_to_reconnect for trace in transaction)
 
 
 async def run_level(
