@@ -450,7 +450,12 @@ def decode_client_event(message: str | bytes, max_bytes: int) -> ClientEvent:
             f"the message is larger than the limit of {max_bytes} bytes",
             *_created_response(message),
         )
-    obj = _parse_object(message)
+    try:
+        obj = _parse_object(message)
+    except ProtocolError as exc:
+        # JSON but for a NaN or Infinity somewhere: a create's id may still be readable.
+        _type, exc.response_id = _created_response(message, lenient=True)
+        raise
     event_type = _read_type(obj, CLIENT_EVENT_TYPES)
     try:
         return cast("ClientEvent", _structure(obj, ClientEvent, event_type))
@@ -467,12 +472,13 @@ def _created_id(obj: object) -> str | None:
     return response_id if isinstance(response_id, str) else None
 
 
-def _created_response(message: str) -> tuple[str | None, str | None]:
-    """(type, response_id) of an oversized frame, when it is a ``response.create`` whose id
-    can be read. Parsing it costs a few milliseconds at most: the socket refuses any
-    message over ``MAX_WS_MESSAGE_BYTES``."""
+def _created_response(message: str, *, lenient: bool = False) -> tuple[str | None, str | None]:
+    """(type, response_id) of a frame krt refuses (oversized, or with ``lenient`` JSON
+    but for NaN or Infinity constants), when it is a ``response.create`` whose id can be
+    read. Parsing it costs a few milliseconds at most: the socket refuses any message
+    over ``MAX_WS_MESSAGE_BYTES``."""
     try:
-        obj = json.loads(message, parse_constant=_reject_constant)
+        obj = json.loads(message, parse_constant=_ignore_constant if lenient else _reject_constant)
     except (ValueError, RecursionError):
         return None, None
     if not isinstance(obj, dict) or obj.get("type") != ResponseCreate.TYPE:
@@ -492,6 +498,10 @@ def decode_server_event(message: str) -> ServerEvent:
 
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _ignore_constant(_name: str) -> None:
+    return None
 
 
 def _parse_object(message: str) -> dict[str, Any]:

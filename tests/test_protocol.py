@@ -433,3 +433,12 @@ def test_audio_delta_fast_path_matches_encode(response_id: str, pcm: bytes) -> N
 def test_decode_server_event_rejects_junk_with_value_error(message: str) -> None:
     with pytest.raises(ValueError, match=r"\S"):
         decode_server_event(message)
+
+
+def test_a_create_with_a_non_json_constant_still_names_its_response():
+    """``Infinity`` is not JSON, but the id next to it is readable: the client waiting on
+    that response gets its end rather than silence."""
+    message = '{"type":"response.create","input":"x","response_id":"r1","speed":Infinity}'
+    with pytest.raises(ProtocolError) as refused:
+        decode_client_event(message, LIMIT)
+    assert (refused.value.code, refused.value.response_id) == ("invalid_json", "r1")
