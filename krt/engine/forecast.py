@@ -198,9 +198,9 @@ def earliest_start(
     """The earliest moment (``now`` or later, within ``horizon``) a newcomer of
     ``newcomer_audio`` seconds can start so that the schedule keeps every player fed: it
     adds no stall to the streams ``admitted`` (every one active; those starting later say
-    so in ``starts_at``), has none itself that it would not have alone, has its first turn within ``first_turn_within``
-    of its start, and never runs more than ``max_streams`` at once. None when no such
-    moment comes within the horizon.
+    so in ``starts_at``), has none itself that it would not have alone, has its first
+    turn within ``first_turn_within`` of its start, and never runs more than
+    ``max_streams`` at once. None when no such moment comes within the horizon.
 
     The moments tried are now and each predicted end of an admitted response: only an
     end frees compute (a stream far ahead of its player frees it too, but briefly).

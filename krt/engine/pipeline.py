@@ -358,10 +358,6 @@ class Rendering:
     def done(self) -> bool:
         return self._finished
 
-    def remaining_chars(self) -> int:
-        """Characters of the segment in progress and those not begun."""
-        return sum(len(text) for text in self.plan.segments[self._next_segment :])
-
     def __iter__(self) -> Rendering:
         return self
 

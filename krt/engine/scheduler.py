@@ -165,11 +165,6 @@ class Job:
         """How long the job waited for its first turn on the model (None until it had one)."""
         return None if self.first_turn_at is None else self.first_turn_at - self.submitted_at
 
-    def remaining_playback(self, now: float) -> float:
-        """Seconds until its player would finish: what is buffered plus what is still to make."""
-        buffered = max(0.0, self.deadline - now) if self.first_audio_at is not None else 0.0
-        return buffered + predicted_audio_seconds(self.rendering.remaining_chars(), self.plan.speed)
-
     def has_room(self) -> bool:
         return self.unread_seconds - self.latest_batch_seconds < JOB_BUFFER_SECONDS
 
@@ -369,8 +364,8 @@ class Scheduler:
     def _start_at(self, job: Job, now: float, scheduled: list[StreamState]) -> float | None:
         """When ``job`` can start with every player still fed (see ``earliest_start``);
         ``now`` for any job while no capacity is measured yet, if there is room."""
-        active = sum(1 for other in self._active if not other.parked(now))
         if self._capacity is None:
+            active = sum(1 for other in self._active if not other.parked(now))
             return now if active < self.admission.max_concurrent_jobs else None
         return earliest_start(
             scheduled,
