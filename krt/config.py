@@ -261,7 +261,7 @@ class SchedulerConfig:
     quantum_bytes: int = knob(
         "SCHED_QUANTUM_BYTES",
         144000,
-        "Largest decoder window (PCM bytes) a stream makes in one turn on the model.",
+        "Largest decoder window (PCM bytes) a stream makes in one turn while others wait (1.5x alone).",
         _at_least(2),
     )
     priority_quantum_bytes: int = knob(

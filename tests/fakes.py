@@ -22,7 +22,7 @@ from krt.protocol import WS_PATH
 from krt.server.listener import serve_websocket
 from krt.server.session import Session
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
-from krt.synth.windows import CONTEXT_FRAMES, SAMPLES_PER_FRAME
+from krt.synth.windows import SAMPLES_PER_FRAME, context_span
 from tests.server_harness import Client
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class RecordingFake(FakeBackend):
             raise RuntimeError(f"the model broke on {text!r}")
         segment = super().prepare(tokens, style, speed)
         self.unfinished += 1
-        weakref.finalize(segment, self._let_go)
+        weakref.finalize(segment.decoder_inputs, self._let_go)  # shared by its heard-in-part copies
         return segment
 
     def _let_go(self) -> None:
@@ -114,8 +114,9 @@ class CrashingG2PFake(FakeBackend):
 
 def decoded_frames(segment: PreparedSegment, start: int, stop: int) -> int:
     """Frames the model computes to decode the window [start, stop) of ``segment``: the
-    window and ``CONTEXT_FRAMES`` on each side, where the segment has them."""
-    return min(segment.frames, stop + CONTEXT_FRAMES) - max(0, start - CONTEXT_FRAMES)
+    window and its context."""
+    lo, hi = context_span(start, stop, segment)
+    return hi - lo
 
 
 class ClockedFake(FakeBackend):
@@ -139,11 +140,11 @@ class ClockedFake(FakeBackend):
         self.made = 0.0
         self.windows: list[tuple[str, float]] = []
         self._symbols = {token: symbol for symbol, token in self.vocab.items()}
-        self._texts: weakref.WeakKeyDictionary[PreparedSegment, str] = weakref.WeakKeyDictionary()
+        self._texts: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
     def prepare(self, tokens: Sequence[int], style: np.ndarray, speed: float) -> PreparedSegment:
         segment = super().prepare(tokens, style, speed)
-        self._texts[segment] = "".join(self._symbols[token] for token in tokens)
+        self._texts[segment.decoder_inputs] = "".join(self._symbols[token] for token in tokens)
         return segment
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
@@ -153,7 +154,7 @@ class ClockedFake(FakeBackend):
             self.clock.jump(seconds)
         self.computed += seconds
         self.made += (stop - start) * SAMPLES_PER_FRAME / SAMPLE_RATE
-        self.windows.append((self._texts[segment], seconds))
+        self.windows.append((self._texts[segment.decoder_inputs], seconds))
         return audio
 
     def computed_for(self, word: str) -> float:

@@ -12,7 +12,16 @@ from krt.engine.pipeline import LEAD_FRAMES, TAIL_FRAMES, SpeechPipeline
 from krt.errors import SpeechError
 from krt.synth.backend import MAX_TOKENS
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
-from krt.synth.windows import PreparedSegment, WindowJoiner
+from krt.synth.windows import (
+    CONTEXT_FRAMES,
+    EDGE_CONTEXT_FRAMES,
+    SAMPLES_PER_FRAME,
+    SEAM_SAMPLES,
+    PreparedSegment,
+    WindowJoiner,
+    context_span,
+    decode_window,
+)
 from tests.conftest import make_config
 from tests.speech_checks import quiet_runs_ms
 
@@ -40,7 +49,11 @@ class RecordingBackend(FakeBackend):
         return super().decode(segment, start, stop)
 
     def spans(self, segment: PreparedSegment) -> list[tuple[int, int]]:
-        return [(start, stop) for decoded, start, stop in self.windows if decoded is segment]
+        return [
+            (start, stop)
+            for decoded, start, stop in self.windows
+            if decoded.decoder_inputs is segment.decoder_inputs  # the same segment, heard in part
+        ]
 
 
 class RecordingPhonemizer(SpelledPhonemizer):
@@ -226,6 +239,28 @@ def test_a_windowed_decode_joins_into_the_whole_decode_on_the_fake():
         ]
     )
     np.testing.assert_allclose(joined, whole, atol=1e-6)
+
+
+def test_a_windows_context_stops_short_of_the_silence_nobody_hears():
+    """Context is decoded and thrown away; at a segment's trimmed edges it would be spent
+    on silence that is never sent, so only ``EDGE_CONTEXT_FRAMES`` of it are decoded."""
+    segment = PreparedSegment(100, (30, 40, 30), np.zeros(100), None).hearing_only(28, 72)
+    assert context_span(28, 48, segment) == (28 - EDGE_CONTEXT_FRAMES, 48 + CONTEXT_FRAMES)
+    assert context_span(48, 72, segment) == (48 - CONTEXT_FRAMES, 72 + EDGE_CONTEXT_FRAMES)
+    assert context_span(40, 50, segment) == (40 - CONTEXT_FRAMES, 50 + CONTEXT_FRAMES)
+    whole = PreparedSegment(100, (30, 40, 30), np.zeros(100), None)
+    assert context_span(28, 48, whole) == (28 - CONTEXT_FRAMES, 48 + CONTEXT_FRAMES)
+
+    spans: list[tuple[int, int]] = []
+
+    def decode_span(_segment: PreparedSegment, lo: int, hi: int) -> np.ndarray:
+        spans.append((lo, hi))
+        return np.ones((hi - lo) * SAMPLES_PER_FRAME, dtype=np.float32)
+
+    # The last heard window carries no seam: nothing heard follows it.
+    assert decode_window(decode_span, segment, 48, 72).size == 24 * SAMPLES_PER_FRAME
+    assert decode_window(decode_span, segment, 28, 48).size == 20 * SAMPLES_PER_FRAME + SEAM_SAMPLES
+    assert spans == [context_span(48, 72, segment), context_span(28, 48, segment)]
 
 
 def test_a_rendering_carries_part_chunks_across_segments_and_matches_speak(fake_pipeline):

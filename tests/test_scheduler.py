@@ -78,11 +78,13 @@ class ClockedWindows(FakeBackend):
         if text in self.fail:
             raise RuntimeError(f"the model broke on {text!r}")
         segment = super().prepare(tokens, style, speed)
-        self._owners[id(segment)] = (segment, text.split()[0])
+        self._owners[id(segment.decoder_inputs)] = (segment, text.split()[0])
         return segment
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> np.ndarray:
-        self.windows.append(Window(self._owners[id(segment)][1], start, stop, trio.current_time()))
+        self.windows.append(
+            Window(self._owners[id(segment.decoder_inputs)][1], start, stop, trio.current_time())
+        )
         return super().decode(segment, start, stop)
 
     def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> np.ndarray:
@@ -197,6 +199,36 @@ async def test_one_stream_gets_a_small_first_window_then_growing_ones_and_all_it
     stats = engine.statistics()
     assert (stats.active, stats.waiting, stats.busy_rejections) == (0, 0, 0)
     assert stats.turns >= len(sizes)  # a turn may also just flush held-back audio
+
+
+async def test_a_stream_alone_takes_longer_windows_until_another_stream_comes(nursery, autojump_clock):
+    """Alone on the model, a stream's later windows may pass the quantum: fewer seams,
+    less context decoded, and no one waits for them. From the turn a second stream is
+    active, windows are back within the quantum, so neither waits long for the other."""
+    config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.15)
+    quantum = config.scheduler.quantum_bytes // (2 * SAMPLES_PER_FRAME)
+    alpha_plan, bravo_plan = engine.plan(long_text("alpha", 4)), engine.plan(long_text("bravo", 2))
+    alpha, bravo = Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play, engine, alpha_plan, alpha)
+        await alpha.wait_for_audio(8.0)
+        alone = list(backend.windows)
+        sessions.start_soon(play, engine, bravo_plan, bravo)
+
+    def inner_sizes(windows: list[Window]) -> list[int]:
+        """Frames of the windows that do not end their segment (the last one of a segment
+        may absorb a sliver of up to half a window, alone or not)."""
+        followed = {(window.owner, window.start) for window in backend.windows}
+        return [window.stop - window.start for window in windows if (window.owner, window.stop) in followed]
+
+    assert max(inner_sizes(alone)) > quantum
+    owners = backend.owners()
+    first_bravo, last_bravo = owners.index("bravo"), len(owners) - owners[::-1].index("bravo")
+    together = backend.windows[first_bravo + 1 : last_bravo]  # alpha's next turn decides anew
+    assert "alpha" in [window.owner for window in together]
+    assert max(inner_sizes(together)) <= quantum
+    assert alpha.pcm == expected_pcm(config, alpha_plan) and bravo.pcm == expected_pcm(config, bravo_plan)
+    assert alpha.stalls() == [] and bravo.stalls() == []
 
 
 async def test_a_newcomers_first_window_comes_between_two_windows_of_a_running_stream(

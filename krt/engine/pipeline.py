@@ -68,6 +68,14 @@ costs its frames plus ``2 * CONTEXT_FRAMES``: at ~8 ms per frame (2-core CPU) a 
 short of time catches up; a smaller one would fall further behind with every window."""
 
 
+ALONE_WINDOW_FACTOR = 1.5
+"""How much larger than the largest window (``SCHED_QUANTUM_BYTES``) a window may be while
+its stream is alone on the model. With ``cut_window``'s rule against slivers, a segment's
+rest of up to 2.25× the largest window then comes in one window. Bounded, because a
+newcomer arriving during the window waits for it: at 1.5× (4.5 s of audio by default) a
+CPU at 3× realtime keeps that wait near 1.5 s."""
+
+
 class WindowSizes:
     """How many frames each decode window of one response asks for.
 
@@ -83,8 +91,10 @@ class WindowSizes:
         self._next = max(1, first_frames)
         self._max = max(self._next, max_frames)
         self._limit: int | None = None
+        self._alone = False
         self.frames_decoded = 0
         """Frames decoded so far, context included: what the compute is measured against."""
+        self._left_in_segment = 0
 
     @classmethod
     def from_bytes(cls, first_bytes: int, max_bytes: int) -> WindowSizes:
@@ -99,6 +109,13 @@ class WindowSizes:
         else:
             self._limit = max(MIN_WINDOW_FRAMES, int(seconds / seconds_per_frame) - 2 * CONTEXT_FRAMES)
 
+    def serve_alone(self, alone: bool) -> None:
+        """Whether the next window may be ``ALONE_WINDOW_FACTOR`` times the largest: no other
+        stream waits for the model, so a longer window delays no one, and every seam it
+        saves is ``2 * CONTEXT_FRAMES`` frames not decoded. A response's first window
+        stays small whatever this says (its first audio waits for all of it)."""
+        self._alone = alone
+
     def next_size(self) -> int:
         """The next window's frames: the schedule's, or the cap when lower, but never under
         half the schedule, so a run of caps cannot shrink the windows towards their
@@ -110,9 +127,16 @@ class WindowSizes:
     def peek(self) -> int:
         """What ``next_size`` would return, without taking it."""
         size = self._next
+        if self._alone and self.frames_decoded > 0:
+            size = int(self._max * ALONE_WINDOW_FACTOR)
         if self._limit is not None and self._limit < size:
-            size = max(self._limit, size // 2)
+            size = max(self._limit, self._next // 2)
         return size
+
+    def at_most(self) -> int | None:
+        """The most frames the next window may have (None: no bound but its size): the
+        cap, where the player cannot wait for more."""
+        return None if self._limit is None else max(self._limit, self.peek())
 
     def smallest_cost_frames(self) -> int:
         """Frames the smallest window a cap may ask for decodes, context included."""
@@ -120,13 +144,17 @@ class WindowSizes:
 
     def expected_cost_frames(self) -> int:
         """Frames the next window will decode, context included (at most; a segment's
-        edges have less context)."""
-        return int(self.peek() * (1 + CUT_SLACK)) + 2 * CONTEXT_FRAMES
+        edges have less context): no more than what is left of the segment in progress."""
+        frames = int(self.peek() * (1 + CUT_SLACK))
+        if self._left_in_segment:
+            frames = min(frames, self._left_in_segment)
+        return frames + 2 * CONTEXT_FRAMES
 
-    def count(self, start: int, stop: int, frames: int) -> None:
-        """Note a window [start, stop) of a segment of ``frames`` as decoded."""
-        lo, hi = context_span(start, stop, frames)
+    def count(self, start: int, stop: int, segment: PreparedSegment) -> None:
+        """Note a window [start, stop) of ``segment`` as decoded."""
+        lo, hi = context_span(start, stop, segment)
         self.frames_decoded += hi - lo
+        self._left_in_segment = segment.heard_span[1] - stop
 
 
 @attrs.frozen
@@ -240,7 +268,8 @@ class SpeechPipeline:
                 pause = self._pause_samples(piece.text, ends, plan.speed) if trim else None
                 lead = trim and (self.config.segments.sentence_pause_ms is not None or (first and index == 0))
                 start, end = self._frames_to_decode(prepared, lead=lead, tail=pause is not None)
-                audio = self._decode(prepared, windows, start, end)
+                prepared = prepared.hearing_only(start, end)
+                audio = self._decode(prepared, windows)
                 time_words = (
                     functools.partial(clock.piece, piece.words, prepared.durations, prepared.loudness, start)
                     if clock is not None
@@ -262,18 +291,16 @@ class SpeechPipeline:
         end = prepared.frames - max(0, prepared.tail_frames - TAIL_FRAMES) if tail else prepared.frames
         return start, max(end, start + 1)
 
-    def _decode(
-        self, prepared: PreparedSegment, windows: WindowSizes, start: int, end: int
-    ) -> Iterator[FloatAudio]:
-        """The joined audio of ``prepared``'s frames [start, end), a window at a time."""
+    def _decode(self, prepared: PreparedSegment, windows: WindowSizes) -> Iterator[FloatAudio]:
+        """The joined audio of the frames of ``prepared`` that will be heard, a window at a time."""
         joiner = WindowJoiner()
+        start, end = prepared.heard_span
         while start < end:
             first = windows.frames_decoded == 0
-            stop = cut_window(prepared, start, windows.next_size(), end, at_least=first)
+            at_most = windows.at_most()
+            stop = cut_window(prepared, start, windows.next_size(), end, at_least=first, at_most=at_most)
             audio = self.backend.decode(prepared, start, stop)
-            windows.count(start, stop, prepared.frames)
-            if stop < prepared.frames and stop == end:
-                audio = audio[: (stop - start) * SAMPLES_PER_FRAME]
+            windows.count(start, stop, prepared)
             yield joiner.join(audio, last=stop == end)
             start = stop
 

@@ -683,7 +683,11 @@ class Scheduler:
         towards the size where its context costs as much as its audio, the engine makes
         ~1.2 audio seconds per second instead of ~2, and every stream stalls. Contention
         is admission's to prevent, with the capacity measured at full-size windows.
+
+        A stream with no other stream active or waiting may take a longer window (see
+        ``WindowSizes.serve_alone``): fewer seams, less context decoded.
         """
+        job.rendering.windows.serve_alone(len(self._active) == 1 and not self._waiting)
         per_frame = self._seconds_per_frame
         if job.first_audio_at is None or per_frame is None:
             job.rendering.windows.limit_compute(None, 0.0)

@@ -74,7 +74,7 @@ def _fake_packs() -> dict[str, npt.NDArray[np.float32]]:
     return packs
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class FakeFrames:
     """The fake decoder's inputs: per frame, its token and where that token's frames are."""
 

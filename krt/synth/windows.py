@@ -41,6 +41,9 @@ the whole decode with either, and no seam clicks. With a first window of only 24
 fewer frames did hurt (male voice: 0.33 with 8, 0.27 with 16, 0.195 with 32, 0.19
 whole), which is why the first window is 48. Each frame of context costs capacity: at
 16 the engine decodes ~1.37× the frames it sends, at 32 ~1.65×."""
+EDGE_CONTEXT_FRAMES = CONTEXT_FRAMES
+"""Context frames a window may take beyond the frames that will be heard, in a segment's
+trimmed silence."""
 SEAM_SAMPLES = 240
 """Overlap of consecutive windows, crossfaded (10 ms): long enough to hide a step in
 level or phase, short enough not to smear a consonant."""
@@ -60,6 +63,10 @@ class PreparedSegment:
     energy for Kokoro): where a window boundary is least audible."""
     decoder_inputs: Any
     """The backend's own decoder inputs; nothing outside the backend reads them."""
+    heard: tuple[int, int] | None = None
+    """The frames [first, end) anyone will hear (None: all of them). The pipeline trims
+    the silent padding at a segment's edges; the frames beyond are never decoded, not even
+    as a window's context (see ``EDGE_CONTEXT_FRAMES``)."""
 
     @property
     def lead_frames(self) -> int:
@@ -71,29 +78,45 @@ class PreparedSegment:
         """Frames of the trailing padding position: the silence after the last sound."""
         return self.durations[-1] if len(self.durations) > 1 else 0
 
+    @property
+    def heard_span(self) -> tuple[int, int]:
+        return self.heard if self.heard is not None else (0, self.frames)
+
+    def hearing_only(self, first: int, end: int) -> PreparedSegment:
+        """This segment, of which only frames [first, end) will be heard."""
+        if not 0 <= first < end <= self.frames:
+            raise ValueError(f"[{first}, {end}) is outside the segment's {self.frames} frames")
+        return attrs.evolve(self, heard=(first, end))
+
 
 SpanDecoder = Callable[[PreparedSegment, int, int], "FloatAudio"]
 """A backend's raw decode: the audio of frames [lo, hi) decoded as one piece."""
 
 
-def context_span(start: int, stop: int, frames: int) -> tuple[int, int]:
-    """The frames [lo, hi) actually decoded for the window [start, stop) of a segment of
-    ``frames``: ``CONTEXT_FRAMES`` more on each side, where the segment has them."""
-    return max(0, start - CONTEXT_FRAMES), min(frames, stop + CONTEXT_FRAMES)
+def context_span(start: int, stop: int, segment: PreparedSegment) -> tuple[int, int]:
+    """The frames [lo, hi) actually decoded for the window [start, stop) of ``segment``:
+    ``CONTEXT_FRAMES`` more on each side, where the segment has them, but never more than
+    ``EDGE_CONTEXT_FRAMES`` beyond what will be heard."""
+    first, end = segment.heard_span
+    lo = max(0, start - CONTEXT_FRAMES, first - EDGE_CONTEXT_FRAMES)
+    hi = min(segment.frames, stop + CONTEXT_FRAMES, end + EDGE_CONTEXT_FRAMES)
+    return min(lo, start), max(hi, stop)
 
 
 def decode_window(decode_span: SpanDecoder, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
-    """The audio of frames [start, stop), plus ``SEAM_SAMPLES`` of what follows when the
-    segment goes on (the part :class:`WindowJoiner` crossfades into the next window).
+    """The audio of frames [start, stop), plus ``SEAM_SAMPLES`` of what follows when more
+    of the segment will be heard (the part :class:`WindowJoiner` crossfades into the next
+    window).
 
-    Decodes ``CONTEXT_FRAMES`` more on each side, where the segment has them.
+    Decodes context on each side as ``context_span`` says.
     """
     if not 0 <= start < stop <= segment.frames:
         raise ValueError(f"window [{start}, {stop}) is outside the segment's {segment.frames} frames")
-    lo, hi = context_span(start, stop, segment.frames)
+    lo, hi = context_span(start, stop, segment)
     audio = decode_span(segment, lo, hi)
     begin = (start - lo) * SAMPLES_PER_FRAME
-    end = (stop - lo) * SAMPLES_PER_FRAME + (SEAM_SAMPLES if stop < segment.frames else 0)
+    seam = SEAM_SAMPLES if stop < segment.heard_span[1] else 0
+    end = (stop - lo) * SAMPLES_PER_FRAME + seam
     return np.asarray(audio[begin:end], dtype=np.float32)
 
 
@@ -131,7 +154,13 @@ CUT_SLACK = 0.25
 
 
 def cut_window(
-    segment: PreparedSegment, start: int, size: int, end: int | None = None, *, at_least: bool = False
+    segment: PreparedSegment,
+    start: int,
+    size: int,
+    end: int | None = None,
+    *,
+    at_least: bool = False,
+    at_most: int | None = None,
 ) -> int:
     """Where a window of about ``size`` frames from ``start`` should end (exclusive).
 
@@ -140,11 +169,12 @@ def cut_window(
     not cover the next window's compute), so the join falls in a pause or a quiet
     consonant rather than mid-vowel; at ``end`` (default: the segment's end) when what
     would be left after the window is less than half a window, so a segment never ends
-    with a sliver decoded mostly as context.
+    with a sliver decoded mostly as context, unless that makes the window longer than
+    ``at_most`` (a player that cannot wait for more).
     """
     end = segment.frames if end is None else end
     size = max(1, size)
-    if end - start <= size + size // 2:
+    if end - start <= size + size // 2 and (at_most is None or end - start <= at_most):
         return end
     slack = int(size * CUT_SLACK)
     lo, hi = (start + size, start + size + slack) if at_least else (start + size - slack, start + size)
