@@ -84,3 +84,28 @@ async def test_busy_replies_are_retried_when_told_and_counted_against_a_real_ser
     assert three["stalled"] == 0
     assert png_size(tmp_path / "capacity.png") == (1200, 900)
     assert "Traceback" not in done.stderr.decode()
+
+
+async def test_a_client_that_never_reads_does_not_hold_up_the_agents(harness, tmp_path):
+    """One stream at a time, and a hung client (asks for ~40 s of audio, never reads)
+    attached first. The agent is refused while the hung stream still looks like a
+    listener, told to come back within twice the SLA, and by then the server has parked
+    the hung stream: both replies are spoken within seconds, long before the server would
+    give up on the hung socket (60 s here) or the hung reply would end."""
+    with trio.fail_after(60):
+        server = await harness.server(
+            KRT_FAKE_COMPUTE_RATIO="0.05",
+            MAX_CONCURRENT_JOBS="1",
+            WS_SEND_TIMEOUT="60",
+            QUEUE_WAIT_SLA_MS="1000",
+        )
+        done = await run_krt(
+            "bench", "capacity", "--url", server.url, "--streams", "1", "--replies", "2",
+            "--spread", "0", "--non-readers", "1", "--json", "--plot", str(tmp_path / "capacity.png"),
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    (agent,) = json.loads(done.stdout)["levels"]
+    assert (agent["non_readers"], agent["spoken"], agent["errors"], agent["stalled"]) == (1, 2, 0, 0)
+    assert agent["first_audio_p95_ms"] < 5_000
+    assert "1 non-reading clients attached" in done.stderr.decode()

@@ -631,6 +631,32 @@ async def test_a_stream_nobody_reads_is_parked_and_frees_its_place(nursery, auto
         assert engine.statistics().parked == 0
 
 
+async def test_a_far_refusal_says_come_back_soon_and_a_hung_reader_is_parked_by_then(nursery, autojump_clock):
+    """One place, taken by a long response whose client never reads: the newcomer's
+    first turn is predicted at that response's end, as if it were heard out, but the
+    refusal says to come back within twice the SLA. By then the hung stream is parked,
+    and the newcomer, back when told, is served without a stall."""
+    with trio.fail_after(120):  # virtual seconds
+        config, _backend, engine = await clocked_engine(
+            nursery, autojump_clock, 0.2, MAX_CONCURRENT_JOBS="1", QUEUE_WAIT_SLA_MS="1000"
+        )
+        await engine.warm_up()
+        hung = engine.admit(engine.plan(long_text("alpha", 6)), "alpha", client="A")
+        async with engine.hold(hung):
+            await trio.sleep(0.5)  # its first window is out; nothing is read
+            newcomer = Player()
+            await play(engine, engine.plan(long_text("bravo", 1)), newcomer, client="B")
+            assert newcomer.error is not None and newcomer.error.code == "busy"
+            told = newcomer.error.retry_after
+            assert told is not None and 0 < told <= 2 * 1.0  # though alpha is 35 s of audio
+            await trio.sleep(told)
+            newcomer, plan = Player(), engine.plan(long_text("bravo", 1))
+            await play(engine, plan, newcomer, client="B")
+            assert engine.statistics().parked == 1
+        assert newcomer.error is None and newcomer.stalls() == []
+        assert newcomer.pcm == expected_pcm(config, plan)
+
+
 async def play_and_raise(engine: Engine, plan: SpeechPlan) -> None:
     async with engine.stream(plan, "refused"):
         pass

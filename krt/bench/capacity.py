@@ -9,6 +9,10 @@ included: that is what the caller waits. For each stream count the report gives 
 first-audio p50/p95, the longest silence a real-time player would have heard, the
 replies that stalled, the refusals, and the replies and audio seconds per second.
 
+``--non-readers N`` attaches N more connections that each ask for a long reply and then
+read nothing for the whole run, as a client that hangs without closing its socket does:
+what they cost the agents' first audio is what a server's handling of them is worth.
+
 The capacity is the largest stream count that keeps first-audio p95 under
 ``--p95-target-ms`` with no stall and every reply spoken, found by doubling until a count
 fails and then bisecting between the last that passed and the first that failed
@@ -82,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"streams join at random within this many seconds (default {DEFAULT_SPREAD_S:g})",
     )
+    parser.add_argument(
+        "--non-readers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections that ask for a long reply and never read it, attached to every count",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the random arrivals and pauses")
     parser.add_argument("--voice", help="voice to ask for (default: the server's)")
     parser.add_argument("--plot", type=Path, metavar="FILE", help=f"PNG to write (default {DEFAULT_PLOT})")
@@ -138,21 +149,47 @@ async def converse(
         await client.finish()
 
 
+UNREAD_REPLY = " ".join(AGENT_REPLIES)
+"""What a non-reader asks for: longer than its socket's buffers hold, so it stops reading
+with most of it unsent."""
+
+
+async def hang(connect: Connect, voice: str | None, *, task_status: trio.TaskStatus[None]) -> None:
+    """A client that asks for a long reply and never reads an event of it."""
+    async with connect() as client:
+        await client.create(UNREAD_REPLY, voice=voice)
+        task_status.started()
+        await trio.sleep_forever()
+
+
 async def run_count(
-    connect: Connect, count: int, replies: int, *, spread: float, seed: int, voice: str | None
+    connect: Connect,
+    count: int,
+    replies: int,
+    *,
+    spread: float,
+    seed: int,
+    voice: str | None,
+    non_readers: int = 0,
 ) -> dict[str, Any]:
-    """``count`` agents at once, ``replies`` each; the figures of the run."""
+    """``count`` agents at once, ``replies`` each, beside ``non_readers`` hung clients;
+    the figures of the run."""
     rng = random.Random(seed * 1000 + count)
     heard: list[Reply] = []
-    started = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        for agent in range(count):
-            texts = [AGENT_REPLIES[(agent * replies + k) % len(AGENT_REPLIES)] for k in range(replies)]
-            agent_rng = random.Random(rng.random())
-            nursery.start_soon(
-                partial(converse, connect, texts, heard, agent_rng, spread=spread, voice=voice)
-            )
-    return summarize(count, count * replies, heard, trio.current_time() - started)
+    async with trio.open_nursery() as hung:
+        for _ in range(non_readers):
+            await hung.start(hang, connect, voice)
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for agent in range(count):
+                texts = [AGENT_REPLIES[(agent * replies + k) % len(AGENT_REPLIES)] for k in range(replies)]
+                agent_rng = random.Random(rng.random())
+                nursery.start_soon(
+                    partial(converse, connect, texts, heard, agent_rng, spread=spread, voice=voice)
+                )
+        wall = trio.current_time() - started
+        hung.cancel_scope.cancel()
+    return {**summarize(count, count * replies, heard, wall), "non_readers": non_readers}
 
 
 def summarize(count: int, asked: int, replies: Sequence[Reply], wall: float) -> dict[str, Any]:
@@ -260,8 +297,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     del config
     try:
         counts = parse_levels(args.streams) if args.streams else None
-        if args.replies < 1 or args.max_streams < 1 or args.spread < 0:
-            raise ValueError("--replies and --max-streams must be at least 1, --spread at least 0")
+        if args.replies < 1 or args.max_streams < 1 or args.spread < 0 or args.non_readers < 0:
+            raise ValueError(
+                "--replies and --max-streams must be at least 1, --spread and --non-readers at least 0"
+            )
     except ValueError as exc:
         print(f"krt bench capacity: {exc}", file=sys.stderr)
         return 2
@@ -269,6 +308,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     server = describe_server(target)
     print(
         f"krt bench capacity: {args.replies} replies per stream, joining within {args.spread:g} s, "
+        f"{args.non_readers} non-reading clients attached, "
         f"first-audio p95 target {args.p95_target_ms:g} ms, against {target.describe()}, {server}",
         file=sys.stderr,
     )
@@ -281,6 +321,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             spread=args.spread,
             seed=args.seed,
             voice=args.voice,
+            non_readers=args.non_readers,
         )
         print(
             f"krt bench capacity: {count} streams: first audio p95 {level['first_audio_p95_ms']} ms, "
@@ -299,6 +340,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 1
     plot = args.plot or DEFAULT_PLOT
     title = f"krt bench capacity: {server}, {args.replies} replies per stream"
+    if args.non_readers:
+        title += f", {args.non_readers} non-reading clients attached"
     from krt import plots
 
     try:

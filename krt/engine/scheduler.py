@@ -97,6 +97,9 @@ ADMISSION_HORIZON_SECONDS = 60.0
 left to a later decision (speech that long is a download, refilled every window)."""
 RESERVATION_GRACE_SECONDS = 2.0
 """How long after the moment a refused client was told to come back its place is kept."""
+RETRY_WITHIN_SLAS = 2.0
+"""A refused client is told to come back when its first turn is predicted, but within
+this many ``QUEUE_WAIT_SLA_MS`` (at least 1 s)."""
 PARK_AFTER_SECONDS = 1.0
 """A stream whose reader has taken nothing for this long, with its buffer full, is parked:
 it holds no place in the schedule until its reader takes audio again."""
@@ -431,8 +434,13 @@ class Scheduler:
         self._busy += 1
         wait = (start - now) if start is not None else self._fallback_retry(now)
         # The prediction's costs carry the headroom; the client is told the expected time,
-        # so the engine does not idle waiting for it (come early, it is decided afresh).
-        retry_after = max(wait / CAPACITY_HEADROOM, 0.1)
+        # so the engine does not idle waiting for it (come early, it is decided afresh),
+        # but no later than RETRY_WITHIN_SLAS × the SLA: a prediction that far out assumes
+        # every admitted stream is heard to its end, and barge-in, hang-ups and parked
+        # readers (a client that stopped reading looks like a listener until its buffer
+        # fills) end streams early.
+        most = max(RETRY_WITHIN_SLAS * self.admission.queue_wait_sla_ms / 1000, 1.0)
+        retry_after = min(max(wait / CAPACITY_HEADROOM, 0.1), most)
         if job.client is not None:
             self._reservations[job.client] = Reservation(
                 audio=_remaining_seconds(job),
