@@ -14,7 +14,6 @@ from krt.synth.backend import MAX_TOKENS
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
 from krt.synth.windows import (
     CONTEXT_FRAMES,
-    EDGE_CONTEXT_FRAMES,
     SAMPLES_PER_FRAME,
     SEAM_SAMPLES,
     PreparedSegment,
@@ -241,15 +240,11 @@ def test_a_windowed_decode_joins_into_the_whole_decode_on_the_fake():
     np.testing.assert_allclose(joined, whole, atol=1e-6)
 
 
-def test_a_windows_context_stops_short_of_the_silence_nobody_hears():
-    """Context is decoded and thrown away; at a segment's trimmed edges it would be spent
-    on silence that is never sent, so only ``EDGE_CONTEXT_FRAMES`` of it are decoded."""
+def test_the_last_heard_window_of_a_segment_carries_no_seam():
+    """A window's seam samples are crossfaded into the next window; after the last frame
+    that will be heard there is none, so the window stops there, its context still whole."""
     segment = PreparedSegment(100, (30, 40, 30), np.zeros(100), None).hearing_only(28, 72)
-    assert context_span(28, 48, segment) == (28 - EDGE_CONTEXT_FRAMES, 48 + CONTEXT_FRAMES)
-    assert context_span(48, 72, segment) == (48 - CONTEXT_FRAMES, 72 + EDGE_CONTEXT_FRAMES)
-    assert context_span(40, 50, segment) == (40 - CONTEXT_FRAMES, 50 + CONTEXT_FRAMES)
-    whole = PreparedSegment(100, (30, 40, 30), np.zeros(100), None)
-    assert context_span(28, 48, whole) == (28 - CONTEXT_FRAMES, 48 + CONTEXT_FRAMES)
+    assert context_span(48, 72, segment) == (48 - CONTEXT_FRAMES, 72 + CONTEXT_FRAMES)
 
     spans: list[tuple[int, int]] = []
 
