@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 BackendName = Literal["auto", "torch", "onnx", "fake"]
 LangCode = Literal["a", "b"]
+OnnxGenerator = Literal["fp32", "int8"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 OpusApplication = Literal["audio", "voip", "lowdelay"]
 
@@ -82,6 +83,11 @@ class ModelConfig:
     )
     onnx_model: Path | None = knob(
         "KRT_ONNX_MODEL", None, "A Kokoro ONNX file to use instead of the packaged one."
+    )
+    onnx_generator: OnnxGenerator = knob(
+        "KRT_ONNX_GENERATOR",
+        "fp32",
+        "onnx: run the vocoder's generator dequantized to fp32 (faster on CPUs without VNNI) or as int8.",
     )
     voices_path: Path | None = knob(
         "KRT_VOICES", None, "Voice packs: an .npz file or a dir of .pt/.npy packs."

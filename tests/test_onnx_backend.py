@@ -1,4 +1,4 @@
-"""The real Kokoro-82M int8 model on onnxruntime, with misaki G2P: real speech, checked by ASR."""
+"""The real Kokoro-82M model (packaged int8 export) on onnxruntime, with misaki G2P: real speech, checked by ASR."""
 
 from __future__ import annotations
 
@@ -6,19 +6,24 @@ import itertools
 import re
 
 import attrs
+import numpy as np
 import pytest
 
 from krt.engine.pipeline import SpeechPipeline
 from krt.errors import ModelUnavailableError, SpeechError
+from krt.g2p import tokenize
 from krt.synth import packaged
 from krt.synth.backend import MAX_TOKENS
 from krt.synth.onnx_backend import OnnxBackend
+from krt.synth.onnx_float import fp32_generator
+from krt.synth.onnx_stages import split_kokoro_graph
 from tests.speech_checks import (
     MAX_RAW_WORD_ERROR_RATE,
     MAX_WINDOWED_MEL_DB,
     MAX_WORD_ERROR_RATE_ABOVE_RAW,
     WINDOW_TEXTS,
     assert_sounds_like_speech,
+    mel_distance_db,
     paired_word_error_rates,
     quiet_runs_ms,
     windowed_against_whole,
@@ -31,6 +36,39 @@ def test_defaults_follow_the_packaged_weights(onnx_pipeline):
     voices = onnx_pipeline.backend.voices
     assert (voices.female, voices.male) == ("jf_tebukuro", "jm_kumo(4)+jf_tebukuro(1)")
     assert "packaged" in onnx_pipeline.backend.source
+
+
+def test_the_generator_runs_in_fp32_and_sounds_like_the_int8_graph(onnx_pipeline, real_config):
+    """The default generator is the packaged int8 one dequantized at load (faster on a
+    CPU without VNNI, see ``onnx_float``); ``KRT_ONNX_GENERATOR=int8`` keeps it as
+    exported. Their audio of the same window differs by what the model's own run-to-run
+    noise does (torch's two decodes: 0.3-0.6 dB), not by a different voice."""
+    fp32 = onnx_pipeline.backend
+    assert fp32.generator_form.startswith("fp32")
+    int8 = OnnxBackend(
+        attrs.evolve(real_config, model=attrs.evolve(real_config.model, onnx_generator="int8"))
+    )
+    assert int8.generator_form.startswith("int8")
+    tokens = tokenize(onnx_pipeline.phonemizer.phonemize(WINDOW_TEXTS[1]), fp32.vocab)
+    style = fp32.voices.style(fp32.voices.resolve("male"), len(tokens))
+    segment = fp32.prepare(tokens, style, 1.0)
+    ours, theirs = fp32.decode(segment, 40, 120), int8.decode(segment, 40, 120)
+    assert ours.size == theirs.size
+    assert mel_distance_db(ours, theirs) < 1.0
+    assert mel_distance_db(ours, np.roll(theirs, 4800)) > 3.0  # the measure tells other audio apart
+
+
+def test_the_fp32_generator_has_no_integer_op_and_only_2d_convolutions(model_cache_dir):
+    import onnx
+
+    generator = split_kokoro_graph(onnx.load(str(packaged.packaged_onnx_model(model_cache_dir)))).generator
+    integer = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+    assert integer & {node.op_type for node in generator.graph.node}
+    made = fp32_generator(generator)
+    assert not integer & {node.op_type for node in made.graph.node}
+    kernels = {tensor.name: len(tensor.dims) for tensor in made.graph.initializer}
+    convolutions = [node for node in made.graph.node if node.op_type == "Conv"]
+    assert convolutions and all(kernels[node.input[1]] == 4 for node in convolutions)
 
 
 def test_speech_is_plausible_audible_and_unclipped(onnx_pipeline):

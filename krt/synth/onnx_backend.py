@@ -20,6 +20,7 @@ import numpy.typing as npt
 from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
+from krt.synth.onnx_float import NotDequantizable, fp32_generator, return_freed_memory
 from krt.synth.onnx_stages import KOKORO_GENERATOR_INPUTS, split_kokoro_graph
 from krt.synth.voice_files import load_voice_packs
 from krt.synth.windows import PreparedSegment, decode_window
@@ -73,12 +74,22 @@ class OnnxBackend:
         options.enable_mem_pattern = False
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         stages = split_kokoro_graph(onnx.load(str(model_path)))
+        generator = stages.generator
+        self.generator_form = "int8 as exported"
+        if model_config.onnx_generator == "fp32":
+            try:
+                generator = fp32_generator(generator)
+                self.generator_form = "fp32, dequantized at load"
+            except NotDequantizable as exc:
+                log.warning("onnx: keeping the generator as exported, it cannot be made fp32: %s", exc)
         self._front_end, self._generator = (
             onnxruntime.InferenceSession(
                 stage.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
             )
-            for stage in (stages.front_end, stages.generator)
+            for stage in (stages.front_end, generator)
         )
+        del stages, generator
+        return_freed_memory()
         inputs = {i.name: i for i in self._front_end.get_inputs()}
         self._tokens_input = "tokens" if "tokens" in inputs else "input_ids"
         if self._tokens_input not in inputs or "style" not in inputs or "speed" not in inputs:
@@ -87,7 +98,12 @@ class OnnxBackend:
                 "expected tokens (or input_ids), style, speed"
             )
         self._speed_dtype = _ONNX_DTYPES.get(inputs["speed"].type, np.float32)
-        log.info("onnx backend: %s, %d threads", self.source, options.intra_op_num_threads)
+        log.info(
+            "onnx backend: %s, generator %s, %d threads",
+            self.source,
+            self.generator_form,
+            options.intra_op_num_threads,
+        )
 
     def make_phonemizer(self) -> MisakiPhonemizer:
         return MisakiPhonemizer(self._lang_code)
