@@ -78,7 +78,7 @@ def _dequantize(model: onnx.ModelProto) -> None:
         return found[0]
 
     replacements: dict[int, onnx.NodeProto] = {}
-    dequantized: dict[str, str] = {}  # a weight read by several ops is made once
+    dequantized: set[str] = set()  # a weight read by several ops is made once
     for index, node in enumerate(graph.node):
         if node.op_type not in INTEGER_OPS:
             continue
@@ -112,7 +112,7 @@ def _dequantize(model: onnx.ModelProto) -> None:
             inputs = [quantizer.input[0], node.input[1] + "_fp32"]
             replacement = helper.make_node("MatMul", inputs, [scale_mul.output[0]], name=node.name + "_fp32")
         if node.input[1] not in dequantized:
-            dequantized[node.input[1]] = inputs[1]
+            dequantized.add(node.input[1])
             graph.initializer.append(numpy_helper.from_array(weight.astype(np.float32), inputs[1]))
         replacements[index] = replacement
     if not replacements:
