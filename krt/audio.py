@@ -18,7 +18,7 @@ import numpy.typing as npt
 from krt import SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Generator, Iterable, Iterator
     from pathlib import Path
 
 FloatAudio = npt.NDArray[np.float32]
@@ -62,7 +62,9 @@ def _ramp(length: int) -> FloatAudio:
     return (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, length, dtype=np.float32))).astype(np.float32)
 
 
-def shape_segment(chunks: Iterable[FloatAudio], fade: int = EDGE_FADE_SAMPLES) -> Iterator[FloatAudio]:
+def shape_segment(
+    chunks: Iterable[FloatAudio], fade: int = EDGE_FADE_SAMPLES
+) -> Generator[FloatAudio, None, None]:
     """Fade a segment in and out while passing its chunks through as they arrive.
 
     The last ``fade`` samples are held back until the backend's iterator ends, since only

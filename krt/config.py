@@ -103,6 +103,12 @@ class ModelConfig:
         "fake backend only: seconds of compute per second of audio.",
         _at_least(0),
     )
+    fake_launch_seconds: float = knob(
+        "KRT_FAKE_LAUNCH_SECONDS",
+        0.0,
+        "fake backend only: seconds every model call costs besides its audio (a GPU's launches).",
+        _at_least(0),
+    )
     fake_stall_word: str = knob(
         "KRT_FAKE_STALL_WORD",
         "",
@@ -275,6 +281,12 @@ class SchedulerConfig:
         57600,
         "A response's first decoder window (PCM bytes); later ones double up to SCHED_QUANTUM_BYTES.",
         _at_least(2),
+    )
+    batch_windows: int = knob(
+        "KRT_BATCH_WINDOWS",
+        0,
+        "Most windows of different streams decoded in one model call; 0 = auto (8 on CUDA, else 1).",
+        _at_least(0),
     )
 
 

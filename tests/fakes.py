@@ -22,7 +22,7 @@ from krt.protocol import WS_PATH
 from krt.server.listener import serve_websocket
 from krt.server.session import Session
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
-from krt.synth.windows import SAMPLES_PER_FRAME, context_span
+from krt.synth.windows import SAMPLES_PER_FRAME
 from tests.server_harness import Client
 
 if TYPE_CHECKING:
@@ -32,9 +32,8 @@ if TYPE_CHECKING:
     from trio.testing import MockClock
     from trio_websocket import WebSocketConnection
 
-    from krt.audio import FloatAudio
     from krt.server.state import ServerState
-    from krt.synth.windows import PreparedSegment
+    from krt.synth.windows import PreparedSegment, WindowRequest
 
 
 class RecordingFake(FakeBackend):
@@ -112,33 +111,43 @@ class CrashingG2PFake(FakeBackend):
         return CrashingPhonemizer(self.trigger)
 
 
-def decoded_frames(segment: PreparedSegment, start: int, stop: int) -> int:
-    """Frames the model computes to decode the window [start, stop) of ``segment``: the
-    window and its context."""
-    lo, hi = context_span(start, stop, segment)
-    return hi - lo
+@attrs.frozen
+class ModelCall:
+    """One model call of a fake: when it began, and the segment (its text) of each window in it."""
+
+    at: float
+    texts: list[str]
+
+    @property
+    def owners(self) -> list[str]:
+        """The first word of each window's segment (a job's own word in these tests)."""
+        return [text.split()[0] for text in self.texts]
 
 
 class ClockedFake(FakeBackend):
     """The fake backend computing on virtual time, for an engine run inline (InlineRunner).
 
-    Each decoder window advances ``clock`` by the duration of the frames it decodes
-    (context included, as ``compute_ratio`` counts them) × ``ratio`` with
-    ``MockClock.jump``, where the plain fake would sleep on the real clock: compute times
-    are then exact, and the Trio loop is blocked for them just as an inline model blocks
-    it. The front end (``prepare``) is free. ``computed`` adds up the seconds so far,
-    ``made`` the seconds of audio decoded (context left out), and ``windows`` notes each
-    window's segment (its lower-cased text) and seconds. With no clock nothing is jumped:
-    it only tallies what a rendering costs on this model.
+    Each model call advances ``clock`` by what it costs (``FakeBackend.call_seconds``: the
+    duration of the frames it decodes, context included, × ``ratio``, plus
+    ``launch_seconds`` per call) with ``MockClock.jump``, where the plain fake would sleep
+    on the real clock: compute times are then exact, and the Trio loop is blocked for them
+    just as an inline model blocks it. The front end (``prepare``) is free. ``computed``
+    adds up the seconds so far, ``made`` the seconds of audio decoded (context left out),
+    ``windows`` notes each window's segment (its lower-cased text) and its share of its
+    call's seconds, and ``calls`` each model call (when, and whose windows). With no clock nothing
+    is jumped: it only tallies what a rendering costs on this model. With
+    ``batch_windows`` above 1 and a launch cost it costs like a GPU.
     """
 
-    def __init__(self, clock: MockClock | None, ratio: float) -> None:
-        super().__init__(compute_ratio=0.0)
+    def __init__(
+        self, clock: MockClock | None, ratio: float, *, batch_windows: int = 1, launch_seconds: float = 0.0
+    ) -> None:
+        super().__init__(compute_ratio=ratio, batch_windows=batch_windows, launch_seconds=launch_seconds)
         self.clock = clock
-        self.ratio = ratio
         self.computed = 0.0
         self.made = 0.0
         self.windows: list[tuple[str, float]] = []
+        self.calls: list[ModelCall] = []
         self._symbols = {token: symbol for symbol, token in self.vocab.items()}
         self._texts: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
@@ -147,15 +156,25 @@ class ClockedFake(FakeBackend):
         self._texts[segment.decoder_inputs] = "".join(self._symbols[token] for token in tokens)
         return segment
 
-    def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
-        audio = super().decode(segment, start, stop)
-        seconds = decoded_frames(segment, start, stop) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.ratio
+    @property
+    def ratio(self) -> float:
+        """Seconds of compute per second of audio decoded (a test may change it midway)."""
+        return self.compute_ratio
+
+    @ratio.setter
+    def ratio(self, ratio: float) -> None:
+        self.compute_ratio = ratio
+
+    def compute(self, seconds: float, windows: Sequence[WindowRequest]) -> None:
+        at = self.clock.current_time() if self.clock is not None else 0.0
+        self.calls.append(ModelCall(at, [self._texts[window.segment.decoder_inputs] for window in windows]))
         if self.clock is not None:
             self.clock.jump(seconds)
         self.computed += seconds
-        self.made += (stop - start) * SAMPLES_PER_FRAME / SAMPLE_RATE
-        self.windows.append((self._texts[segment.decoder_inputs], seconds))
-        return audio
+        for window in windows:
+            self.made += (window.stop - window.start) * SAMPLES_PER_FRAME / SAMPLE_RATE
+            own = self.launch_seconds / len(windows) + self.call_seconds([window]) - self.launch_seconds
+            self.windows.append((self._texts[window.segment.decoder_inputs], own))
 
     def computed_for(self, word: str) -> float:
         """Seconds computed for the segments that start with ``word`` (one job's, when

@@ -4,6 +4,7 @@ search for the largest stream count that keeps first audio in time with no stall
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import trio
@@ -109,3 +110,27 @@ async def test_a_client_that_never_reads_does_not_hold_up_the_agents(harness, tm
     assert (agent["non_readers"], agent["spoken"], agent["errors"], agent["stalled"]) == (1, 2, 0, 0)
     assert agent["first_audio_p95_ms"] < 5_000
     assert "1 non-reading clients attached" in done.stderr.decode()
+
+
+async def test_the_bench_names_a_batching_servers_capacity_at_each_batch_size(harness, tmp_path):
+    """A server whose model calls cost like a GPU's (a launch each, a little per window)
+    decoding up to four windows a call: the bench names the capacity its warm-up measured
+    at one, two and four windows a call, rising, and four agents are all served with no stall."""
+    with trio.fail_after(90):
+        server = await harness.server(
+            KRT_FAKE_COMPUTE_RATIO="0.01", KRT_FAKE_LAUNCH_SECONDS="0.05", KRT_BATCH_WINDOWS="4"
+        )
+        done = await run_krt(
+            "bench", "capacity", "--url", server.url, "--streams", "4", "--replies", "1",
+            "--spread", "0", "--json", "--plot", str(tmp_path / "capacity.png"), cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    (four,) = result["levels"]
+    assert (four["spoken"], four["errors"], four["stalled"]) == (4, 0, 0)
+    described = re.search(
+        r"up to 4 windows a call \(audio s/s by windows: 1: (\S+), 2: (\S+), 4: (\S+)\)", result["server"]
+    )
+    assert described is not None, result["server"]
+    one, two, four_at_once = (float(rate) for rate in described.groups())
+    assert one < two < four_at_once

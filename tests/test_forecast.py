@@ -92,6 +92,26 @@ def test_long_streams_past_the_capacity_never_fit_together():
     assert start_of([StreamState([10.0], played_until=1.0, submitted_at=-1.0)], 300.0, slow) > 0
 
 
+def test_long_streams_past_one_window_a_turn_fit_when_a_batched_turn_feeds_them():
+    """Two unending streams at 1.6x real time one window a turn fit together on a model
+    that makes 1.8x the audio per second with two windows a turn (a GPU): a turn of both
+    windows costs their sum / 1.8, and each player is fed. Newcomers asking together have
+    their first windows in one turn."""
+    playing = StreamState([300.0], played_until=3.0, submitted_at=-1.0)
+    single = attrs.evolve(ADMISSION, capacity=1.6)
+    assert start_of([playing], 300.0, single) is None
+    assert start_of([playing], 300.0, attrs.evolve(single, batch_speedup=(1.0, 1.8))) == 0.0
+    (first, second) = replay(
+        [StreamState([5.0]), StreamState([5.0])],
+        attrs.evolve(ADMISSION, batch_speedup=(1.0, 2.0)),
+        0.0,
+        60.0,
+        0.0,
+    )
+    assert first.first_turn == second.first_turn == 0.0  # both first windows in one turn
+    assert first.ends[0] == pytest.approx(second.ends[0])
+
+
 def test_a_reservation_starting_later_keeps_its_place():
     """A refused client told to come back at t=2 counts from then: a newcomer now that
     would starve it waits, one that leaves room for it goes now."""

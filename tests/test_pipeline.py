@@ -18,6 +18,7 @@ from krt.synth.windows import (
     SEAM_SAMPLES,
     PreparedSegment,
     WindowJoiner,
+    WindowRequest,
     context_span,
     decode_window,
 )
@@ -43,9 +44,9 @@ class RecordingBackend(FakeBackend):
         self.prepared.append(segment)
         return segment
 
-    def decode(self, segment: PreparedSegment, start: int, stop: int) -> np.ndarray:
-        self.windows.append((segment, start, stop))
-        return super().decode(segment, start, stop)
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[np.ndarray]:
+        self.windows.extend((window.segment, window.start, window.stop) for window in windows)
+        return super().decode_windows(windows)
 
     def spans(self, segment: PreparedSegment) -> list[tuple[int, int]]:
         return [
@@ -164,7 +165,7 @@ def test_sentences_are_whole_by_default_and_a_configured_first_cut_leaves_no_fra
 
 def test_model_failure_is_synthesis_failed():
     class BrokenBackend(FakeBackend):
-        def decode(self, segment, start, stop):
+        def decode_windows(self, windows):
             raise RuntimeError("CUDA error: device-side assert triggered")
 
     pipeline = SpeechPipeline(BrokenBackend(), make_config())
@@ -248,9 +249,9 @@ def test_the_last_heard_window_of_a_segment_carries_no_seam():
 
     spans: list[tuple[int, int]] = []
 
-    def decode_span(_segment: PreparedSegment, lo: int, hi: int) -> np.ndarray:
-        spans.append((lo, hi))
-        return np.ones((hi - lo) * SAMPLES_PER_FRAME, dtype=np.float32)
+    def decode_span(windows: Sequence[WindowRequest]) -> list[np.ndarray]:
+        spans.extend((window.lo, window.hi) for window in windows)
+        return [np.ones(window.span_frames * SAMPLES_PER_FRAME, dtype=np.float32) for window in windows]
 
     # The last heard window carries no seam: nothing heard follows it.
     assert decode_window(decode_span, segment, 48, 72).size == 24 * SAMPLES_PER_FRAME

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from krt.config import Config
     from krt.engine.facade import Engine
     from krt.engine.pipeline import SpeechPlan
-    from krt.synth.windows import PreparedSegment
+    from krt.synth.windows import PreparedSegment, WindowRequest
 
 pytestmark = pytest.mark.trio
 
@@ -81,15 +81,15 @@ class ClockedWindows(FakeBackend):
         self._owners[id(segment.decoder_inputs)] = (segment, text.split()[0])
         return segment
 
-    def decode(self, segment: PreparedSegment, start: int, stop: int) -> np.ndarray:
-        self.windows.append(
-            Window(self._owners[id(segment.decoder_inputs)][1], start, stop, trio.current_time())
-        )
-        return super().decode(segment, start, stop)
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[np.ndarray]:
+        now = trio.current_time()
+        for window in windows:
+            owner = self._owners[id(window.segment.decoder_inputs)][1]
+            self.windows.append(Window(owner, window.start, window.stop, now))
+        return super().decode_windows(windows)
 
-    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> np.ndarray:
-        self.clock.jump((hi - lo) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.ratio)
-        return super()._decode_span(segment, lo, hi)
+    def compute(self, seconds: float, windows: Sequence[WindowRequest]) -> None:
+        self.clock.jump(sum(w.span_frames for w in windows) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.ratio)
 
     def owners(self) -> list[str]:
         return [window.owner for window in self.windows]

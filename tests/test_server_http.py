@@ -84,6 +84,8 @@ async def test_readyz_names_backend_device_and_voices(server):
         assert ready["voices"]["female"] == "fake_female"
         assert ready["voices"]["male"] == "fake_male"
         assert sorted(ready["voices"]["all"]) == ["fake_female", "fake_male"]
+        assert ready["batch_windows"] == 1
+        assert set(ready["capacity_by_batch"]) <= {"1"}
 
 
 async def test_readyz_says_503_while_draining(server):

@@ -192,7 +192,12 @@ def describe_server(target: Target) -> str:
         return "backend unknown"
     if not isinstance(body, dict) or "backend" not in body:
         return "backend unknown"
-    return f"{body['backend']} ({body.get('device', '?')})"
+    described = f"{body['backend']} ({body.get('device', '?')})"
+    capacity = body.get("capacity_by_batch")
+    if body.get("batch_windows", 1) != 1 and isinstance(capacity, dict) and capacity:
+        rates = ", ".join(f"{size}: {rate:.1f}" for size, rate in capacity.items())
+        described += f", up to {body['batch_windows']} windows a call (audio s/s by windows: {rates})"
+    return described
 
 
 # --- the command ---------------------------------------------------------------------------

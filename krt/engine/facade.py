@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
-from krt.engine.pipeline import MAX_SPEED, MIN_SPEED, PcmBatch, SpeechPlan
+from krt.engine.pipeline import MAX_SPEED, MIN_SPEED, PcmBatch, SpeechPlan, supply_together
 from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import EngineStatistics, Job, Scheduler
 from krt.engine.segmenter import predicted_audio_seconds
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from krt.config import AdmissionConfig, Config
-    from krt.engine.pipeline import Rendering, SpeechPipeline
+    from krt.engine.pipeline import Rendering, SpeechPipeline, WindowDecoder
     from krt.engine.runner import ModelRunner
 
 __all__ = [
@@ -75,7 +75,7 @@ class Engine:
     def __init__(self, pipeline: SpeechPipeline, config: Config, runner: ModelRunner | None = None) -> None:
         self._pipeline = pipeline
         self._runner = runner if runner is not None else ThreadRunner()
-        self._scheduler = Scheduler(self._runner, config.admission)
+        self._scheduler = Scheduler(self._runner, config.admission, pipeline.backend)
 
     def plan(
         self, text: str, voice: str | None = None, speed: float | None = None, *, timestamps: bool = False
@@ -181,14 +181,38 @@ class Engine:
                 later_compute,
             )
         measured = later > 0 and later_compute > 0 and later_frames > 0
+        batched = {size: await self._batch_capacity(plan, size) for size in self._batch_sizes()}
         self._scheduler.calibrate(
             first_window,
             later / later_compute if measured else None,
             later_compute / later_frames if measured else None,
             first_audio,
+            {size: capacity for size, capacity in batched.items() if capacity is not None},
         )
         stats = self._scheduler.statistics()
-        log.info("engine capacity %.2f audio s per s: %d streams at once", stats.capacity, stats.slots)
+        log.info(
+            "engine capacity %s audio s per s (by windows a turn): %d streams at once",
+            ", ".join(f"{size}: {capacity:.2f}" for size, capacity in stats.capacity_by_batch),
+            stats.slots,
+        )
+
+    def _batch_sizes(self) -> list[int]:
+        """The batch sizes the warm-up measures beyond one: 2, 4, … and the largest."""
+        most = self._pipeline.backend.batch_windows
+        sizes = [2**power for power in range(1, most.bit_length()) if 2**power < most]
+        return [*sizes, most] if most > 1 else []
+
+    async def _batch_capacity(self, plan: SpeechPlan, size: int) -> float | None:
+        """Audio seconds per model second with ``size`` copies of ``plan`` decoded together,
+        their first windows left out (as at one window a turn); None if nothing was made."""
+        renderings = [self._pipeline.rendering(plan) for _ in range(size)]
+        backend = self._pipeline.backend
+        await self._runner.run(_together, renderings, backend)
+        started = trio.current_time()
+        made = await self._runner.run(_drain_together, renderings, backend)
+        compute = trio.current_time() - started
+        log.info("engine warm-up, %d windows a turn: %.2f s of audio in %.3f s", size, made, compute)
+        return made / compute if made > 0 and compute > 0 else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The engine loop; runs until cancelled (a model call in progress is abandoned to
@@ -203,3 +227,21 @@ def _first_batch(rendering: Rendering) -> PcmBatch | None:
 def _drain_seconds(rendering: Rendering) -> float:
     """Render the rest of ``rendering``; the seconds of audio it made."""
     return sum(sum(map(len, batch)) for batch in rendering) / PCM_BYTES_PER_SECOND
+
+
+def _together(renderings: Sequence[Rendering], decoder: WindowDecoder) -> float:
+    """One batch of each rendering not done, their windows decoded together; the seconds
+    of audio made."""
+    live = [rendering for rendering in renderings if not rendering.done]
+    windows = [(rendering, window) for rendering in live if (window := rendering.next_window()) is not None]
+    for _group in supply_together(decoder, windows):
+        pass
+    return sum(sum(map(len, next(rendering, ()))) for rendering in live) / PCM_BYTES_PER_SECOND
+
+
+def _drain_together(renderings: Sequence[Rendering], decoder: WindowDecoder) -> float:
+    """The rest of ``renderings``, a window of each at a time decoded together; the seconds of audio made."""
+    made = 0.0
+    while not all(rendering.done for rendering in renderings):
+        made += _together(renderings, decoder)
+    return made

@@ -11,11 +11,14 @@ Two decisions need the schedule's future rather than its present:
 
 Both are a short simulation of the engine's own schedule from its present state:
 
-- a turn is one window of one stream, given to the earliest deadline among the streams
-  that may have one (a stream with no audio yet is due at once; a paced one is not
-  computed more than ``AHEAD_SECONDS`` ahead of its player; none before it starts);
+- a turn is one window of each of the streams with the earliest deadlines among those
+  that may have one, as many as a turn decodes together (a stream with no audio yet is
+  due at once; a paced one is not computed more than ``AHEAD_SECONDS`` ahead of its
+  player; none before it starts);
 - a response's first window costs the measured first-window compute and makes the
   measured first-window audio; later windows cost their audio / the measured capacity;
+  a turn of several windows costs their sum / the speedup measured at that batch size,
+  and every window in it arrives when the turn ends;
 - at most ``slots`` streams are active; a stream whose response ends hands its slot to
   the oldest waiting stream, and its own next response (queued behind it on the same
   socket) waits at the back like any newcomer;
@@ -44,7 +47,8 @@ LATER_WINDOW_SECONDS = 2.0
 window's cost is linear in its audio)."""
 WINDOW_SLACK_SHARE = 0.9
 """A started stream's next window is sized to compute in this share of the time its
-player has left, down to half the full size (as ``WindowSizes`` does). (Dividing it among
+player (in a turn of several windows, the most urgent player in it) has left, down to
+half the full size (as ``WindowSizes`` does). (Dividing it among
 the started streams was measured worse: windows shrink to the minimum, whose context
 costs as much as the window, and near capacity the streams fall behind for good.)"""
 STALL_TOLERANCE_SECONDS = 0.05
@@ -82,6 +86,9 @@ class EngineMeasures:
     slots: int
     ahead_seconds: float
     headroom: float
+    batch_speedup: tuple[float, ...] = (1.0,)
+    """Audio per model second of a turn of 1, 2, … windows, over that of one window: as
+    many entries as windows a turn may decode."""
 
 
 @attrs.frozen
@@ -139,36 +146,52 @@ def replay(
         if not due:
             t = min(due_at(i) for i in active)
             continue
-        i = min(due, key=lambda k: (deadline(k), states[k].submitted_at, k))
-        stream = states[i]
-        if stream.remaining[0] <= 1e-9:  # all made already: it ends as soon as it is read
-            made = 0.0
-        elif stream.played_until is None:
-            if not ends[i]:
-                first_turn[i] = t
-            made = min(stream.remaining[0], measures.first_window_audio)
-            t += first_cost
-            stream.played_until = t + made
-        else:
-            fits_slack = (stream.played_until - t) * WINDOW_SLACK_SHARE / per_audio_second
-            made = min(
-                stream.remaining[0], max(LATER_WINDOW_SECONDS / 2, min(LATER_WINDOW_SECONDS, fits_slack))
-            )
-            t += made * per_audio_second
-            if t > stream.played_until and t <= limit:
-                stalls[i] += t - stream.played_until
-            stream.played_until = max(stream.played_until, t) + made
-        stream.remaining[0] -= made
-        if stream.remaining[0] > 1e-9:
-            continue
-        ends[i].append(t if t <= limit else math.inf)
-        stream.remaining.pop(0)
-        stream.played_until = None
-        stream.submitted_at = t
-        active.discard(i)
-        if stream.remaining:
-            waiting.append(i)
-        fill_slots()
+        turn = sorted(due, key=lambda k: (deadline(k), states[k].submitted_at, k))
+        turn = turn[: len(measures.batch_speedup)]
+        made_by: list[tuple[int, float, bool]] = []
+        cost = 0.0
+        # Windows are sized to what the most urgent player in the turn can wait for, at
+        # what a turn of this many windows costs per audio second.
+        turn_rate = per_audio_second * len(turn) / measures.batch_speedup[len(turn) - 1]
+        slack = min((p - t for k in turn if (p := states[k].played_until) is not None), default=math.inf)
+        for i in turn:
+            stream = states[i]
+            played = stream.played_until
+            starting = played is None and stream.remaining[0] > 1e-9
+            if stream.remaining[0] <= 1e-9:  # all made already: it ends as soon as it is read
+                made = 0.0
+            elif played is None:
+                if not ends[i]:
+                    first_turn[i] = t
+                made = min(stream.remaining[0], measures.first_window_audio)
+                cost += first_cost
+            else:
+                fits_slack = slack * WINDOW_SLACK_SHARE / turn_rate
+                made = min(
+                    stream.remaining[0], max(LATER_WINDOW_SECONDS / 2, min(LATER_WINDOW_SECONDS, fits_slack))
+                )
+                cost += made * per_audio_second
+            made_by.append((i, made, starting))
+        t += cost / measures.batch_speedup[len(turn) - 1]
+        for i, made, starting in made_by:
+            stream = states[i]
+            if starting:
+                stream.played_until = t + made
+            elif made > 0 and stream.played_until is not None:
+                if t > stream.played_until and t <= limit:
+                    stalls[i] += t - stream.played_until
+                stream.played_until = max(stream.played_until, t) + made
+            stream.remaining[0] -= made
+            if stream.remaining[0] > 1e-9:
+                continue
+            ends[i].append(t if t <= limit else math.inf)
+            stream.remaining.pop(0)
+            stream.played_until = None
+            stream.submitted_at = t
+            active.discard(i)
+            if stream.remaining:
+                waiting.append(i)
+            fill_slots()
     for i, stream in enumerate(states):
         ends[i] += [math.inf] * len(stream.remaining)
     return [StreamOutcome(*outcome) for outcome in zip(ends, first_turn, stalls, strict=True)]

@@ -14,10 +14,12 @@ thread that makes the audio.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 
@@ -35,17 +37,19 @@ from krt.synth.windows import (
     SAMPLES_PER_FRAME,
     PreparedSegment,
     WindowJoiner,
-    context_span,
+    WindowRequest,
     cut_window,
+    window_request,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from krt.config import Config
     from krt.voices import VoiceCatalog
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0
@@ -150,11 +154,47 @@ class WindowSizes:
             frames = min(frames, self._left_in_segment)
         return frames + 2 * CONTEXT_FRAMES
 
-    def count(self, start: int, stop: int, segment: PreparedSegment) -> None:
-        """Note a window [start, stop) of ``segment`` as decoded."""
-        lo, hi = context_span(start, stop, segment)
-        self.frames_decoded += hi - lo
-        self._left_in_segment = segment.heard_span[1] - stop
+    def count(self, window: WindowRequest) -> None:
+        """Note ``window`` as decoded."""
+        self.frames_decoded += window.span_frames
+        self._left_in_segment = window.segment.heard_span[1] - window.stop
+
+
+class WindowCursor:
+    """How far the decode of one prepared segment has come: the frames it will hear, cut
+    into windows as ``WindowSizes`` says, joined in order. The next window can be known
+    before it is decoded (``peek``), so the engine can decode the windows of several
+    streams together."""
+
+    def __init__(self, segment: PreparedSegment, *, bucketed: bool) -> None:
+        self.segment = segment
+        self._start, self._end = segment.heard_span
+        self._bucketed = bucketed
+        self._joiner = WindowJoiner()
+
+    @property
+    def done(self) -> bool:
+        return self._start >= self._end
+
+    def peek(self, windows: WindowSizes) -> WindowRequest:
+        """The window ``take`` would return now."""
+        return self._window(windows, windows.peek())
+
+    def take(self, windows: WindowSizes) -> WindowRequest:
+        """The next window, its size taken from ``windows``."""
+        return self._window(windows, windows.next_size())
+
+    def _window(self, windows: WindowSizes, size: int) -> WindowRequest:
+        first = windows.frames_decoded == 0
+        stop = cut_window(
+            self.segment, self._start, size, self._end, at_least=first, at_most=windows.at_most()
+        )
+        return window_request(self.segment, self._start, stop, bucketed=self._bucketed)
+
+    def join(self, window: WindowRequest, audio: FloatAudio) -> FloatAudio:
+        """What of ``window``'s decoded audio is final now (see :class:`WindowJoiner`)."""
+        self._start = window.stop
+        return self._joiner.join(audio, last=window.stop == self._end)
 
 
 @attrs.frozen
@@ -230,58 +270,45 @@ class SpeechPipeline:
         log.debug("segment of %d tokens split in two", len(tokens))
         return [*self.tokenize_segment(head), *self.tokenize_segment(tail)]
 
-    def render_segment(
+    def start_piece(
         self,
         plan: SpeechPlan,
-        text: str,
+        piece: TokenizedSegment,
+        decode: Callable[[WindowRequest], FloatAudio],
         windows: WindowSizes,
         *,
-        first: bool = True,
-        last: bool = True,
-        budget: TokenBudget | None = None,
+        first: bool,
+        last: bool,
         clock: WordClock | None = None,
-    ) -> Generator[FloatAudio, None, None]:
-        """Shaped float audio of one planned segment, a decoder window per step.
+    ) -> PieceAudio:
+        """The front end on one piece of a segment, and how its audio will be made.
 
-        The front end runs first (it is cheap); its durations say where the silence
-        before the first sound and after the last is, and with ``TRIM_SILENCE`` those
-        frames are never decoded: the response starts within ``LEAD_PAD_SAMPLES`` of its
-        first sound, sentences are separated by ``SENTENCE_PAUSE_MS`` and the response
-        ends ``END_PAUSE_MS`` after its last sound. Each step decodes the next window
-        (``windows`` says how big) and yields what of it is final.
-
-        Any failure on the way (G2P, voice styling, the model) fails this response as
-        ``synthesis_failed``; it must never take the engine loop with it. A response whose
-        tokens overrun ``budget`` ends as ``too_long`` before the model sees the piece
-        that overran it. With a ``clock``, each piece's words are timed just before its
-        first audio leaves.
+        The front end runs now (it is cheap); its durations say where the silence before
+        the first sound and after the last is, and with ``TRIM_SILENCE`` those frames are
+        never decoded: the response starts within ``LEAD_PAD_SAMPLES`` of its first sound,
+        sentences are separated by ``SENTENCE_PAUSE_MS`` and the response ends
+        ``END_PAUSE_MS`` after its last sound. The piece's audio is then made a window at
+        a time (``windows`` says how big, ``decode`` decodes one), shaped at its edges.
+        With a ``clock``, the piece's words are timed just before its first audio leaves.
         """
-        try:
-            pieces = self.tokenize_segment(text)
-            for index, piece in enumerate(pieces):
-                if budget is not None:
-                    budget.spend(len(piece.tokens))
-                style = self.backend.voices.style(plan.voice, len(piece.tokens))
-                prepared = self.backend.prepare(piece.tokens, style, plan.speed)
-                ends = last and index == len(pieces) - 1
-                trim = self.config.segments.trim_silence
-                pause = self._pause_samples(piece.text, ends, plan.speed) if trim else None
-                lead = trim and (self.config.segments.sentence_pause_ms is not None or (first and index == 0))
-                start, end = self._frames_to_decode(prepared, lead=lead, tail=pause is not None)
-                prepared = prepared.hearing_only(start, end)
-                audio = self._decode(prepared, windows)
-                time_words = (
-                    functools.partial(clock.piece, piece.words, prepared.durations, prepared.loudness, start)
-                    if clock is not None
-                    else _ignore
-                )
-                audio = trim_silence(audio, lead=lead, tail_samples=pause, on_first_sound=time_words)
-                yield from shape_segment(audio)
-        except SpeechError:
-            raise
-        except Exception as exc:
-            log.exception("synthesis failed on %r", text[:80])
-            raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
+        style = self.backend.voices.style(plan.voice, len(piece.tokens))
+        prepared = self.backend.prepare(piece.tokens, style, plan.speed)
+        trim = self.config.segments.trim_silence
+        pause = self._pause_samples(piece.text, last, plan.speed) if trim else None
+        lead = trim and (self.config.segments.sentence_pause_ms is not None or first)
+        start, end = self._frames_to_decode(prepared, lead=lead, tail=pause is not None)
+        prepared = prepared.hearing_only(start, end)
+        cursor = WindowCursor(prepared, bucketed=self.backend.batch_windows > 1)
+        time_words = (
+            functools.partial(clock.piece, piece.words, prepared.durations, prepared.loudness, start)
+            if clock is not None
+            else _ignore
+        )
+        windowed = _joined_windows(cursor, windows, decode)
+        audio = shape_segment(
+            trim_silence(windowed, lead=lead, tail_samples=pause, on_first_sound=time_words)
+        )
+        return PieceAudio(cursor, audio)
 
     @staticmethod
     def _frames_to_decode(prepared: PreparedSegment, *, lead: bool, tail: bool) -> tuple[int, int]:
@@ -290,19 +317,6 @@ class SpeechPipeline:
         start = max(0, prepared.lead_frames - LEAD_FRAMES) if lead else 0
         end = prepared.frames - max(0, prepared.tail_frames - TAIL_FRAMES) if tail else prepared.frames
         return start, max(end, start + 1)
-
-    def _decode(self, prepared: PreparedSegment, windows: WindowSizes) -> Iterator[FloatAudio]:
-        """The joined audio of the frames of ``prepared`` that will be heard, a window at a time."""
-        joiner = WindowJoiner()
-        start, end = prepared.heard_span
-        while start < end:
-            first = windows.frames_decoded == 0
-            at_most = windows.at_most()
-            stop = cut_window(prepared, start, windows.next_size(), end, at_least=first, at_most=at_most)
-            audio = self.backend.decode(prepared, start, stop)
-            windows.count(start, stop, prepared)
-            yield joiner.join(audio, last=stop == end)
-            start = stop
 
     def _pause_samples(self, text: str, final: bool, speed: float) -> int | None:
         """The silence after a piece, in samples (None: the model's own); faster speech
@@ -327,6 +341,26 @@ class SpeechPipeline:
 
 def _ignore(_dropped: int) -> None:
     pass
+
+
+def _joined_windows(
+    cursor: WindowCursor, windows: WindowSizes, decode: Callable[[WindowRequest], FloatAudio]
+) -> Iterator[FloatAudio]:
+    """The joined audio of a piece's heard frames, a window at a time."""
+    while not cursor.done:
+        window = cursor.take(windows)
+        audio = decode(window)
+        windows.count(window)
+        yield cursor.join(window, audio)
+
+
+@attrs.define(eq=False)
+class PieceAudio:
+    """One prepared piece of a segment: where its decode is, and its audio as it leaves
+    (shaped, trimmed), pulled a window at a time."""
+
+    cursor: WindowCursor
+    audio: Generator[FloatAudio, None, None]
 
 
 class TokenBudget:
@@ -358,15 +392,30 @@ class Rendering:
     backend's per-segment state never waits for garbage collection. The remainder of a
     segment that does not fill a chunk is carried into the next segment, so every chunk
     but the plan's very last has the configured size.
+
+    The window the next batch starts with can be asked for first (``next_window``) and
+    its audio handed in (``supply``), decoded together with other streams' windows;
+    whatever else the batch needs it decodes itself.
+
+    Any failure on the way (G2P, voice styling, the model) fails the response as
+    ``synthesis_failed``; it must never take the engine loop with it. A response whose
+    tokens overrun ``MAX_UTTERANCE_TOKENS`` ends as ``too_long`` before the model sees
+    the piece that overran it.
     """
 
     def __init__(self, pipeline: SpeechPipeline, plan: SpeechPlan) -> None:
         self.plan = plan
         self._pipeline = pipeline
         self._chunker = PcmChunker(pipeline.chunk_samples)
-        self._segment: Generator[FloatAudio, None, None] | None = None
+        self._pieces: collections.deque[tuple[TokenizedSegment, bool, bool]] = collections.deque()
+        """Pieces of the segment in progress not started yet, each with whether it is the
+        plan's first and its last."""
+        self._piece: PieceAudio | None = None
         self._next_segment = 0
         self._finished = False
+        self._held: collections.deque[FloatAudio] = collections.deque()
+        """Audio a finished piece let go while ``next_window`` looked past it."""
+        self._supplied: tuple[WindowRequest, FloatAudio] | None = None
         quanta = pipeline.config.scheduler
         self.windows = WindowSizes.from_bytes(quanta.priority_quantum_bytes, quanta.quantum_bytes)
         self._budget = TokenBudget(pipeline.config.segments.max_utterance_tokens)
@@ -379,7 +428,7 @@ class Rendering:
 
     @property
     def started(self) -> bool:
-        return self._next_segment > 0 or self._segment is not None
+        return self._next_segment > 0 or self._piece is not None
 
     @property
     def done(self) -> bool:
@@ -389,42 +438,141 @@ class Rendering:
         return self
 
     def __next__(self) -> PcmBatch:
-        """The next non-empty batch, usually one decoder window's worth; raises SpeechError
-        (``synthesis_failed``) if the model fails."""
+        """The next non-empty batch, usually one decoder window's worth (all the audio up
+        to a supplied window's, when one is waiting); raises SpeechError if the model
+        fails."""
+        chunks: list[bytes] = []
         while not self._finished:
-            if self._segment is None:
-                if self._next_segment >= len(self.plan.segments):
-                    self._finished = True
-                    tail = tuple(self._chunker.flush())
-                    if tail:
-                        return tail
-                    break
-                text = self.plan.segments[self._next_segment]
-                first, last = self._next_segment == 0, self._next_segment == len(self.plan.segments) - 1
-                self._segment = self._pipeline.render_segment(
-                    self.plan,
-                    text,
-                    self.windows,
-                    first=first,
-                    last=last,
-                    budget=self._budget,
-                    clock=self.words,
-                )
-            audio = next(self._segment, None)
+            audio = self._failing_as_synthesis(self._pull)
             if audio is None:
-                self._segment = None
-                self._next_segment += 1
-                continue
-            if self.words is not None:
-                self.words.samples_out += audio.size
-            batch = tuple(self._chunker.feed(audio))
-            if batch:
-                return batch
+                self._finished = True
+                chunks.extend(self._chunker.flush())
+                break
+            chunks.extend(self._chunker.feed(audio))
+            if chunks and self._supplied is None:
+                break
+        if chunks:
+            return tuple(chunks)
         raise StopIteration
+
+    def next_window(self) -> WindowRequest | None:
+        """The window the next batch decodes first, running the front end of the next
+        piece when that comes first; None when the next batch needs no model call (the
+        plan is ending). Call it just before that batch: the window's size follows
+        ``windows`` as it is now."""
+        return self._failing_as_synthesis(self._next_window)
+
+    def supply(self, window: WindowRequest, audio: FloatAudio) -> None:
+        """The decoded audio of ``window`` (what ``next_window`` returned), for the next batch."""
+        self._supplied = (window, audio)
+
+    def _next_window(self) -> WindowRequest | None:
+        while True:
+            if self._piece is None and not self._start_piece():
+                return None
+            assert self._piece is not None
+            if not self._piece.cursor.done:
+                return self._piece.cursor.peek(self.windows)
+            self._held.extend(self._leaving(self._piece.audio))  # what it held back leaves now
+            self._piece = None
+
+    def _pull(self) -> FloatAudio | None:
+        """The next audio that is final, starting pieces as needed; None at the plan's end."""
+        if self._held:
+            return self._held.popleft()
+        while True:
+            if self._piece is None and not self._start_piece():
+                return None
+            assert self._piece is not None
+            for audio in self._leaving(self._piece.audio):
+                return audio
+            self._piece = None
+
+    def _leaving(self, audio: Iterator[FloatAudio]) -> Iterator[FloatAudio]:
+        """``audio`` as it leaves a piece, counted for the word clock."""
+        for piece in audio:
+            if self.words is not None:
+                self.words.samples_out += piece.size
+            yield piece
+
+    def _start_piece(self) -> bool:
+        """Start the next piece (the front end on it); False when the plan is done."""
+        while not self._pieces:
+            if self._next_segment >= len(self.plan.segments):
+                return False
+            index = self._next_segment
+            pieces = self._pipeline.tokenize_segment(self.plan.segments[index])
+            self._next_segment += 1
+            for number, piece in enumerate(pieces):
+                first = index == 0 and number == 0
+                last = index == len(self.plan.segments) - 1 and number == len(pieces) - 1
+                self._pieces.append((piece, first, last))
+        piece, first, last = self._pieces.popleft()
+        self._budget.spend(len(piece.tokens))
+        self._piece = self._pipeline.start_piece(
+            self.plan, piece, self._decode, self.windows, first=first, last=last, clock=self.words
+        )
+        return True
+
+    def _decode(self, window: WindowRequest) -> FloatAudio:
+        """The audio of ``window``: the one supplied, else decoded now, alone."""
+        supplied, self._supplied = self._supplied, None
+        if supplied is not None and supplied[0] == window:
+            return supplied[1]
+        return self._pipeline.backend.decode_windows([window])[0]
+
+    def _failing_as_synthesis(self, step: Callable[[], _T]) -> _T:
+        try:
+            return step()
+        except SpeechError:
+            self.close()
+            raise
+        except Exception as exc:
+            segments = self.plan.segments[max(0, self._next_segment - 1) : self._next_segment]
+            log.exception("synthesis failed on %r", segments[0][:80] if segments else "")
+            self.close()
+            raise SpeechError("synthesis_failed", f"the model failed on this segment: {exc}") from exc
 
     def close(self) -> None:
         """Stop here: the segment in progress is closed and nothing more will be made."""
-        if self._segment is not None:
-            self._segment.close()
-            self._segment = None
+        if self._piece is not None:
+            self._piece.audio.close()
+            self._piece = None
+        self._pieces.clear()
+        self._held.clear()
+        self._supplied = None
         self._finished = True
+
+
+class WindowDecoder(Protocol):
+    """What of a backend decoding windows together needs (``Backend`` is one)."""
+
+    @property
+    def batch_windows(self) -> int: ...
+
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]: ...
+
+
+def supply_together(
+    decoder: WindowDecoder, windows: Sequence[tuple[Rendering, WindowRequest]]
+) -> Iterator[list[Rendering]]:
+    """Decode the windows of several renderings (each what its ``next_window`` said) in
+    as few model calls as their span lengths allow, and supply each to its rendering.
+
+    Yields each group of one span length once supplied, the group of the first window
+    first, so those renderings' batches can leave before the next group is decoded. A
+    group whose call fails is yielded unsupplied: each rendering then decodes its window
+    alone, so one bad input fails only its own response.
+    """
+    groups: dict[int, list[tuple[Rendering, WindowRequest]]] = {}
+    for rendering, window in windows:
+        groups.setdefault(window.span_frames, []).append((rendering, window))
+    for group in groups.values():
+        try:
+            decoded = decoder.decode_windows([window for _rendering, window in group])
+        except Exception:
+            log.exception("%d windows decoded together failed; each is decoded alone", len(group))
+        else:
+            for (rendering, window), audio in zip(group, decoded, strict=True):
+                rendering.supply(window, audio)
+        yield [rendering for rendering, _window in group]

@@ -3,7 +3,12 @@
 Every response becomes a *job*. A turn on the model thread is one decoder window of one
 job (``pipeline.WindowSizes``: a small first window, then larger ones), so a newcomer's
 first window never waits for more than the window in progress, and barge-in takes
-effect within one window's compute.
+effect within one window's compute. On a backend that decodes several windows in one
+call (``batch_windows``, a GPU) a turn is one window of each of up to that many jobs,
+the due ones with the earliest deadlines, decoded together (windows whose decoded spans
+have one length share a generator call; the most urgent group is delivered first): a
+GPU decodes eight small windows in about the time of one, and a newcomer's first window
+rides the next turn beside the windows of streams already playing.
 
 Whose turn it is: the job with the earliest *deadline*. A started job's deadline is the
 moment a real-time player that began at its first audio would run dry (first audio +
@@ -41,6 +46,10 @@ checked, and its audio is thrown away. The model thread is never abandoned.
 Model calls go through a :class:`~krt.engine.runner.ModelRunner` and time is read from
 Trio's clock, so the same scheduler runs on a worker thread in production and inline on
 virtual time in tests.
+
+Capacity is measured per batch size (audio seconds made per model second in turns of
+1, 2, 4, … windows; the warm-up measures each) and admission replays the schedule with
+batched turns at those speeds.
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ from krt.engine.forecast import (
     earliest_start,
     predict_ends,
 )
-from krt.engine.pipeline import PcmBatch, Rendering
+from krt.engine.pipeline import PcmBatch, Rendering, supply_together
 from krt.engine.segmenter import predicted_audio_seconds
 from krt.errors import SpeechError
 
@@ -71,9 +80,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from krt.config import AdmissionConfig
-    from krt.engine.pipeline import SpeechPlan
+    from krt.engine.pipeline import SpeechPlan, WindowDecoder
     from krt.engine.runner import ModelRunner
     from krt.engine.timestamps import WordTime
+    from krt.synth.windows import WindowRequest
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +253,10 @@ class EngineStatistics:
     """How long those players would have waited, in all."""
     parked: int = 0
     """Jobs admitted whose readers stopped taking audio: they hold no place meanwhile."""
+    batch_windows: int = 1
+    """The most windows one turn decodes together."""
+    capacity_by_batch: tuple[tuple[int, float], ...] = ()
+    """Audio seconds per model second in turns of each batch size measured (1, 2, 4, …)."""
 
 
 @attrs.frozen
@@ -280,9 +294,14 @@ def _batch_seconds(batch: PcmBatch) -> float:
 class Scheduler:
     """Admission and earliest-deadline turns on the model; the engine facade opens streams through it."""
 
-    def __init__(self, runner: ModelRunner, admission: AdmissionConfig) -> None:
+    def __init__(
+        self, runner: ModelRunner, admission: AdmissionConfig, decoder: WindowDecoder | None = None
+    ) -> None:
         self.runner = runner
         self.admission = admission
+        self._decoder = decoder
+        self.batch_windows = 1 if decoder is None else max(1, decoder.batch_windows)
+        """The most jobs one turn takes a window of."""
         self._active: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
         self._parked: list[Job] = []
@@ -290,11 +309,12 @@ class Scheduler:
         self._reservations: dict[Hashable, Reservation] = {}
         """Places kept for refused clients, by client."""
         self._wakeup = trio.Event()
-        self._in_turn: Job | None = None
+        self._in_turn: tuple[Job, ...] = ()
         self._turn_started = 0.0
         self._turn_estimate = 0.0
-        self._capacity: float | None = None
-        """Unknown until measured (the warm-up measures it before the server is ready)."""
+        self._capacity_at: dict[int, float] = {}
+        """Audio seconds per model second by the windows a turn decoded together; unknown
+        until measured (the warm-up measures them before the server is ready)."""
         self._first_window_seconds: float | None = None
         """Unknown until measured, then an exponential average."""
         self._seconds_per_frame: float | None = None
@@ -322,7 +342,26 @@ class Scheduler:
             self._stalls,
             self._stall_seconds,
             len(self._parked),
+            self.batch_windows,
+            tuple(sorted(self._capacity_at.items())),
         )
+
+    @property
+    def _capacity(self) -> float | None:
+        """Audio seconds per model second, one window per turn."""
+        return self._capacity_at.get(1)
+
+    def _batch_speedup(self) -> tuple[float, ...]:
+        """For 1, 2, … ``batch_windows`` windows a turn: how many times the audio per model
+        second of one window a turn. A size not measured counts as the largest measured
+        below it (never slower than a smaller batch, which it could be split into)."""
+        single = self._capacity
+        speedups = [1.0]
+        for size in range(2, self.batch_windows + 1):
+            measured = self._capacity_at.get(size)
+            ratio = measured / single if measured and single else 1.0
+            speedups.append(max(speedups[-1], ratio))
+        return tuple(speedups)
 
     # -- admission ---------------------------------------------------------------------
 
@@ -330,9 +369,15 @@ class Scheduler:
         """Streams of unending speech the measured capacity sustains in real time (at least
         one, at most ``MAX_CONCURRENT_JOBS``): a figure for operators. Admission itself
         goes by the schedule, and takes in more streams of short replies than this."""
-        if self._capacity is None:
+        single = self._capacity
+        if single is None:
             return self.admission.max_concurrent_jobs
-        sustainable = max(1, math.floor(self._capacity / CAPACITY_HEADROOM))
+        speedup = self._batch_speedup()
+        sustainable = 1
+        for streams in range(2, self.admission.max_concurrent_jobs + 1):
+            if single * speedup[min(streams, self.batch_windows) - 1] / CAPACITY_HEADROOM < streams:
+                break
+            sustainable = streams
         return min(self.admission.max_concurrent_jobs, sustainable)
 
     def _measures(self, slots: int) -> EngineMeasures:
@@ -343,11 +388,12 @@ class Scheduler:
             slots=slots,
             ahead_seconds=AHEAD_SECONDS,
             headroom=CAPACITY_HEADROOM,
+            batch_speedup=self._batch_speedup(),
         )
 
     def _busy_until(self, now: float) -> float:
         """When the model thread will be free of the window in progress."""
-        if self._in_turn is None:
+        if not self._in_turn:
             return now
         return now + max(0.0, self._turn_estimate - (now - self._turn_started))
 
@@ -485,7 +531,7 @@ class Scheduler:
         if job.withdrawn:
             return
         job.withdrawn = True
-        if job is not self._in_turn:
+        if job not in self._in_turn:
             # Paused between turns: close the segment now rather than whenever the job
             # is garbage-collected, so a backend's per-segment state is freed at once.
             job.rendering.close()
@@ -624,12 +670,12 @@ class Scheduler:
             and (not job.paced or job.first_audio_at is None or job.deadline - now <= AHEAD_SECONDS)
         )
 
-    def _pick(self) -> Job | None:
-        """Whose turn it is: the earliest deadline among jobs that may have one (the
-        oldest first on a tie, so newcomers go in order of arrival)."""
+    def _pick(self) -> list[Job]:
+        """Whose turn it is: the earliest deadlines among jobs that may have one (the oldest
+        first on a tie, so newcomers go in order of arrival), as many as a turn decodes."""
         now = trio.current_time()
-        ready = [job for job in self._active if self._due(job, now)]
-        return min(ready, key=lambda job: job.deadline) if ready else None
+        ready = sorted((job for job in self._active if self._due(job, now)), key=lambda job: job.deadline)
+        return ready[: self.batch_windows]
 
     def _next_due_in(self) -> float:
         """Seconds until a job held back for being far enough ahead is due again, or one
@@ -664,9 +710,32 @@ class Scheduler:
             job.full_since = now
         job.send.send_nowait(batch)
 
-    def _turn(self, job: Job) -> TurnResult:
-        """Runs on the model thread: this job's next window, handed to the Trio side the
-        moment it exists."""
+    def _turn(self, jobs: Sequence[Job]) -> list[TurnResult]:
+        """Runs on the model thread: the next window of each of ``jobs``, each handed to the
+        Trio side the moment it exists. With more than one job, their windows are decoded
+        together first (after the front end of any job starting a sentence), the group of
+        the most urgent job first (see ``supply_together``)."""
+        results: dict[Job, TurnResult] = {}
+        if len(jobs) > 1 and self._decoder is not None:
+            windows: list[tuple[Rendering, WindowRequest]] = []
+            for job in jobs:
+                if job.withdrawn:  # left while this turn waited for the model thread
+                    continue
+                try:
+                    window = job.rendering.next_window()
+                except SpeechError as exc:
+                    results[job] = TurnResult(0.0, exc)
+                    continue
+                if window is not None:
+                    windows.append((job.rendering, window))
+            owner = {job.rendering: job for job in jobs}
+            for group in supply_together(self._decoder, windows):
+                for rendering in group:
+                    results[owner[rendering]] = self._next_batch(owner[rendering])
+        return [results[job] if job in results else self._next_batch(job) for job in jobs]
+
+    def _next_batch(self, job: Job) -> TurnResult:
+        """The job's next batch, delivered the moment it exists."""
         error: SpeechError | None = None
         seconds = 0.0
         if job.withdrawn:  # left while this turn waited for the model thread
@@ -683,8 +752,10 @@ class Scheduler:
             error = SpeechError("synthesis_failed", f"synthesis failed: {exc}")
         return TurnResult(seconds, error)
 
-    def _size_window(self, job: Job, now: float) -> None:
-        """Cap a started stream's next window to what its own player can wait for.
+    def _size_window(self, job: Job, now: float, turn_deadline: float) -> None:
+        """Cap a started stream's next window to what its own player can wait for (in a
+        turn of several windows, the most urgent player in the turn: ``turn_deadline``,
+        since every window in it arrives when the turn ends).
 
         Only its own: capping windows so that every other player is served in time as
         well was measured worse under load (onnx, 2 cores, c=2): every window shrinks
@@ -700,7 +771,7 @@ class Scheduler:
         if job.first_audio_at is None or per_frame is None:
             job.rendering.windows.limit_compute(None, 0.0)
             return
-        budget = (job.deadline - now) * WINDOW_SLACK_SHARE
+        budget = (min(job.deadline, turn_deadline) - now) * WINDOW_SLACK_SHARE
         if budget < job.rendering.windows.smallest_cost_frames() * per_frame:
             # Too late for any window to keep this player going: a small one would only
             # spend more on context, so it gets a full one and catches up sooner.
@@ -708,36 +779,55 @@ class Scheduler:
             return
         job.rendering.windows.limit_compute(budget, per_frame)
 
-    def _estimate_turn(self, job: Job, new: bool) -> float:
+    def _estimate_turn(self, jobs: Sequence[Job], new: Sequence[bool]) -> float:
         """Model seconds the turn about to start should take: what admission predicts with."""
-        if new:
-            return self._first_window_seconds or 0.0
-        return job.rendering.windows.expected_cost_frames() * (self._seconds_per_frame or 0.0)
+        seconds = sum(
+            (self._first_window_seconds or 0.0)
+            if started_now
+            else job.rendering.windows.expected_cost_frames() * (self._seconds_per_frame or 0.0)
+            for job, started_now in zip(jobs, new, strict=True)
+        )
+        return seconds / self._batch_speedup()[len(jobs) - 1]
 
-    def _measure(self, job_was_new: bool, audio_seconds: float, frames: int, seconds: float) -> None:
+    def _measure(
+        self,
+        jobs: Sequence[Job],
+        new: Sequence[bool],
+        results: Sequence[TurnResult],
+        frames: int,
+        seconds: float,
+    ) -> None:
+        """Update the estimates from a turn: the first-window cost and audio from a turn
+        that started a response (what its newcomer waited for), else the capacity at this
+        many windows a turn; and the model time per frame of one window in it."""
+        audio_seconds = sum(result.audio_seconds for result in results)
         if audio_seconds <= 0 or seconds <= 0:
             return
         if frames > 0:  # first windows too: their front end makes the estimate cautious
-            per_frame = seconds / frames
+            per_frame = seconds * len(jobs) / frames
             previous = self._seconds_per_frame
             self._seconds_per_frame = per_frame if previous is None else 0.8 * previous + 0.2 * per_frame
-        if job_was_new:
+        if any(new):
+            first_audio = [
+                result.audio_seconds for result, started in zip(results, new, strict=True) if started
+            ]
+            made = sum(first_audio) / len(first_audio)
             previous_first = self._first_window_seconds
             self._first_window_seconds = (
                 seconds if previous_first is None else 0.7 * previous_first + 0.3 * seconds
             )
             previous_audio = self._first_window_audio
-            self._first_window_audio = (
-                audio_seconds if previous_audio is None else 0.7 * previous_audio + 0.3 * audio_seconds
-            )
+            self._first_window_audio = made if previous_audio is None else 0.7 * previous_audio + 0.3 * made
         elif frames <= 0:
             # No model call (a response's leftover chunk): its microseconds say nothing of
             # the model's speed, and counted would claim a huge capacity.
             return
-        elif self._capacity is None:
-            self._capacity = audio_seconds / seconds
         else:
-            self._capacity = 0.8 * self._capacity + 0.2 * (audio_seconds / seconds)
+            previous_capacity = self._capacity_at.get(len(jobs))
+            rate = audio_seconds / seconds
+            self._capacity_at[len(jobs)] = (
+                rate if previous_capacity is None else 0.8 * previous_capacity + 0.2 * rate
+            )
 
     def reconfigure(self, admission: AdmissionConfig) -> None:
         """New admission knobs, from the next decision on: more slots take in waiting
@@ -752,15 +842,18 @@ class Scheduler:
         capacity: float | None,
         seconds_per_frame: float | None,
         first_window_audio: float | None = None,
+        batched_capacity: dict[int, float] | None = None,
     ) -> None:
         """Replace the estimates with measured ones (the warm-up's second, warm run); a
-        warm-up that fits in one window measures only the first."""
+        warm-up that fits in one window measures only the first. ``batched_capacity``:
+        the capacity measured at more windows a turn, by batch size."""
         self._first_window_seconds = first_window_seconds
         if first_window_audio:
             self._first_window_audio = first_window_audio
         if capacity is not None and seconds_per_frame is not None:
-            self._capacity = capacity
+            self._capacity_at[1] = capacity
             self._seconds_per_frame = seconds_per_frame
+        self._capacity_at.update(batched_capacity or {})
         self._fill_slots()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -769,47 +862,58 @@ class Scheduler:
         task_status.started()
         while True:
             self._park_and_unpark(trio.current_time())
-            job = self._pick()
-            if job is None:
+            jobs = self._pick()
+            if not jobs:
                 self._wakeup = trio.Event()
                 with trio.move_on_after(self._next_due_in()):
                     await self._wakeup.wait()
                 continue
-            if job.first_turn_at is None:
-                job.first_turn_at = trio.current_time()
-            new = job.waiting_for_first_audio
-            self._size_window(job, trio.current_time())
-            frames_before = job.rendering.windows.frames_decoded
-            self._in_turn = job
-            started = self._turn_started = trio.current_time()
-            self._turn_estimate = self._estimate_turn(job, new)
+            now = trio.current_time()
+            new = [job.waiting_for_first_audio for job in jobs]
+            turn_deadline = min(
+                (job.deadline for job in jobs if job.first_audio_at is not None), default=math.inf
+            )
+            for job in jobs:
+                if job.first_turn_at is None:
+                    job.first_turn_at = now
+                self._size_window(job, now, turn_deadline)
+            frames_before = sum(job.rendering.windows.frames_decoded for job in jobs)
+            self._in_turn = tuple(jobs)
+            started = self._turn_started = now
+            self._turn_estimate = self._estimate_turn(jobs, new)
             turn_ended = False
             try:
-                result = await self.runner.run(self._turn, job)
+                results = await self.runner.run(self._turn, jobs)
                 turn_ended = True
             finally:
                 # A turn abandoned because the process is ending stays "in turn": its
-                # thread may still be inside the segment, which ``_release`` must then
+                # thread may still be inside the segments, which ``_release`` must then
                 # leave to it (closing a running generator raises).
                 if turn_ended:
-                    self._in_turn = None
-                    if job.withdrawn:
-                        # Withdrawn during the turn (``_release`` leaves a job in its turn
-                        # alone): the model is done with it now, so its segment is closed
-                        # here, on the Trio thread.
-                        job.rendering.close()
+                    self._in_turn = ()
+                    for job in jobs:
+                        if job.withdrawn:
+                            # Withdrawn during the turn (``_release`` leaves a job in its
+                            # turn alone): the model is done with it now, so its segment is
+                            # closed here, on the Trio thread.
+                            job.rendering.close()
             self._turns += 1
             elapsed = trio.current_time() - started
             self._model_seconds += elapsed
-            self._audio_seconds += result.audio_seconds
-            frames = job.rendering.windows.frames_decoded - frames_before
-            self._measure(new, result.audio_seconds, frames, elapsed)
-            if job.withdrawn:
-                continue
-            if result.error is not None:
-                job.send.send_nowait(result.error)
-                job.send.close()
-                self._release(job)
-            elif job.done:
-                job.send.close()
-                self._release(job)
+            self._audio_seconds += sum(result.audio_seconds for result in results)
+            frames = sum(job.rendering.windows.frames_decoded for job in jobs) - frames_before
+            self._measure(jobs, new, results, frames, elapsed)
+            for job, result in zip(jobs, results, strict=True):
+                self._settle(job, result)
+
+    def _settle(self, job: Job, result: TurnResult) -> None:
+        """After a turn: end the job that failed or is done."""
+        if job.withdrawn:
+            return
+        if result.error is not None:
+            job.send.send_nowait(result.error)
+            job.send.close()
+            self._release(job)
+        elif job.done:
+            job.send.close()
+            self._release(job)

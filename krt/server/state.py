@@ -66,7 +66,7 @@ class ServerState:
     def readiness(self) -> tuple[int, dict[str, object]]:
         if self.engine is None:
             return 503, {"ready": False, "draining": self.draining, "loading": True}
-        info = self.engine.describe()
+        info, stats = self.engine.describe(), self.engine.statistics()
         ok = self.ready and not self.draining
         body: dict[str, object] = {
             "ready": ok,
@@ -75,5 +75,7 @@ class ServerState:
             "device": info.device,
             "weights": info.weights,
             "voices": {"female": info.female, "male": info.male, "all": list(info.voices)},
+            "batch_windows": stats.batch_windows,
+            "capacity_by_batch": {str(size): round(rate, 3) for size, rate in stats.capacity_by_batch},
         }
         return (200 if ok else 503), body

@@ -6,6 +6,11 @@ segment, and ``decode`` makes the float32 audio (24 kHz) of any frame window of 
 prepared segment, so the start of a sentence can leave long before the rest is made and
 the engine can interleave windows of several streams. A prepared segment holds only
 arrays: dropping it (barge-in) frees everything.
+
+A backend that says it takes more than one window per call (``batch_windows``, on a GPU)
+decodes windows of several streams, stacked, in one generator call: what a GPU's width
+is for, since one small window keeps it busy launching kernels rather than computing.
+Every window's audio is the same whichever windows it was decoded with.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ if TYPE_CHECKING:
 
     from krt.audio import FloatAudio
     from krt.g2p import Phonemizer
-    from krt.synth.windows import PreparedSegment
+    from krt.synth.windows import PreparedSegment, WindowRequest
     from krt.voices import VoiceCatalog
 
 MAX_TOKENS = 510
@@ -57,9 +62,20 @@ class Backend(Protocol):
         """The front end on one segment of at most MAX_TOKENS tokens."""
         ...
 
+    @property
+    def batch_windows(self) -> int:
+        """The most windows one model call decodes (1: a window per call). Above 1 the
+        decoded spans are bucketed (``windows.SPAN_BUCKET_FRAMES``) so they stack."""
+        ...
+
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
         """The audio of frames [start, stop) of ``segment``, plus ``SEAM_SAMPLES`` beyond
-        ``stop`` unless it is the segment's end (see ``windows.decode_window``)."""
+        ``stop`` unless more of it will not be heard (see ``windows.window_audio``)."""
+        ...
+
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        """The audio of each window, as ``decode`` would make it alone: those with spans
+        of one length in one call, ``batch_windows`` at most."""
         ...
 
 

@@ -5,8 +5,10 @@ and tail around the tokens, as Kokoro's padding positions), and ``decode`` makes
 speech-shaped audio (a voiced buzz per phoneme with a syllable envelope, silence at
 spaces and punctuation) of any frame window, the same samples however the windows are
 cut. It can pretend to compute for a chosen fraction of the audio it decodes, so
-scheduling and streaming behave as with a real model without loading one. Never the
-default: it has to be asked for with ``KRT_BACKEND=fake``.
+scheduling and streaming behave as with a real model without loading one; with a launch
+cost per call and several windows per call it costs like a GPU (a fixed cost per model
+call, a small one per window in it), so batching is tested and shown without one. Never
+the default: it has to be asked for with ``KRT_BACKEND=fake``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy.typing as npt
 
 from krt import SAMPLE_RATE
 from krt.g2p import PhonemeWord
-from krt.synth.windows import SAMPLES_PER_FRAME, PreparedSegment, decode_window
+from krt.synth.windows import SAMPLES_PER_FRAME, PreparedSegment, WindowRequest, decode_window, decode_windows
 from krt.voices import VoiceCatalog
 
 if TYPE_CHECKING:
@@ -90,9 +92,19 @@ class FakeBackend:
     source = "synthetic (fake backend)"
 
     def __init__(
-        self, compute_ratio: float = 0.0, female: str = "", male: str = "", *, stall_word: str = ""
+        self,
+        compute_ratio: float = 0.0,
+        female: str = "",
+        male: str = "",
+        *,
+        stall_word: str = "",
+        batch_windows: int = 1,
+        launch_seconds: float = 0.0,
     ) -> None:
         self.compute_ratio = compute_ratio
+        self.batch_windows = max(1, batch_windows)
+        self.launch_seconds = launch_seconds
+        """Compute every model call costs however little it decodes (a GPU's kernel launches)."""
         self.stall_word = stall_word.lower()
         """A segment with this word blocks its model call for good (``KRT_FAKE_STALL_WORD``):
         what a drain must not wait on forever."""
@@ -130,11 +142,30 @@ class FakeBackend:
         return PreparedSegment(int(token.size), durations, loudness, frames)
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
-        """With ``compute_ratio`` set, sleeps that fraction of the decoded span's duration
-        (context included), like a model that runs at ``1/ratio`` × realtime."""
-        return decode_window(self._decode_span, segment, start, stop)
+        return decode_window(self._decode_spans, segment, start, stop, bucketed=self.batch_windows > 1)
 
-    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        return decode_windows(self._decode_spans, windows, self.batch_windows)
+
+    def call_seconds(self, windows: Sequence[WindowRequest]) -> float:
+        """What one model call on these spans costs: ``launch_seconds``, plus
+        ``compute_ratio`` of the duration of every span decoded (context included), as a
+        model that runs at ``1/compute_ratio`` × realtime on each window."""
+        decoded = sum(window.span_frames for window in windows) * SAMPLES_PER_FRAME / SAMPLE_RATE
+        return self.launch_seconds + decoded * self.compute_ratio if windows else 0.0
+
+    def _decode_spans(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        audio = [self._span_audio(window.segment, window.lo, window.hi) for window in windows]
+        self.compute(self.call_seconds(windows), windows)
+        return audio
+
+    def compute(self, seconds: float, windows: Sequence[WindowRequest]) -> None:
+        """Spend ``seconds`` of compute on a call decoding ``windows`` (sleeps; a test's
+        fake may advance a virtual clock instead)."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def _span_audio(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
         frames: FakeFrames = segment.decoder_inputs
         samples = np.arange(lo * SAMPLES_PER_FRAME, hi * SAMPLES_PER_FRAME)
         frame = samples // SAMPLES_PER_FRAME
@@ -146,6 +177,4 @@ class FakeBackend:
         t = samples / SAMPLE_RATE
         voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
         audio = np.where(np.isin(token, list(self._silent_ids)), 0.0, 0.25 * voiced * envelope)
-        if self.compute_ratio:
-            time.sleep((hi - lo) * SAMPLES_PER_FRAME / SAMPLE_RATE * self.compute_ratio)
         return audio.astype(np.float32)

@@ -50,6 +50,8 @@ def load_backend(config: Config) -> Backend:
             config.voices.female,
             config.voices.male,
             stall_word=config.model.fake_stall_word,
+            batch_windows=config.scheduler.batch_windows or 1,
+            launch_seconds=config.model.fake_launch_seconds,
         )
     if name == "torch":
         from krt.synth.torch_backend import TorchBackend

@@ -23,7 +23,7 @@ from krt.synth import packaged
 from krt.synth.onnx_float import NotDequantizable, fp32_generator, return_freed_memory
 from krt.synth.onnx_stages import KOKORO_GENERATOR_INPUTS, split_kokoro_graph
 from krt.synth.voice_files import load_voice_packs
-from krt.synth.windows import PreparedSegment, decode_window
+from krt.synth.windows import PreparedSegment, WindowRequest, decode_window, decode_windows
 from krt.voices import with_defaults
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tens
 class OnnxBackend:
     name = "onnx"
     device = "cpu"
+    batch_windows = 1
+    """A CPU is busy on one window: stacked windows measured slower than one by one."""
 
     def __init__(self, config: Config) -> None:
         import onnx
@@ -125,7 +127,13 @@ class OnnxBackend:
         )
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
-        return decode_window(self._decode_span, segment, start, stop)
+        return decode_window(self._decode_spans, segment, start, stop)
+
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        return decode_windows(self._decode_spans, windows, self.batch_windows)
+
+    def _decode_spans(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        return [self._decode_span(window.segment, window.lo, window.hi) for window in windows]
 
     def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
         features, f0, style_row = segment.decoder_inputs

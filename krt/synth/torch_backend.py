@@ -27,7 +27,7 @@ from krt.errors import ModelUnavailableError
 from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
 from krt.synth.voice_files import load_voice_packs
-from krt.synth.windows import PreparedSegment, decode_window
+from krt.synth.windows import PreparedSegment, WindowRequest, decode_window, decode_windows
 from krt.voices import StylePack, with_defaults
 
 if TYPE_CHECKING:
@@ -42,6 +42,10 @@ HUB_PREFERRED_VOICES = ("af_heart", "am_michael")
 CHECKPOINT_NAME = "kokoro-v1_0.pth"
 HUB_HOST = "huggingface.co"
 HUB_PROBE_SECONDS = 3.0
+CUDA_BATCH_WINDOWS = 8
+"""Windows per model call on CUDA unless ``KRT_BATCH_WINDOWS`` says otherwise. On a CPU it
+is 1: stacking equal 80-frame windows measured 0.88× (2), 0.80× (4), 0.60× (8) the speed
+of decoding them one by one on 2 cores, which one window already keeps busy."""
 
 
 @attrs.frozen
@@ -165,7 +169,13 @@ class TorchBackend:
             .eval()
         )
         self._torch = torch
-        log.info("torch backend on %s: %s", self.device, self.source)
+        from krt.synth.seeded_source import SeededSource
+
+        generator = self._model.decoder.generator
+        self._source = generator.m_source = SeededSource(generator.m_source)
+        batch = config.scheduler.batch_windows
+        self.batch_windows = batch or (CUDA_BATCH_WINDOWS if self.device.startswith("cuda") else 1)
+        log.info("torch backend on %s, %d windows per call: %s", self.device, self.batch_windows, self.source)
 
     def make_phonemizer(self) -> MisakiPhonemizer:
         return MisakiPhonemizer(self._lang_code)
@@ -227,18 +237,23 @@ class TorchBackend:
         return x
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
-        return decode_window(self._decode_span, segment, start, stop)
+        return decode_window(self._decode_spans, segment, start, stop, bucketed=self.batch_windows > 1)
 
-    def _decode_span(self, segment: PreparedSegment, lo: int, hi: int) -> FloatAudio:
-        """One span through the decoder's generator. Its harmonic source draws a random
-        initial phase per harmonic and fresh noise on every call; seeding each call of a
-        segment alike gives all its windows the same draw, so the harmonics do not jump at
-        every seam, and the seed comes from what is said (tokens, voice, speed), so the
-        same request always sounds the same."""
-        features, f0, style, seed = segment.decoder_inputs
-        self._torch.manual_seed(seed)
-        with self._torch.inference_mode():
-            audio = self._model.decoder.generator(
-                features[:, :, 2 * lo : 2 * hi], style, f0[:, 2 * lo : 2 * hi]
-            )
-            return np.asarray(audio.float().cpu().numpy(), dtype=np.float32).ravel()
+    def decode_windows(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        return decode_windows(self._decode_spans, windows, self.batch_windows)
+
+    def _decode_spans(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:
+        """Spans of one length through the decoder's generator, stacked. Its harmonic source
+        draws a random initial phase per harmonic and fresh noise on every call; seeding
+        each call of a segment alike gives all its windows the same draw, so the harmonics
+        do not jump at every seam, and the seed comes from what is said (tokens, voice,
+        speed), so the same request always sounds the same. ``SeededSource`` seeds each
+        stacked window apart, so its draw is the one it gets decoded alone."""
+        torch = self._torch
+        features = torch.cat([w.segment.decoder_inputs[0][:, :, 2 * w.lo : 2 * w.hi] for w in windows])
+        f0 = torch.cat([w.segment.decoder_inputs[1][:, 2 * w.lo : 2 * w.hi] for w in windows])
+        style = torch.cat([w.segment.decoder_inputs[2] for w in windows])
+        self._source.seeds = tuple(w.segment.decoder_inputs[3] for w in windows)
+        with torch.inference_mode():
+            audio = self._model.decoder.generator(features, style, f0).float().cpu().numpy()
+        return [np.asarray(row, dtype=np.float32).ravel() for row in audio]

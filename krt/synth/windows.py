@@ -20,7 +20,7 @@ phase is least audible.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -95,31 +95,97 @@ class PreparedSegment:
         return attrs.evolve(self, heard=(first, end))
 
 
-SpanDecoder = Callable[[PreparedSegment, int, int], "FloatAudio"]
-"""A backend's raw decode: the audio of frames [lo, hi) decoded as one piece."""
+SPAN_BUCKET_FRAMES = 64
+"""On a backend that decodes windows of several streams in one call, every decoded span is
+a multiple of this many frames (1.6 s) where the segment has the frames: spans of equal
+length stack into one generator call without padding. Coarse, so that windows of every
+size mostly share one bucket: a first window of 48 frames with its context (75-90
+frames), and later windows of 96-120 (104-152), mostly come to 128, so newcomers' first
+windows ride in one call with the windows of streams already playing. The frames added
+are more context, never less; they cost arithmetic, which a GPU decoding small windows
+has to spare (a call is bound by its kernel launches)."""
 
 
-def context_span(start: int, stop: int, segment: PreparedSegment) -> tuple[int, int]:
+@attrs.frozen
+class WindowRequest:
+    """One window to decode: the frames [start, stop) of ``segment`` that will be kept, and
+    the span [lo, hi) around them that is actually decoded (see ``context_span``)."""
+
+    segment: PreparedSegment
+    start: int
+    stop: int
+    lo: int
+    hi: int
+
+    @property
+    def span_frames(self) -> int:
+        return self.hi - self.lo
+
+
+def context_span(
+    start: int, stop: int, segment: PreparedSegment, *, bucketed: bool = False
+) -> tuple[int, int]:
     """The frames [lo, hi) actually decoded for the window [start, stop) of ``segment``:
-    ``CONTEXT_FRAMES`` more on each side, where the segment has them, heard or not."""
-    return max(0, start - CONTEXT_FRAMES), min(segment.frames, stop + CONTEXT_FRAMES)
+    ``CONTEXT_FRAMES`` more on each side, where the segment has them, heard or not. With
+    ``bucketed`` the span then grows to a multiple of ``SPAN_BUCKET_FRAMES``, by more
+    context after the window and then before it, as far as the segment allows."""
+    lo, hi = max(0, start - CONTEXT_FRAMES), min(segment.frames, stop + CONTEXT_FRAMES)
+    if bucketed:
+        short = -(hi - lo) % SPAN_BUCKET_FRAMES
+        grown = min(short, segment.frames - hi)
+        hi += grown
+        lo -= min(short - grown, lo)
+    return lo, hi
 
 
-def decode_window(decode_span: SpanDecoder, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
-    """The audio of frames [start, stop), plus ``SEAM_SAMPLES`` of what follows when more
-    of the segment will be heard (the part :class:`WindowJoiner` crossfades into the next
-    window).
-
-    Decodes context on each side as ``context_span`` says.
-    """
+def window_request(
+    segment: PreparedSegment, start: int, stop: int, *, bucketed: bool = False
+) -> WindowRequest:
+    """The window [start, stop) of ``segment`` and the span decoded for it."""
     if not 0 <= start < stop <= segment.frames:
         raise ValueError(f"window [{start}, {stop}) is outside the segment's {segment.frames} frames")
-    lo, hi = context_span(start, stop, segment)
-    audio = decode_span(segment, lo, hi)
-    begin = (start - lo) * SAMPLES_PER_FRAME
-    seam = SEAM_SAMPLES if stop < segment.heard_span[1] else 0
-    end = (stop - lo) * SAMPLES_PER_FRAME + seam
-    return np.asarray(audio[begin:end], dtype=np.float32)
+    return WindowRequest(segment, start, stop, *context_span(start, stop, segment, bucketed=bucketed))
+
+
+def window_audio(window: WindowRequest, span_audio: FloatAudio) -> FloatAudio:
+    """The audio of the window's frames out of its decoded span, plus ``SEAM_SAMPLES`` of
+    what follows when more of the segment will be heard (the part :class:`WindowJoiner`
+    crossfades into the next window)."""
+    begin = (window.start - window.lo) * SAMPLES_PER_FRAME
+    seam = SEAM_SAMPLES if window.stop < window.segment.heard_span[1] else 0
+    end = (window.stop - window.lo) * SAMPLES_PER_FRAME + seam
+    return np.asarray(span_audio[begin:end], dtype=np.float32)
+
+
+SpanDecoder = Callable[[Sequence[WindowRequest]], "list[FloatAudio]"]
+"""A backend's raw decode: the audio of the spans [lo, hi) of windows whose spans are all
+the same length, in one model call (stacked, on a backend that batches)."""
+
+
+def decode_windows(
+    decode_spans: SpanDecoder, windows: Sequence[WindowRequest], batch: int
+) -> list[FloatAudio]:
+    """The audio of each window (as :func:`window_audio` cuts it), in order: the windows
+    grouped by span length, up to ``batch`` of them per call of ``decode_spans``."""
+    groups: dict[int, list[int]] = {}
+    for index, window in enumerate(windows):
+        groups.setdefault(window.span_frames, []).append(index)
+    audio: list[FloatAudio | None] = [None] * len(windows)
+    for members in groups.values():
+        for first in range(0, len(members), max(1, batch)):
+            chunk = members[first : first + max(1, batch)]
+            spans = decode_spans([windows[index] for index in chunk])
+            for index, span_audio in zip(chunk, spans, strict=True):
+                audio[index] = window_audio(windows[index], span_audio)
+    return [piece for piece in audio if piece is not None]
+
+
+def decode_window(
+    decode_spans: SpanDecoder, segment: PreparedSegment, start: int, stop: int, *, bucketed: bool = False
+) -> FloatAudio:
+    """The audio of frames [start, stop) of ``segment``, decoded alone with its context."""
+    (audio,) = decode_windows(decode_spans, [window_request(segment, start, stop, bucketed=bucketed)], 1)
+    return audio
 
 
 class WindowJoiner:
