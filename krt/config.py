@@ -284,9 +284,9 @@ class SchedulerConfig:
     )
     batch_windows: int = knob(
         "KRT_BATCH_WINDOWS",
-        0,
-        "Most windows of different streams decoded in one model call; 0 = auto (8 on CUDA, else 1).",
-        _at_least(0),
+        1,
+        "Most windows of different streams decoded in one model call (torch; try 8 on CUDA).",
+        _at_least(1),
     )
 
 

@@ -578,3 +578,35 @@ def test_every_script_helps_when_called_by_a_relative_path(tmp_path: Path, name:
     assert result.returncode == 0, result.stderr
     assert f"scripts/{name}" in result.stdout or "tail -F" in result.stdout
     assert result.stderr == ""
+
+
+def test_gpu_figures_serves_batched_then_single_and_sums_up_the_figures(tmp_path: Path) -> None:
+    """The GPU run, prepared and run here on the fake backend costing like a GPU (a launch
+    each model call): both servers come up, both benches run, and the summary names the
+    capacity at each batch size and the streams each server kept in time."""
+    env = {
+        **os.environ,
+        "KRT_BACKEND": "fake",
+        "KRT_FAKE_COMPUTE_RATIO": "0.01",
+        "KRT_FAKE_LAUNCH_SECONDS": "0.02",
+        "BATCH_WINDOWS": "4",
+        "MAX_STREAMS": "1",
+        "REPLIES": "1",
+        "P95_MS": "3000",
+        "PORT": str(free_port()),
+        "OUT_DIR": str(tmp_path / "figures"),
+        "KRT": str(Path(sys.executable).parent / "krt"),
+        "PYTHON": sys.executable,
+    }
+    done = run_script("gpu_figures.sh", env=env, cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / "figures" / "summary.txt").read_text().splitlines()
+    assert summary[0].startswith("GPU: ")
+    batched, single = summary[1:]
+    assert batched.startswith(
+        "batched: fake on cpu, up to 4 windows a call; audio s per model s by windows a call: 1: "
+    )
+    assert ", 2: " in batched and ", 4: " in batched
+    assert single.startswith("single: fake on cpu, up to 1 windows a call")
+    assert "1 streams under p95 3000 ms with no stall" in batched
+    assert (tmp_path / "figures" / "capacity-batched.png").stat().st_size > 0

@@ -51,6 +51,20 @@ WARM_UP_TEXT = (
 )
 """One sentence long enough for windows with context on both sides, as under load: a
 shorter one overstates the capacity admission then counts on."""
+BATCH_WARM_UP_SENTENCES = (
+    "Sure, I can help with that.",
+    "Your order left our warehouse this morning and should reach you by Friday afternoon.",
+    "Thanks for waiting.",
+    "I have moved your appointment to Tuesday at ten thirty, and you will get a reminder the evening before.",
+    "Is there anything else I can do for you today?",
+    "The refund goes back to the card you paid with.",
+    "Got it.",
+    "Your current balance is one hundred twenty dollars, due at the end of the month.",
+)
+"""Sentences of the lengths a voice agent says, which streams speak in turn when the
+warm-up measures batches: windows of different sentences often decode spans of different
+lengths, which cannot share a call, and identical copies of one sentence (which always
+could) would overstate what batching gives."""
 
 
 @attrs.frozen
@@ -181,13 +195,13 @@ class Engine:
                 later_compute,
             )
         measured = later > 0 and later_compute > 0 and later_frames > 0
-        batched = {size: await self._batch_capacity(plan, size) for size in self._batch_sizes()}
+        capacity = later / later_compute if measured else None
         self._scheduler.calibrate(
             first_window,
-            later / later_compute if measured else None,
+            capacity,
             later_compute / later_frames if measured else None,
             first_audio,
-            {size: capacity for size, capacity in batched.items() if capacity is not None},
+            await self._batched_capacity(plan, capacity),
         )
         stats = self._scheduler.statistics()
         log.info(
@@ -196,6 +210,18 @@ class Engine:
             stats.slots,
         )
 
+    async def _batched_capacity(self, plan: SpeechPlan, capacity: float | None) -> dict[int, float]:
+        """The capacity at 2, 4, … windows a turn: ``capacity`` (one window a turn, on the
+        warm-up sentence) times how much more audio per second a turn of that many
+        windows makes than a turn of one, both on the same mix of sentences."""
+        if capacity is None or self._pipeline.backend.batch_windows <= 1:
+            return {}
+        single = await self._batch_capacity(plan, 1)
+        batched = {size: await self._batch_capacity(plan, size) for size in self._batch_sizes()}
+        if not single:
+            return {}
+        return {size: capacity * rate / single for size, rate in batched.items() if rate}
+
     def _batch_sizes(self) -> list[int]:
         """The batch sizes the warm-up measures beyond one: 2, 4, … and the largest."""
         most = self._pipeline.backend.batch_windows
@@ -203,9 +229,20 @@ class Engine:
         return [*sizes, most] if most > 1 else []
 
     async def _batch_capacity(self, plan: SpeechPlan, size: int) -> float | None:
-        """Audio seconds per model second with ``size`` copies of ``plan`` decoded together,
-        their first windows left out (as at one window a turn); None if nothing was made."""
-        renderings = [self._pipeline.rendering(plan) for _ in range(size)]
+        """Audio seconds per model second with ``size`` streams decoded together, their
+        first windows left out (as at one window a turn); None if nothing was made. Each
+        stream speaks ``BATCH_WARM_UP_SENTENCES`` from a sentence of its own, in ``plan``'s
+        voice."""
+        sentences = BATCH_WARM_UP_SENTENCES
+        renderings = [
+            self._pipeline.rendering(
+                attrs.evolve(
+                    plan,
+                    segments=tuple(sentences[(stream + k) % len(sentences)] for k in range(len(sentences))),
+                )
+            )
+            for stream in range(size)
+        ]
         backend = self._pipeline.backend
         await self._runner.run(_together, renderings, backend)
         started = trio.current_time()

@@ -178,17 +178,16 @@ class WindowCursor:
 
     def peek(self, windows: WindowSizes) -> WindowRequest:
         """The window ``take`` would return now."""
-        return self._window(windows, windows.peek())
+        return self._window(windows, windows.at_most(), windows.peek())
 
     def take(self, windows: WindowSizes) -> WindowRequest:
         """The next window, its size taken from ``windows``."""
-        return self._window(windows, windows.next_size())
+        at_most = windows.at_most()
+        return self._window(windows, at_most, windows.next_size())
 
-    def _window(self, windows: WindowSizes, size: int) -> WindowRequest:
+    def _window(self, windows: WindowSizes, at_most: int | None, size: int) -> WindowRequest:
         first = windows.frames_decoded == 0
-        stop = cut_window(
-            self.segment, self._start, size, self._end, at_least=first, at_most=windows.at_most()
-        )
+        stop = cut_window(self.segment, self._start, size, self._end, at_least=first, at_most=at_most)
         return window_request(self.segment, self._start, stop, bucketed=self._bucketed)
 
     def join(self, window: WindowRequest, audio: FloatAudio) -> FloatAudio:
@@ -416,6 +415,9 @@ class Rendering:
         self._held: collections.deque[FloatAudio] = collections.deque()
         """Audio a finished piece let go while ``next_window`` looked past it."""
         self._supplied: tuple[WindowRequest, FloatAudio] | None = None
+        self._failed: Exception | None = None
+        """What failed starting the next piece while ``next_window`` looked past a finished
+        one: raised once what that one let go has been taken."""
         quanta = pipeline.config.scheduler
         self.windows = WindowSizes.from_bytes(quanta.priority_quantum_bytes, quanta.quantum_bytes)
         self._budget = TokenBudget(pipeline.config.segments.max_utterance_tokens)
@@ -467,9 +469,18 @@ class Rendering:
         self._supplied = (window, audio)
 
     def _next_window(self) -> WindowRequest | None:
+        if self._finished or self._failed is not None:
+            return None
         while True:
-            if self._piece is None and not self._start_piece():
-                return None
+            if self._piece is None:
+                try:
+                    if not self._start_piece():
+                        return None
+                except Exception as exc:
+                    if not self._held:
+                        raise
+                    self._failed = exc  # the end of the last piece is heard first
+                    return None
             assert self._piece is not None
             if not self._piece.cursor.done:
                 return self._piece.cursor.peek(self.windows)
@@ -480,6 +491,9 @@ class Rendering:
         """The next audio that is final, starting pieces as needed; None at the plan's end."""
         if self._held:
             return self._held.popleft()
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         while True:
             if self._piece is None and not self._start_piece():
                 return None
@@ -490,10 +504,10 @@ class Rendering:
 
     def _leaving(self, audio: Iterator[FloatAudio]) -> Iterator[FloatAudio]:
         """``audio`` as it leaves a piece, counted for the word clock."""
-        for piece in audio:
+        for chunk in audio:
             if self.words is not None:
-                self.words.samples_out += piece.size
-            yield piece
+                self.words.samples_out += chunk.size
+            yield chunk
 
     def _start_piece(self) -> bool:
         """Start the next piece (the front end on it); False when the plan is done."""
@@ -517,8 +531,10 @@ class Rendering:
     def _decode(self, window: WindowRequest) -> FloatAudio:
         """The audio of ``window``: the one supplied, else decoded now, alone."""
         supplied, self._supplied = self._supplied, None
-        if supplied is not None and supplied[0] == window:
-            return supplied[1]
+        if supplied is not None:
+            if supplied[0] == window:
+                return supplied[1]
+            log.debug("a window decoded together was not the one needed: %s, not %s", supplied[0], window)
         return self._pipeline.backend.decode_windows([window])[0]
 
     def _failing_as_synthesis(self, step: Callable[[], _T]) -> _T:
@@ -570,9 +586,10 @@ def supply_together(
     for group in groups.values():
         try:
             decoded = decoder.decode_windows([window for _rendering, window in group])
+            supplies = list(zip(group, decoded, strict=True))
         except Exception:
             log.exception("%d windows decoded together failed; each is decoded alone", len(group))
         else:
-            for (rendering, window), audio in zip(group, decoded, strict=True):
+            for (rendering, window), audio in supplies:
                 rendering.supply(window, audio)
         yield [rendering for rendering, _window in group]

@@ -4,11 +4,11 @@ Every response becomes a *job*. A turn on the model thread is one decoder window
 job (``pipeline.WindowSizes``: a small first window, then larger ones), so a newcomer's
 first window never waits for more than the window in progress, and barge-in takes
 effect within one window's compute. On a backend that decodes several windows in one
-call (``batch_windows``, a GPU) a turn is one window of each of up to that many jobs,
-the due ones with the earliest deadlines, decoded together (windows whose decoded spans
-have one length share a generator call; the most urgent group is delivered first): a
-GPU decodes eight small windows in about the time of one, and a newcomer's first window
-rides the next turn beside the windows of streams already playing.
+call (``batch_windows``, a GPU) a turn is one model call: the window of the due job with
+the earliest deadline, and the windows of the next most urgent due jobs (up to that many
+in all) whose decoded spans have the same length, stacked. A GPU decodes eight small
+windows in about the time of one; a newcomer, always the most urgent, has its first
+window in the next turn, beside the windows of streams already playing.
 
 Whose turn it is: the job with the earliest *deadline*. A started job's deadline is the
 moment a real-time player that began at its first audio would run dry (first audio +
@@ -263,6 +263,8 @@ class EngineStatistics:
 class TurnResult:
     audio_seconds: float
     error: SpeechError | None
+    served: bool = True
+    """False for a job picked for a turn whose window could not share its model call."""
 
 
 def _planned_seconds(plan: SpeechPlan) -> float:
@@ -711,28 +713,36 @@ class Scheduler:
         job.send.send_nowait(batch)
 
     def _turn(self, jobs: Sequence[Job]) -> list[TurnResult]:
-        """Runs on the model thread: the next window of each of ``jobs``, each handed to the
-        Trio side the moment it exists. With more than one job, their windows are decoded
-        together first (after the front end of any job starting a sentence), the group of
-        the most urgent job first (see ``supply_together``)."""
+        """Runs on the model thread: the next window of each of ``jobs`` that can share a
+        model call with the most urgent one's, each handed to the Trio side the moment it
+        exists; the others are not served this turn (``TurnResult.served``).
+
+        One call a turn: a window whose decoded span has another length would need a
+        call of its own, which on a GPU costs about as much as the whole stack, and the
+        most urgent stream's next turn would wait for it. The front end of any job
+        starting a sentence runs first, inside the turn (it is ~5 % of a window's compute).
+        """
+        if len(jobs) == 1 or self._decoder is None:
+            return [self._next_batch(job) for job in jobs]
         results: dict[Job, TurnResult] = {}
-        if len(jobs) > 1 and self._decoder is not None:
-            windows: list[tuple[Rendering, WindowRequest]] = []
-            for job in jobs:
-                if job.withdrawn:  # left while this turn waited for the model thread
-                    continue
-                try:
-                    window = job.rendering.next_window()
-                except SpeechError as exc:
-                    results[job] = TurnResult(0.0, exc)
-                    continue
-                if window is not None:
-                    windows.append((job.rendering, window))
-            owner = {job.rendering: job for job in jobs}
-            for group in supply_together(self._decoder, windows):
-                for rendering in group:
-                    results[owner[rendering]] = self._next_batch(owner[rendering])
-        return [results[job] if job in results else self._next_batch(job) for job in jobs]
+        windows: list[tuple[Job, WindowRequest]] = []
+        for job in jobs:
+            if job.withdrawn:  # left while this turn waited for the model thread
+                continue
+            try:
+                window = job.rendering.next_window()
+            except SpeechError as exc:
+                results[job] = TurnResult(0.0, exc)
+                continue
+            if window is None:  # ending: what it has left needs no model call
+                results[job] = self._next_batch(job)
+            else:
+                windows.append((job, window))
+        riders = [(job, window) for job, window in windows if window.span_frames == windows[0][1].span_frames]
+        for _group in supply_together(self._decoder, [(job.rendering, window) for job, window in riders]):
+            for job, _window in riders:
+                results[job] = self._next_batch(job)
+        return [results.get(job, TurnResult(0.0, None, served=False)) for job in jobs]
 
     def _next_batch(self, job: Job) -> TurnResult:
         """The job's next batch, delivered the moment it exists."""
@@ -752,10 +762,8 @@ class Scheduler:
             error = SpeechError("synthesis_failed", f"synthesis failed: {exc}")
         return TurnResult(seconds, error)
 
-    def _size_window(self, job: Job, now: float, turn_deadline: float) -> None:
-        """Cap a started stream's next window to what its own player can wait for (in a
-        turn of several windows, the most urgent player in the turn: ``turn_deadline``,
-        since every window in it arrives when the turn ends).
+    def _size_window(self, job: Job, now: float) -> None:
+        """Cap a started stream's next window to what its own player can wait for.
 
         Only its own: capping windows so that every other player is served in time as
         well was measured worse under load (onnx, 2 cores, c=2): every window shrinks
@@ -763,15 +771,20 @@ class Scheduler:
         ~1.2 audio seconds per second instead of ~2, and every stream stalls. Contention
         is admission's to prevent, with the capacity measured at full-size windows.
 
+        Not on a backend that decodes several windows a call: such a call costs about
+        the same whatever its windows' lengths (a GPU's is bound by its kernel launches,
+        and one window of a stack hardly moves it), so a shorter window would not come
+        sooner, only carry less audio, and its player would need another call sooner.
+
         A stream with no other stream active or waiting may take a longer window (see
         ``WindowSizes.serve_alone``): fewer seams, less context decoded.
         """
         job.rendering.windows.serve_alone(len(self._active) == 1 and not self._waiting)
         per_frame = self._seconds_per_frame
-        if job.first_audio_at is None or per_frame is None:
+        if job.first_audio_at is None or per_frame is None or self.batch_windows > 1:
             job.rendering.windows.limit_compute(None, 0.0)
             return
-        budget = (min(job.deadline, turn_deadline) - now) * WINDOW_SLACK_SHARE
+        budget = (job.deadline - now) * WINDOW_SLACK_SHARE
         if budget < job.rendering.windows.smallest_cost_frames() * per_frame:
             # Too late for any window to keep this player going: a small one would only
             # spend more on context, so it gets a full one and catches up sooner.
@@ -790,44 +803,47 @@ class Scheduler:
         return seconds / self._batch_speedup()[len(jobs) - 1]
 
     def _measure(
-        self,
-        jobs: Sequence[Job],
-        new: Sequence[bool],
-        results: Sequence[TurnResult],
-        frames: int,
-        seconds: float,
+        self, new: Sequence[bool], results: Sequence[TurnResult], frames: Sequence[int], seconds: float
     ) -> None:
-        """Update the estimates from a turn: the first-window cost and audio from a turn
-        that started a response (what its newcomer waited for), else the capacity at this
-        many windows a turn; and the model time per frame of one window in it."""
+        """Update the estimates from a turn (``frames``: what each job decoded in it).
+
+        A turn of one window says what one window costs: the model time per frame, and,
+        when it started a response, the first window's cost and audio. A turn with no new
+        response says the capacity with as many streams due as it picked, whether or not
+        their windows could share its call: what admission counts on is what a batched
+        turn really makes, not what a full stack would. (A batched turn that started a
+        response says neither cleanly; the warm-up measured both.)
+        """
         audio_seconds = sum(result.audio_seconds for result in results)
-        if audio_seconds <= 0 or seconds <= 0:
-            return
-        if frames > 0:  # first windows too: their front end makes the estimate cautious
-            per_frame = seconds * len(jobs) / frames
-            previous = self._seconds_per_frame
-            self._seconds_per_frame = per_frame if previous is None else 0.8 * previous + 0.2 * per_frame
-        if any(new):
-            first_audio = [
-                result.audio_seconds for result, started in zip(results, new, strict=True) if started
-            ]
-            made = sum(first_audio) / len(first_audio)
-            previous_first = self._first_window_seconds
-            self._first_window_seconds = (
-                seconds if previous_first is None else 0.7 * previous_first + 0.3 * seconds
-            )
-            previous_audio = self._first_window_audio
-            self._first_window_audio = made if previous_audio is None else 0.7 * previous_audio + 0.3 * made
-        elif frames <= 0:
+        decoding = [count for count in frames if count > 0]
+        if audio_seconds <= 0 or seconds <= 0 or not decoding:
             # No model call (a response's leftover chunk): its microseconds say nothing of
             # the model's speed, and counted would claim a huge capacity.
             return
-        else:
-            previous_capacity = self._capacity_at.get(len(jobs))
-            rate = audio_seconds / seconds
-            self._capacity_at[len(jobs)] = (
-                rate if previous_capacity is None else 0.8 * previous_capacity + 0.2 * rate
-            )
+        if len(decoding) == 1:  # first windows too: their front end makes the estimate cautious
+            per_frame = seconds / decoding[0]
+            previous = self._seconds_per_frame
+            self._seconds_per_frame = per_frame if previous is None else 0.8 * previous + 0.2 * per_frame
+        if any(new):
+            if len(decoding) == 1:
+                made = next(
+                    result.audio_seconds for result, started in zip(results, new, strict=True) if started
+                )
+                previous_first = self._first_window_seconds
+                self._first_window_seconds = (
+                    seconds if previous_first is None else 0.7 * previous_first + 0.3 * seconds
+                )
+                previous_audio = self._first_window_audio
+                self._first_window_audio = (
+                    made if previous_audio is None else 0.7 * previous_audio + 0.3 * made
+                )
+            return
+        picked = len(frames)
+        previous_capacity = self._capacity_at.get(picked)
+        rate = audio_seconds / seconds
+        self._capacity_at[picked] = (
+            rate if previous_capacity is None else 0.8 * previous_capacity + 0.2 * rate
+        )
 
     def reconfigure(self, admission: AdmissionConfig) -> None:
         """New admission knobs, from the next decision on: more slots take in waiting
@@ -870,14 +886,9 @@ class Scheduler:
                 continue
             now = trio.current_time()
             new = [job.waiting_for_first_audio for job in jobs]
-            turn_deadline = min(
-                (job.deadline for job in jobs if job.first_audio_at is not None), default=math.inf
-            )
             for job in jobs:
-                if job.first_turn_at is None:
-                    job.first_turn_at = now
-                self._size_window(job, now, turn_deadline)
-            frames_before = sum(job.rendering.windows.frames_decoded for job in jobs)
+                self._size_window(job, now)
+            frames_before = [job.rendering.windows.frames_decoded for job in jobs]
             self._in_turn = tuple(jobs)
             started = self._turn_started = now
             self._turn_estimate = self._estimate_turn(jobs, new)
@@ -901,8 +912,19 @@ class Scheduler:
             elapsed = trio.current_time() - started
             self._model_seconds += elapsed
             self._audio_seconds += sum(result.audio_seconds for result in results)
-            frames = sum(job.rendering.windows.frames_decoded for job in jobs) - frames_before
-            self._measure(jobs, new, results, frames, elapsed)
+            frames = [
+                job.rendering.windows.frames_decoded - before
+                for job, before in zip(jobs, frames_before, strict=True)
+            ]
+            for job, result in zip(jobs, results, strict=True):
+                if job.first_turn_at is None and result.served:
+                    job.first_turn_at = started
+            self._measure(
+                [starting and result.served for starting, result in zip(new, results, strict=True)],
+                results,
+                frames,
+                elapsed,
+            )
             for job, result in zip(jobs, results, strict=True):
                 self._settle(job, result)
 

@@ -70,7 +70,7 @@ class Backend(Protocol):
 
     def decode(self, segment: PreparedSegment, start: int, stop: int) -> FloatAudio:
         """The audio of frames [start, stop) of ``segment``, plus ``SEAM_SAMPLES`` beyond
-        ``stop`` unless more of it will not be heard (see ``windows.window_audio``)."""
+        ``stop`` when more of the segment will be heard (see ``windows.window_audio``)."""
         ...
 
     def decode_windows(self, windows: Sequence[WindowRequest]) -> list[FloatAudio]:

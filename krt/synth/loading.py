@@ -50,7 +50,7 @@ def load_backend(config: Config) -> Backend:
             config.voices.female,
             config.voices.male,
             stall_word=config.model.fake_stall_word,
-            batch_windows=config.scheduler.batch_windows or 1,
+            batch_windows=config.scheduler.batch_windows,
             launch_seconds=config.model.fake_launch_seconds,
         )
     if name == "torch":
