@@ -164,7 +164,11 @@ class SegmentConfig:
     first_max_words: int | None = knob(
         "FIRST_SEGMENT_MAX_WORDS",
         None,
-        "Cut the first sentence after at most this many words (at least 3 each side); empty = never.",
+        (
+            "Cut the first sentence after at most this many words; empty = never. Sentences are "
+            "spoken whole by default (the first audio comes from the first decoder window, not a "
+            "shortened sentence); a cut never leaves a piece under 3 words."
+        ),
         attrs.validators.optional(_at_least(1)),
     )
     first_boundaries: str = knob(
@@ -179,30 +183,47 @@ class SegmentConfig:
     max_word_chars: int = knob(
         "MAX_WORD_CHARS",
         128,
-        "A response with a longer word (characters between spaces) is refused as too_long.",
+        (
+            "A response with a longer word (characters between spaces) is refused as too_long: one "
+            '"word" of thousands of symbols costs G2P and the model seconds for nothing.'
+        ),
         _at_least(8),
     )
     max_utterance_seconds: float = knob(
         "MAX_UTTERANCE_SECONDS",
         240.0,
-        "A response predicted to play longer (from its text and speed) is refused as too_long.",
+        (
+            "A response predicted to play longer (≈ 15 characters per second at speed 1) is refused "
+            "as too_long."
+        ),
         _between(1.0, 3600.0),
     )
     max_utterance_tokens: int = knob(
         "MAX_UTTERANCE_TOKENS",
         3300,
-        "A response whose phonemes come to more model tokens ends as too_long when it gets there.",
+        (
+            "A response whose phonemes come to more model tokens (≈ 14 per second of audio, so about "
+            "`MAX_UTTERANCE_SECONDS`) ends as too_long when it gets there; digits and symbols can "
+            "make many tokens per character."
+        ),
         _at_least(1),
     )
     trim_silence: bool = knob(
         "TRIM_SILENCE",
         True,
-        "Skip the model's silence around each segment (~350 ms before, ~500 ms after).",
+        (
+            "Skip the silence Kokoro puts around each segment (~350 ms before, ~500 ms after): those "
+            "frames, known from the model's own durations, are never decoded. A response starts "
+            "within 60 ms of its first sound and ends 40 ms after its last."
+        ),
     )
     sentence_pause_ms: int | None = knob(
         "SENTENCE_PAUSE_MS",
         350,
-        "Silence between two sentences of one response; empty = the model's own (~0.8 s).",
+        (
+            "Silence between two sentences of one response (a mid-sentence cut: 120 ms), divided by "
+            "the speed; empty keeps the model's own (~0.8 s)."
+        ),
         attrs.validators.optional(_between(0, 5000)),
     )
 
@@ -254,7 +275,12 @@ class WebSocketConfig:
 @attrs.frozen
 class AdmissionConfig:
     max_concurrent_jobs: int = knob(
-        "MAX_CONCURRENT_JOBS", 4, "Streams synthesizing at once (scheduler active limit).", _at_least(1)
+        "MAX_CONCURRENT_JOBS",
+        4,
+        (
+            "Hard ceiling on streams synthesizing at once; below it, the schedule decides (README: how it runs)."
+        ),
+        _at_least(1),
     )
     max_queued_requests: int = knob(
         "MAX_QUEUED_REQUESTS", 16, "Requests allowed to wait behind the running ones.", _at_least(0)
@@ -273,19 +299,28 @@ class SchedulerConfig:
     quantum_bytes: int = knob(
         "SCHED_QUANTUM_BYTES",
         144000,
-        "Largest decoder window (PCM bytes) a stream makes in one turn while others wait (1.5x alone).",
+        (
+            "Largest decoder window (PCM bytes, 3 s) a stream makes in one turn while others wait; a "
+            "stream alone on the model may take 1.5× that."
+        ),
         _at_least(2),
     )
     priority_quantum_bytes: int = knob(
         "PRIORITY_QUANTUM_BYTES",
         57600,
-        "A response's first decoder window (PCM bytes); later ones double up to SCHED_QUANTUM_BYTES.",
+        (
+            "A response's first decoder window (PCM bytes, 1.2 s); later ones double up to "
+            "`SCHED_QUANTUM_BYTES`."
+        ),
         _at_least(2),
     )
     batch_windows: int = knob(
         "KRT_BATCH_WINDOWS",
         1,
-        "Most windows of different streams decoded in one model call (torch; try 8 on CUDA).",
+        (
+            "Most windows of different streams decoded in one model call (torch; try 8 on CUDA, and "
+            "measure with `scripts/gpu_figures.sh`)."
+        ),
         _at_least(1),
     )
 
@@ -434,3 +469,25 @@ def iter_knobs() -> list[tuple[str, str, Any, str]]:
         for field in attrs.fields(group):
             rows.append((group_field.name, field.metadata["env"], field.default, field.metadata["help"]))
     return rows
+
+
+def knob_table() -> str:
+    """Every knob as a Markdown table (variable, default, meaning): the one in
+    ``docs/configuration.md``, which a test holds to this."""
+    home = str(Path.home())
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for _group, env, default, meaning in iter_knobs():
+        if default is None or default == "":
+            shown = ""
+        elif isinstance(default, bool):
+            shown = f"`{int(default)}`"
+        else:
+            text = str(default)
+            shown = "`" + ("~" + text[len(home) :] if text.startswith(home + "/") else text) + "`"
+        cells = (f"`{env}`", shown, meaning)
+        lines.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m krt.config: the table docs/configuration.md holds
+    print(knob_table(), end="")

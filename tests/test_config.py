@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from krt.config import ConfigError, iter_knobs, load_config, read_dotenv
+from krt.config import ConfigError, iter_knobs, knob_table, load_config, read_dotenv
 
 SEED_KNOBS = {
     "API_KEY",
@@ -117,3 +117,11 @@ def test_config_is_immutable():
     config = load_config(environ={}, dotenv=None)
     with pytest.raises(AttributeError):
         config.voices.speed = 2.0  # type: ignore[misc]
+
+
+def test_the_configuration_page_shows_every_knob_as_the_code_defines_it():
+    """docs/configuration.md is generated: a knob added, renamed, re-defaulted or
+    re-explained in krt/config.py and not pasted into the page fails here."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert knob_table() in page, "docs/configuration.md drifted: paste in the output of python -m krt.config"
+    assert len(knob_table().splitlines()) == len(iter_knobs()) + 2
