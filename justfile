@@ -35,9 +35,13 @@ setup:
     {{bin}}/pip install --quiet -e '.[test]'
     touch "$stamp"
 
-# Run the whole test suite (unit tests on the fake backend, integration tests on the real model).
+# Run the whole test suite on two workers (unit tests on the fake backend, integration tests on the real model).
 test *args: setup
-    {{bin}}/python -m pytest "$@"
+    {{bin}}/python -m pytest -n 2 --dist worksteal "$@"
+
+# The everyday lane (under two minutes): no real model, no server processes, no proxies.
+test-fast *args: setup
+    {{bin}}/python -m pytest -n 2 --dist worksteal -m "not integration and not slow" "$@"
 
 # Lint, type-check, check the import contracts (pyproject.toml [tool.importlinter]) and test.
 check: setup
@@ -45,7 +49,7 @@ check: setup
     {{bin}}/ruff format --check krt console tests
     {{bin}}/mypy
     {{bin}}/lint-imports
-    {{bin}}/python -m pytest
+    {{bin}}/python -m pytest -n 2 --dist worksteal
 
 # Speak TEXT into OUT (a WAV file) with the engine alone, e.g. just say "Hello there." out.wav
 say text out="out.wav" *args: setup

@@ -19,7 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Input, Label, RichLog, Select, Sparkline, Static
 
 from console.model import ServerView
-from krt import admin_schema as schema
+from krt.wire import admin_schema as schema
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -12,7 +12,7 @@ import asyncio
 import errno
 from typing import TYPE_CHECKING, Protocol
 
-from krt import admin_schema as schema
+from krt.wire import admin_schema as schema
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from krt import admin_schema as schema
+from krt.wire import admin_schema as schema
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 COMMANDS = {
     "serve": ("krt.server.app", "run the realtime WebSocket server"),
-    "say": ("krt.say", "speak text into a WAV file with the engine alone"),
+    "say": ("krt.tools.say", "speak text into a WAV file with the engine alone"),
     "client": ("krt.tools.client", "speak through a running server into a WAV file"),
     "warmup": ("krt.tools.warmup", "warm a running server up with a few responses"),
     "tpm": ("krt.tools.tpm", "transactions per minute against a running server"),

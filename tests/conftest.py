@@ -21,6 +21,22 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-model tests first, the longest of them (``longest``) at the very front.
+
+    ``just test`` runs on two workers that steal work from each other (``--dist
+    worksteal``): a test of several minutes started first runs beside everything else,
+    where started last it would end the run alone. The order is otherwise kept (a stable
+    sort), so each file's tests still run in the order they are written.
+    """
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("longest") is None,
+            item.get_closest_marker("integration") is None,
+        )
+    )
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago and has no listener now."""
     with socket.socket() as sock:

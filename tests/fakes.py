@@ -17,12 +17,12 @@ import trio.testing
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
-from krt import SAMPLE_RATE
-from krt.protocol import WS_PATH
+from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE
 from krt.server.listener import serve_websocket
 from krt.server.session import Session
 from krt.synth.fake_backend import FakeBackend, SpelledPhonemizer
 from krt.synth.windows import SAMPLES_PER_FRAME
+from krt.wire.protocol import WS_PATH
 from tests.server_harness import Client
 
 if TYPE_CHECKING:
@@ -32,8 +32,19 @@ if TYPE_CHECKING:
     from trio.testing import MockClock
     from trio_websocket import WebSocketConnection
 
+    from krt.engine.facade import Job, PcmBatch
     from krt.server.state import ServerState
     from krt.synth.windows import PreparedSegment, WindowRequest
+
+
+async def read_all(job: Job) -> list[PcmBatch]:
+    """Every batch of ``job``, as a reader that keeps up takes them: each is marked read
+    (:meth:`~krt.engine.scheduler.Job.mark_read`) the moment it arrives."""
+    batches = []
+    async for batch in job:
+        job.mark_read(sum(map(len, batch)) / PCM_BYTES_PER_SECOND)
+        batches.append(batch)
+    return batches
 
 
 class RecordingFake(FakeBackend):

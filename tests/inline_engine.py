@@ -9,20 +9,21 @@ pipeline makes for a text, and the metrics log's lines.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
+
+import trio
+import trio.testing
 
 from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
-from krt.engine.runner import InlineRunner
 from krt.metrics.record import MetricsLog
 from krt.server.state import ServerState
 from krt.synth.fake_backend import FakeBackend
 from tests.conftest import make_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
-
-    import trio
 
     from krt.config import Config
     from krt.engine.runner import ModelRunner
@@ -30,6 +31,25 @@ if TYPE_CHECKING:
 
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 LONG_TEXT = " ".join(f"Sentence number {n} goes on for a while." for n in range(1, 9))
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class InlineRunner:
+    """Model work on the Trio thread itself, for tests on virtual time with a fast backend.
+
+    The work blocks the event loop while it runs, which is what makes the order of
+    events exact. Before it, every other task runs until it blocks, as it would while a
+    real model thread computes: a reader takes the audio of the last turn when it was
+    made, not after the next turn.
+    """
+
+    async def run(self, work: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        await trio.testing.wait_all_tasks_blocked()
+        return work(*args)
+
+    def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
+        callback(*args)
 
 
 def sentences(word: str, count: int) -> str:

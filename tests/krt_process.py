@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from krt.protocol import WS_PATH
+from krt.wire.protocol import WS_PATH
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -17,10 +17,10 @@ import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from krt.engine.pipeline import SpeechPipeline
-from krt.protocol import WS_PATH
 from krt.server.app import main
 from krt.server.state import ServerState
 from krt.synth.loading import load_backend
+from krt.wire.protocol import WS_PATH
 from tests.conftest import make_config
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from krt.metrics.report import read_records
 from tests.conftest import free_port
 from tests.server_harness import WS_PATH
 
-pytestmark = pytest.mark.trio
+pytestmark = [pytest.mark.trio, pytest.mark.slow]
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
 KEY = "nginx-test-key"

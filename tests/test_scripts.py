@@ -33,10 +33,13 @@ SCRIPTS = ROOT / "scripts"
 RUN_TIMEOUT = 60
 START_TIMEOUT = 60  # the script's own readiness bound; the subprocess gets more
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or shutil.which("bash") is None or shutil.which("curl") is None,
-    reason="the scripts target Linux pods with bash and curl",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux") or shutil.which("bash") is None or shutil.which("curl") is None,
+        reason="the scripts target Linux pods with bash and curl",
+    ),
+]
 
 MACHINE_WIDE = [
     "--drop-caches",

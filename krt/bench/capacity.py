@@ -342,7 +342,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     title = f"krt bench capacity: {server}, {args.replies} replies per stream"
     if args.non_readers:
         title += f", {args.non_readers} non-reading clients attached"
-    from krt import plots
+    from krt.metrics import plots
 
     try:
         plots.capacity_plot(plot, levels, title=title, p95_target_ms=args.p95_target_ms, capacity=best)

@@ -19,7 +19,7 @@ import trio
 from krt.client.commands import ToolError, connected, leaves
 from krt.client.http_speech import post_speech
 from krt.client.target import add_target_arguments, resolve_target
-from krt.codecs import OutputAudio
+from krt.media.codecs import OutputAudio
 from krt.metrics.stats import percentile
 
 if TYPE_CHECKING:

@@ -30,9 +30,9 @@ from krt.client.speech import ResponseTrace, open_speech_client
 from krt.client.texts import AGENT_REPLIES as TEXTS
 from krt.engine.pipeline import SpeechPipeline
 from krt.metrics.stats import percentile
-from krt.protocol import WS_PATH
 from krt.server import app
 from krt.synth.loading import load_backend
+from krt.wire.protocol import WS_PATH
 
 if TYPE_CHECKING:
     import argparse

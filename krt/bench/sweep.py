@@ -40,7 +40,7 @@ from krt.client.commands import (
 )
 from krt.client.target import add_target_arguments, resolve_target
 from krt.client.texts import AGENT_REPLIES
-from krt.codecs import NATIVE, OutputAudio
+from krt.media.codecs import NATIVE, OutputAudio
 
 if TYPE_CHECKING:
     import argparse
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     plot = args.plot if args.plot is not None or not sweeping else DEFAULT_PLOT
     status = 0
     if plot is not None:
-        from krt import plots
+        from krt.metrics import plots
 
         title = f"krt bench: {server}, {load.mode} mode, N={load.n} texts per level"
         try:

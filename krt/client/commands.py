@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from krt import SAMPLE_RATE
 from krt.client.speech import SessionRefused, SpeechClient, open_speech_client
 from krt.client.target import describe_connection_error
-from krt.codecs import NATIVE, OUTPUT_FORMATS, SAMPLE_RATES, OutputAudio, UnsupportedOutput
-from krt.engine.segmenter import split_sentences
+from krt.media.codecs import NATIVE, OUTPUT_FORMATS, SAMPLE_RATES, OutputAudio, UnsupportedOutput
+from krt.text.sentences import split_sentences
 
 if TYPE_CHECKING:
     import argparse

@@ -28,9 +28,10 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 from wsproto.utilities import LocalProtocolError
 
-from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE, protocol
+from krt import PCM_BYTES_PER_SECOND, SAMPLE_RATE
 from krt.client.figures import STALL_NOISE_FLOOR_S, Stalls, first_audible_sample, stalls
-from krt.codecs import NATIVE, OUTPUT_FORMATS, OutputAudio, StreamDecoder
+from krt.media.codecs import NATIVE, OUTPUT_FORMATS, OutputAudio, StreamDecoder
+from krt.wire import protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -70,6 +71,8 @@ class ResponseTrace:
     error_code: str | None = None
     error_message: str = ""
     """The server's words for ``error_code`` (e.g. the voices it does have)."""
+    reconnect: bool = False
+    """The server refused it because it is draining: a new connection would take it."""
     retry_after: float | None = None
     """With ``busy``: seconds after which the server predicts it would take the request in."""
     cancel_sent_at: float | None = None
@@ -96,10 +99,7 @@ class ResponseTrace:
         Behind a load balancer, a new connection lands on another replica."""
         if self.arrivals:
             return False
-        return (
-            protocol.told_to_reconnect(self.error_code, self.error_message)
-            or self.error_code == "disconnected"
-        )
+        return self.reconnect or self.error_code == "disconnected"
 
     @property
     def audio_seconds(self) -> float:
@@ -262,6 +262,7 @@ class SpeechClient:
         elif isinstance(event, protocol.ResponseError):
             trace.outcome, trace.error_code, trace.ended_at = "error", event.code, now
             trace.error_message = event.message
+            trace.reconnect = event.reconnect
             trace.retry_after = None if event.retry_after_ms is None else event.retry_after_ms / 1000
 
     def _heard(self, response_id: str, data: bytes) -> tuple[bytes, int]:

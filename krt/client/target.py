@@ -15,7 +15,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import attrs
 
 from krt.config import read_dotenv
-from krt.protocol import WS_PATH
+from krt.wire.protocol import WS_PATH
 
 if TYPE_CHECKING:
     import argparse

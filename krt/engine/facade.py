@@ -116,7 +116,8 @@ class Engine:
     def stream(
         self, plan: SpeechPlan, label: str, *, paced: bool = True, client: Hashable | None = None
     ) -> AbstractAsyncContextManager[Job]:
-        """Admit ``plan`` and yield its job; iterate the job for PCM batches, in order.
+        """Admit ``plan`` and yield its job; iterate the job for PCM batches, in order, and
+        say what its reader has read with :meth:`~krt.engine.scheduler.Job.mark_read`.
 
         Raises SpeechError ``busy`` when refused. Leaving the block for any reason (the
         last batch read, a cancel scope, a disconnect) withdraws the job: nothing more is
@@ -127,15 +128,24 @@ class Engine:
         return self._scheduler.stream(self._pipeline.rendering(plan), label, paced=paced, client=client)
 
     def admit(
-        self, plan: SpeechPlan, label: str, *, accepted: bool = False, client: Hashable | None = None
+        self,
+        plan: SpeechPlan,
+        label: str,
+        *,
+        paced: bool = True,
+        accepted: bool = False,
+        client: Hashable | None = None,
     ) -> Job:
-        """Admit ``plan`` as a realtime stream now, before its client is told the response
-        exists: SpeechError ``busy`` when refused, unless ``accepted`` (a response queued
-        behind another on the same socket, whose stream the engine already took in: it
-        waits its turn, it is never refused). A refusal says when to come back and keeps
-        that place for ``client`` (its socket). The job takes turns from now on, or once
-        the schedule fits it; whoever admitted it must :meth:`hold` it or :meth:`withdraw` it."""
-        return self._scheduler.admit(self._pipeline.rendering(plan), label, accepted=accepted, client=client)
+        """Admit ``plan`` now, before its client is told the response exists: SpeechError
+        ``busy`` when refused, unless ``accepted`` (a response queued behind another on the
+        same socket, whose stream the engine already took in: it waits its turn, it is
+        never refused). A refusal says when to come back and keeps that place for
+        ``client`` (a socket, an address). ``paced=False`` is for downloads, as in
+        :meth:`stream`. The job takes turns from now on, or once the schedule fits it;
+        whoever admitted it must :meth:`hold` it or :meth:`withdraw` it."""
+        return self._scheduler.admit(
+            self._pipeline.rendering(plan), label, paced=paced, accepted=accepted, client=client
+        )
 
     def hold(self, job: Job) -> AbstractAsyncContextManager[Job]:
         """Iterate an admitted job for its PCM; leaving the block for any reason withdraws it."""

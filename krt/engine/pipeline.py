@@ -24,12 +24,10 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import attrs
 
 from krt import SAMPLE_RATE
-from krt.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment, trim_silence
-from krt.engine.segmenter import Segmenter, ends_sentence, split_in_two
+from krt.engine.segmenter import Segmenter, split_in_two
 from krt.engine.timestamps import WordClock
 from krt.errors import SpeechError
-from krt.g2p import PhonemeWord, Phonemizer, joined_phonemes, tokenize
-from krt.normalize import Normalized, normalize
+from krt.media.audio import FloatAudio, PcmChunker, chunk_samples_for, shape_segment, trim_silence
 from krt.synth.backend import MAX_TOKENS, Backend
 from krt.synth.windows import (
     CONTEXT_FRAMES,
@@ -41,12 +39,15 @@ from krt.synth.windows import (
     cut_window,
     window_request,
 )
+from krt.text.g2p import PhonemeWord, Phonemizer, joined_phonemes, tokenize
+from krt.text.normalize import Normalized, normalize
+from krt.text.sentences import ends_sentence
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from krt.config import Config
-    from krt.voices import VoiceCatalog
+    from krt.synth.voices import VoiceCatalog
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -1,11 +1,11 @@
-"""Where model calls run: a dedicated worker thread in production, inline in tests.
+"""Where model calls run: a dedicated worker thread.
 
 The engine never calls ``trio.to_thread`` itself; it hands blocking model work to a
 runner and, from inside that work, hands results back with ``call_soon``. The thread
 runner is what ``krt serve`` uses: one worker at a time (one model, one device), so
-the event loop never blocks on inference. The inline runner runs the same work on the Trio thread, which lets the whole
-engine and session run under ``trio.testing.MockClock(autojump_threshold=0)``:
-autojump would take a busy worker thread for an idle program and jump the clock.
+the event loop never blocks on inference. The :class:`ModelRunner` protocol is the seam
+the tests use to run the same work inline on the Trio thread, on virtual time
+(``tests/inline_engine.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, TypeVar, TypeVarTuple, Unpack
 
 import trio
-import trio.testing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,20 +49,3 @@ class ThreadRunner:
 
     def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
         trio.from_thread.run_sync(callback, *args)
-
-
-class InlineRunner:
-    """Model work on the Trio thread itself, for tests on virtual time with a fast backend.
-
-    The work blocks the event loop while it runs, which is what makes the order of
-    events exact. Before it, every other task runs until it blocks, as it would while a
-    real model thread computes: a reader takes the audio of the last turn when it was
-    made, not after the next turn.
-    """
-
-    async def run(self, work: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        await trio.testing.wait_all_tasks_blocked()
-        return work(*args)
-
-    def call_soon(self, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
-        callback(*args)

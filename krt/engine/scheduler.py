@@ -88,15 +88,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_BUFFER_SECONDS = 1.0
-"""Audio a job may have made and not yet seen taken, besides its latest window, before it
+"""Audio a job may have made and not yet seen read, besides its latest window, before it
 gets no more turns: a slow client holds back only its own stream, never the engine. In
 seconds, not batches (a batch is a decoder window, ~1 s to 3 s of audio). The latest
-window is left out because it sits untaken from its delivery until its reader (or,
+window is left out because it sits unread from its delivery until its reader (or,
 through the server, its client) has it, and a stream must not lose its turn to that: a
-reader that keeps up is never held back, and one that takes nothing costs the first two
-windows (3.6 s of audio with the default window sizes). *Taken* is when the job is
-iterated, unless its reader hands the audio on and says when it is taken further down
-(:meth:`Job.taken_downstream`)."""
+reader that keeps up is never held back, and one that reads nothing costs the first two
+windows (3.6 s of audio with the default window sizes). *Read* is what the reader says
+with :meth:`Job.mark_read`."""
 AHEAD_SECONDS = 8.0
 """A started job gets no turn while its player has more than this much audio ahead."""
 CAPACITY_HEADROOM = 1.25
@@ -111,7 +110,7 @@ RETRY_WITHIN_SLAS = 2.0
 """A refused client is told to come back when its first turn is predicted, but within
 this many ``QUEUE_WAIT_SLA_MS`` (at least 1 s)."""
 PARK_AFTER_SECONDS = 1.0
-"""A stream whose reader has taken nothing for this long, with its buffer full, is parked:
+"""A stream whose reader has read nothing for this long, with its buffer full, is parked:
 it holds no place in the schedule until its reader takes audio again."""
 FIRST_WINDOW_AUDIO_GUESS = 1.0
 """Audio seconds of a first window, for forecasts made before one was measured."""
@@ -140,11 +139,13 @@ class Job:
     request) is not: it takes every turn no player needs sooner, since its deadline runs
     ahead as fast as it is made."""
     first_turn_at: float | None = None
-    first_audio_at: float | None = None
+    first_batch_at: float | None = None
+    """When the model delivered its first batch: where its real-time player starts (the
+    server's response records when audio reached the socket, which is later)."""
     audio_made: float = 0.0
     """Seconds of audio made so far."""
     unread_seconds: float = 0.0
-    """Seconds of audio delivered to the job and not yet taken (see JOB_BUFFER_SECONDS)."""
+    """Seconds of audio delivered to the job and not yet read (see JOB_BUFFER_SECONDS)."""
     latest_batch_seconds: float = 0.0
     client: Hashable | None = None
     """Who asked (a socket, an address): whose reservation it uses up."""
@@ -152,7 +153,6 @@ class Job:
     """When its client was first refused, if it came back on a reservation (its seniority)."""
     full_since: float | None = None
     """Since when its buffer has been full (no room for another window); None while it has room."""
-    _taken_on_read: bool = True
 
     @property
     def plan(self) -> SpeechPlan:
@@ -160,14 +160,14 @@ class Job:
 
     @property
     def waiting_for_first_audio(self) -> bool:
-        return self.first_audio_at is None
+        return self.first_batch_at is None
 
     @property
     def deadline(self) -> float:
         """When a real-time player of this job runs dry; a job with no audio is due at once."""
-        if self.first_audio_at is None:
+        if self.first_batch_at is None:
             return self.submitted_at
-        return self.first_audio_at + self.audio_made
+        return self.first_batch_at + self.audio_made
 
     @property
     def done(self) -> bool:
@@ -187,18 +187,14 @@ class Job:
         return math.inf if self.full_since is None else self.full_since + PARK_AFTER_SECONDS
 
     def parked(self, now: float) -> bool:
-        """Its reader has taken nothing for ``PARK_AFTER_SECONDS`` and its buffer is full."""
+        """Its reader has read nothing for ``PARK_AFTER_SECONDS`` and its buffer is full."""
         return now >= self.parks_at
 
-    def taken_downstream(self) -> None:
-        """From now on audio counts as unread until :meth:`taken` says so, not when the job
-        is iterated: the server calls it so that a job's buffer ends at the client (audio
-        the client has acknowledged reading), not at the session, and audio waiting in
-        socket buffers for a client that stopped reading still holds its job back."""
-        self._taken_on_read = False
-
-    def taken(self, seconds: float) -> None:
-        """``seconds`` of this job's audio have reached whoever it was for."""
+    def mark_read(self, seconds: float) -> None:
+        """``seconds`` of this job's audio have reached whoever it is for: every reader
+        says so, when its reader (for the server, the client) has the audio and not when
+        it was handed on, so audio waiting in socket buffers for a client that stopped
+        reading still holds its job back (see JOB_BUFFER_SECONDS)."""
         self.unread_seconds = max(0.0, self.unread_seconds - seconds)
         if self.has_room():
             self.full_since = None
@@ -220,8 +216,6 @@ class Job:
             raise StopAsyncIteration from None
         if isinstance(item, SpeechError):
             raise item
-        if self._taken_on_read:
-            self.taken(_batch_seconds(item))
         return item
 
 
@@ -567,8 +561,8 @@ class Scheduler:
             self._parked.remove(job)
             # Its player ran dry through its reader's own pause: it now has what the reader
             # has yet to take, and is due like a stream that far ahead, not long overdue.
-            if job.first_audio_at is not None:
-                job.first_audio_at = now + job.unread_seconds - job.audio_made
+            if job.first_batch_at is not None:
+                job.first_batch_at = now + job.unread_seconds - job.audio_made
                 job.played_until = job.deadline
             self._waiting.appendleft(job)
         self._fill_slots()
@@ -654,7 +648,7 @@ class Scheduler:
             return StreamState(after, active=False, submitted_at=now)
         return StreamState(
             [_remaining_seconds(job), *after],
-            played_until=None if job.first_audio_at is None else job.deadline,
+            played_until=None if job.first_batch_at is None else job.deadline,
             paced=job.paced,
             active=job in self._active,
             submitted_at=job.submitted_at,
@@ -669,7 +663,7 @@ class Scheduler:
         return (
             not job.withdrawn
             and job.has_room()
-            and (not job.paced or job.first_audio_at is None or job.deadline - now <= AHEAD_SECONDS)
+            and (not job.paced or job.first_batch_at is None or job.deadline - now <= AHEAD_SECONDS)
         )
 
     def _pick(self) -> list[Job]:
@@ -686,7 +680,7 @@ class Scheduler:
         ahead = [
             job.deadline - AHEAD_SECONDS - now
             for job in self._active
-            if not job.withdrawn and job.has_room() and job.first_audio_at is not None and job.paced
+            if not job.withdrawn and job.has_room() and job.first_batch_at is not None and job.paced
         ]
         parking = [job.parks_at - now for job in self._active]  # the same sum `parked` compares
         return max(0.0, min(ahead + parking, default=math.inf))
@@ -696,8 +690,8 @@ class Scheduler:
         if job.withdrawn:
             return
         now = trio.current_time()
-        if job.first_audio_at is None:
-            job.first_audio_at = now
+        if job.first_batch_at is None:
+            job.first_batch_at = now
         seconds = _batch_seconds(batch)
         if job.played_until is None or now > job.played_until:
             if job.played_until is not None and job.unread_seconds == 0:  # not a reader that stopped
@@ -781,7 +775,7 @@ class Scheduler:
         """
         job.rendering.windows.serve_alone(len(self._active) == 1 and not self._waiting)
         per_frame = self._seconds_per_frame
-        if job.first_audio_at is None or per_frame is None or self.batch_windows > 1:
+        if job.first_batch_at is None or per_frame is None or self.batch_windows > 1:
             job.rendering.windows.limit_compute(None, 0.0)
             return
         budget = (job.deadline - now) * WINDOW_SLACK_SHARE

@@ -18,12 +18,8 @@ import attrs
 
 from krt.config import SegmentConfig
 from krt.errors import SpeechError
+from krt.text.sentences import CLAUSE_PUNCTUATION, SENTENCE_PUNCTUATION, ends_with_boundary
 
-SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
-"""Whitespace after a sentence-ending mark (and any closing quote or bracket)."""
-CLAUSE_PUNCTUATION = ",;:—–)]}"
-SENTENCE_PUNCTUATION = ".!?…"
-TRAILING_CLOSERS = "\"'”’»)]}"
 MIN_FRAGMENT_WORDS = 3
 """Fewest words on either side of a first-segment cut."""
 AUDIO_SECONDS_PER_CHAR = 0.065
@@ -34,38 +30,6 @@ text not yet synthesized will play, for admission, scheduling and the length lim
 def predicted_audio_seconds(text_chars: int, speed: float) -> float:
     """How long ``text_chars`` characters of text will play at ``speed``, before any G2P."""
     return text_chars * AUDIO_SECONDS_PER_CHAR / speed
-
-
-def split_sentences(text: str) -> list[str]:
-    """Complete sentences and, last, whatever follows the final sentence end (maybe "")."""
-    return SENTENCE_END.split(text)
-
-
-def cut_run_on(text: str, *, last_word_complete: bool = False) -> tuple[str, str]:
-    """Cut a long piece with no sentence end after its last clause mark; without one,
-    before its last word, which may still be growing, unless more text is known to follow
-    it (``last_word_complete``), then the whole piece. Returns (to speak now, to keep)."""
-    words = text.split(" ")
-    for index in range(len(words) - 1, 0, -1):
-        if _ends_with_boundary(words[index - 1], CLAUSE_PUNCTUATION):
-            return " ".join(words[:index]), " ".join(words[index:])
-    if last_word_complete:
-        return text, ""
-    return " ".join(words[:-1]), words[-1]
-
-
-def ends_sentence(text: str) -> bool:
-    """Whether ``text`` ends with a sentence mark (closing quotes and brackets allowed)."""
-    return _ends_with_boundary(text.rstrip(), SENTENCE_PUNCTUATION)
-
-
-def count_words(text: str) -> int:
-    return len(text.split())
-
-
-def _ends_with_boundary(word: str, boundaries: str) -> bool:
-    stripped = word.rstrip(TRAILING_CLOSERS)
-    return bool(stripped) and stripped[-1] in boundaries
 
 
 @attrs.frozen
@@ -127,7 +91,7 @@ class Segmenter:
             (
                 index
                 for index in range(limit, MIN_FRAGMENT_WORDS - 1, -1)
-                if _ends_with_boundary(words[index - 1], boundaries)
+                if ends_with_boundary(words[index - 1], boundaries)
             ),
             0,
         )
@@ -137,7 +101,7 @@ class Segmenter:
                     (
                         i
                         for i in range(limit + 1, len(words) - MIN_FRAGMENT_WORDS + 1)
-                        if _ends_with_boundary(words[i - 1], boundaries)
+                        if ends_with_boundary(words[i - 1], boundaries)
                     ),
                     len(words),
                 )
@@ -164,7 +128,7 @@ def split_in_two(text: str) -> tuple[str, str]:
         position += len(word) + 1
         offsets.append((position, word))
     for marks in (SENTENCE_PUNCTUATION, CLAUSE_PUNCTUATION, None):
-        candidates = [pos for pos, word in offsets if marks is None or _ends_with_boundary(word, marks)]
+        candidates = [pos for pos, word in offsets if marks is None or ends_with_boundary(word, marks)]
         if candidates:
             cut = min(candidates, key=lambda pos: abs(pos - middle))
             return text[:cut].strip(), text[cut:].strip()

@@ -26,16 +26,16 @@ import attrs
 import numpy as np
 
 from krt import SAMPLE_RATE
-from krt.g2p import token_owners
 from krt.synth.windows import SAMPLES_PER_FRAME
+from krt.text.g2p import token_owners
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     import numpy.typing as npt
 
-    from krt.g2p import PhonemeWord
-    from krt.normalize import Normalized
+    from krt.text.g2p import PhonemeWord
+    from krt.text.normalize import Normalized
 
 MAX_SKIP_CHARS = 64
 """How far ahead of the last word found a G2P word may be looked for in the normalized

@@ -46,13 +46,21 @@ Design, and why:
   clock would drift. A krt that sends no timestamps still works: Pipecat then emits each
   sentence's text when its context ends.
 - **A draining krt loses no sentence.** A krt replica that is draining (a rolling deploy)
-  refuses new responses ``busy``, saying to reconnect, and closes the socket with 1012
-  once what it is speaking ends. A sentence refused so, before any of its audio, is held
-  (its context stays open) and goes out first on the next socket, which the load
-  balancer puts on another replica: the caller hears the whole turn, in order.
+  refuses new responses ``busy`` with the event's ``reconnect`` field set (its message is
+  for people, not read here), and closes the socket with 1012 once what it is speaking
+  ends. A sentence refused so, before any of its audio, is held (its context stays open)
+  and goes out first on the next socket, which the load balancer puts on another
+  replica: the caller hears the whole turn, in order.
 - **Errors stay local.** A ``response.error`` is a non-fatal ``ErrorFrame`` and ends that
   response (the rest of the turn is still spoken); an ``error`` event is an ``ErrorFrame``
   too, except the harmless ``unknown_response`` of a cancel that crossed its response's end.
+- **The wire is krt's own schema.** Every event is built from :mod:`krt.wire.protocol`'s
+  classes and encoded by it, and every frame read is decoded by it into a typed event (a
+  frame that does not decode is logged and ignored), so this service and krt cannot drift
+  apart on a field's name or type. What must be remembered between events (contexts,
+  response ids, held sentences, audio offsets, word alignment) is
+  :mod:`krt.integrations.speech_contexts`, which knows nothing of Pipecat; this module is
+  the Pipecat and WebSocket glue around it.
 """
 
 from __future__ import annotations
@@ -60,8 +68,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -76,7 +82,8 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, assert_given
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from krt.protocol import WS_PATH, told_to_reconnect
+from krt.integrations.speech_contexts import KrtResponse, SpeechContexts
+from krt.wire import protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -86,7 +93,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KrtTTSService", "KrtTTSSettings", "krt_endpoint"]
 
-TERMINAL_EVENTS = frozenset({"response.completed", "response.canceled", "response.error"})
+TERMINAL_EVENTS = (protocol.ResponseCompleted, protocol.ResponseCanceled, protocol.ResponseError)
 """The one last event of every krt response."""
 SESSION_FIELDS = frozenset({"voice", "speed"})
 """Settings krt takes in a ``session.update``: changing them mid-call costs one message."""
@@ -97,7 +104,6 @@ _RESPONSE_ERROR_CATEGORIES = {
     "invalid_input": ErrorCategory.APPLICATION,
 }
 """None of them permanent: one refused sentence says nothing about the next one."""
-_TOKEN = re.compile(r"\S+")
 QUIET_CONTEXT_TIMEOUT_S = 10.0
 """How long a context may go without audio before Pipecat takes it as finished (its
 ``stop_frame_timeout_s``, 3 s by default). A busy krt queues a response for up to
@@ -115,7 +121,7 @@ def krt_endpoint(url: str) -> str:
     """
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else WS_PATH
+    path = parts.path if parts.path not in ("", "/") else protocol.WS_PATH
     return urlunsplit(parts._replace(scheme=scheme, path=path))
 
 
@@ -133,35 +139,6 @@ class KrtTTSSettings(TTSSettings):
 
 class _SessionRefusedError(Exception):
     """krt will not speak the session this service needs (rate, voice or speed)."""
-
-
-@dataclass
-class _Response:
-    context_id: str
-    text: str
-    """What was sent as ``input``: krt's word offsets index it."""
-    offset_s: float | None = None
-    """Where the response's first sample falls in its context's audio, fixed by its
-    first audio or timestamps (krt speaks a socket's responses in order, so by then the
-    responses before it in the context have all their audio in)."""
-    audio_bytes: int = 0
-    timed_to: int = 0
-    """How far into ``text`` words have been handed to Pipecat."""
-    canceled: bool = False
-    held: bool = False
-    """Refused by a draining krt: sent again, first thing, on the next socket."""
-
-
-@dataclass
-class _Context:
-    in_flight: list[str] = field(default_factory=list)
-    """Response ids sent and not yet ended, in order."""
-    created: int = 0
-    """Responses made for this context so far: the next one's id suffix."""
-    closed: bool = False
-    """No more text comes for this context: it ends with its last response."""
-    audio_bytes: int = 0
-    """Audio this context has played so far, for the next response's word offsets."""
 
 
 class KrtTTSService(WebsocketTTSService):
@@ -223,8 +200,7 @@ class KrtTTSService(WebsocketTTSService):
         self._receive_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         """Set while a socket is open and its session agreed."""
-        self._responses: dict[str, _Response] = {}
-        self._contexts: dict[str, _Context] = {}
+        self._speech = SpeechContexts()
         self._waiting: set[str] = set()
         """Contexts whose sentence waits for a socket."""
 
@@ -303,13 +279,14 @@ class KrtTTSService(WebsocketTTSService):
     async def _send_held(self, websocket: ClientConnection) -> bool:
         """Send the sentences a draining krt refused, in order, before anything newer;
         False when the new socket failed too (the receive loop reconnects again)."""
-        resent: list[_Response] = []
-        for response_id, response in list(self._responses.items()):
+        resent: list[KrtResponse] = []
+        for response in self._speech.held():
+            response_id = response.response_id
             # Looked up again each time: an interruption during a send forgets its sentences.
-            if self._responses.get(response_id) is not response or not response.held:
+            if self._speech.responses.get(response_id) is not response or not response.held:
                 continue
             try:
-                await websocket.send(self._create_event(response_id, response.text))
+                await websocket.send(_create_event(response))
             except ConnectionClosed as e:
                 logger.warning(f"{self}: resending {response_id} to krt: {e}")
                 for sent in resent:  # died with this socket before any of it was read
@@ -320,34 +297,25 @@ class KrtTTSService(WebsocketTTSService):
             logger.info(f"{self}: resent {response_id}, which a draining krt refused, on a new connection")
         return True
 
-    @staticmethod
-    def _create_event(response_id: str, text: str) -> str:
-        return json.dumps({"type": "response.create", "response_id": response_id, "input": text})
-
     def _session_update(self) -> str:
-        session: dict[str, Any] = {
-            "voice": assert_given(self._settings.voice),
-            "audio": {"format": "pcm", "sample_rate": self.sample_rate},
-        }
-        speed = assert_given(self._settings.speed)
-        if speed is not None:
-            session["speed"] = speed
-        if self._word_timestamps:
-            session["timestamps"] = True
-        return json.dumps({"type": "session.update", "session": session})
+        patch = protocol.SessionPatch(
+            voice=assert_given(self._settings.voice),
+            speed=assert_given(self._settings.speed),
+            audio=protocol.AudioSettings(format="pcm", sample_rate=self.sample_rate),
+            # Left out rather than false: without it krt keeps its own default.
+            timestamps=True if self._word_timestamps else None,
+        )
+        return protocol.encode(protocol.SessionUpdate(patch))
 
     def _read_handshake(self, message: str | bytes, confirmed: asyncio.Event) -> None:
-        event = _parse(message)
-        kind = event.get("type") if event else None
-        if kind == "session.updated":
-            audio = _field(_field(event, "session"), "audio")
-            rate = audio.get("sample_rate", self.sample_rate)
+        event = self._decode(message)
+        if isinstance(event, protocol.SessionUpdated):
+            rate = event.session.audio.sample_rate
             if rate != self.sample_rate:
                 raise _SessionRefusedError(f"asked for {self.sample_rate} Hz, krt would send {rate} Hz")
             confirmed.set()
-        elif kind == "error":
-            detail = _field(event, "error")
-            raise _SessionRefusedError(f"{detail.get('code')}: {detail.get('message')}")
+        elif isinstance(event, protocol.ErrorEvent):
+            raise _SessionRefusedError(f"{event.error.code}: {event.error.message}")
 
     async def _drop_socket(self) -> None:
         websocket, self._websocket = self._websocket, None
@@ -363,15 +331,7 @@ class KrtTTSService(WebsocketTTSService):
         # the base class has closed their contexts after the audio that did arrive.
         # Sentences a draining krt refused are kept, with their contexts, for the next
         # socket; not when the pipeline is ending.
-        held = {} if self._disconnecting else {rid: r for rid, r in self._responses.items() if r.held}
-        lost = sum(not (response.canceled or response.held) for response in self._responses.values())
-        self._responses = held
-        kept = self._held_context_ids()
-        self._contexts = {
-            context_id: context for context_id, context in self._contexts.items() if context_id in kept
-        }
-        for context in self._contexts.values():
-            context.in_flight = [response_id for response_id in context.in_flight if response_id in held]
+        lost = self._speech.drop_socket(keep_held=not self._disconnecting)
         if lost and not self._disconnecting:
             await self.push_error(f"{self}: krt connection lost with {lost} response(s) unfinished")
         try:
@@ -421,7 +381,7 @@ class KrtTTSService(WebsocketTTSService):
         # waiting for the new socket has sent nothing on the old one, so it stays open
         # (and so does the turn it belongs to).
         # Nor does a context whose sentence a draining krt refused: it is sent again.
-        spared = self._waiting | self._held_context_ids()
+        spared = self._waiting | self._speech.held_context_ids()
         for context_id in self.get_audio_contexts():
             if context_id not in spared:
                 await self.remove_audio_context(context_id)
@@ -429,14 +389,10 @@ class KrtTTSService(WebsocketTTSService):
             self._turn_context_id = None
             self._turn_context_id = self.create_context_id()
 
-    def _held_context_ids(self) -> set[str]:
-        """Contexts with a sentence a draining krt refused: they outlive the socket."""
-        return {response.context_id for response in self._responses.values() if response.held}
-
     async def _send_keepalive(self) -> None:
         websocket = self._open_socket()
         if websocket is not None:
-            await websocket.send(json.dumps({"type": "ping"}))
+            await websocket.send(protocol.encode(protocol.Ping()))
 
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:  # type: ignore[override]
         changed = await super()._update_settings(delta)
@@ -453,14 +409,14 @@ class KrtTTSService(WebsocketTTSService):
 
     @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        for stale in [other for other in self._contexts if other != context_id]:
+        for stale in [other for other in self._speech.contexts if other != context_id]:
             await self._finish_if_done(stale)  # contexts that went quiet and were never flushed
         # Two tries: a socket krt has just closed can look open until its send fails,
         # and the sentence then goes on the next socket.
         for attempt in (1, 2):
             websocket = await self._socket_when_ready(context_id)
             # Looked up after the wait: a reconnect forgets the old socket's contexts.
-            context = self._contexts.setdefault(context_id, _Context())
+            context = self._speech.open(context_id)
             if context_id != self._turn_context_id:
                 # A sentence outside any turn (a TextFrame with no LLM response around
                 # it) is its own context; nothing else will flush it.
@@ -469,14 +425,11 @@ class KrtTTSService(WebsocketTTSService):
                 yield ErrorFrame(error=f"{self}: not connected to krt at {self._url}; not speaking [{text}]")
                 await self._finish_if_done(context_id)
                 return
-            context.created += 1
-            response_id = context_id if context.created == 1 else f"{context_id}#{context.created}"
-            self._responses[response_id] = _Response(context_id, text)
-            context.in_flight.append(response_id)
+            response = self._speech.start_response(context_id, text)
             try:
-                await websocket.send(self._create_event(response_id, text))
+                await websocket.send(_create_event(response))
             except ConnectionClosed as e:
-                self._forget(response_id)
+                self._speech.forget(response.response_id)
                 if attempt == 1:
                     continue
                 yield ErrorFrame(error=f"{self}: sending to krt failed: {e}", exception=e)
@@ -486,18 +439,12 @@ class KrtTTSService(WebsocketTTSService):
             yield None
             return
 
-    def _forget(self, response_id: str) -> None:
-        response = self._responses.pop(response_id, None)
-        context = self._contexts.get(response.context_id) if response else None
-        if context is not None and response_id in context.in_flight:
-            context.in_flight.remove(response_id)
-
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The turn is over: its context ends once krt has finished its responses."""
         context_id = context_id or self.get_active_audio_context_id()
         if not context_id:
             return
-        context = self._contexts.get(context_id)
+        context = self._speech.contexts.get(context_id)
         if context is not None:
             context.closed = True
             await self._finish_if_done(context_id)
@@ -507,16 +454,11 @@ class KrtTTSService(WebsocketTTSService):
             await self._finish_audio_context(context_id)
 
     async def _finish_if_done(self, context_id: str) -> None:
-        context = self._contexts.get(context_id)
-        if context is None or context.in_flight:
-            return
         # A context that went quiet and is not the turn in progress gets no more text
         # either: Pipecat would not reopen it (and flushes only open contexts).
         abandoned = not self.audio_context_available(context_id) and context_id != self._turn_context_id
-        if not (context.closed or abandoned):
-            return
-        del self._contexts[context_id]
-        await self._finish_audio_context(context_id)
+        if self._speech.end_context_if_done(context_id, abandoned=abandoned):
+            await self._finish_audio_context(context_id)
 
     async def _finish_audio_context(self, context_id: str) -> None:
         """End a context Pipecat still plays: TTSStoppedFrame after its audio, then close it."""
@@ -525,45 +467,30 @@ class KrtTTSService(WebsocketTTSService):
             await self.remove_audio_context(context_id)
 
     async def on_audio_context_interrupted(self, context_id: str) -> None:
-        context = self._contexts.pop(context_id, None)
-        if context is not None:
-            for response_id in context.in_flight:
-                await self._cancel_response(response_id)
+        for response_id in self._speech.interrupt(context_id):
+            await self._cancel_response(response_id)
         await super().on_audio_context_interrupted(context_id)
 
     async def on_audio_context_completed(self, context_id: str) -> None:
         # Also reached when a context went quiet for ``stop_frame_timeout_s`` mid-turn:
         # Pipecat then reopens it with a new word clock from its next audio, so the
         # offsets start over, minus what a response in flight has already played.
-        context = self._contexts.get(context_id)
-        if context is not None:
-            context.audio_bytes = 0
-            for response_id in context.in_flight:
-                if (response := self._responses.get(response_id)) is not None:
-                    response.offset_s = -self._seconds(response.audio_bytes) if response.audio_bytes else None
+        self._speech.restart_clock(context_id)
         await super().on_audio_context_completed(context_id)
         await self._finish_if_done(context_id)
 
     async def _cancel_response(self, response_id: str) -> None:
-        response = self._responses.get(response_id)
-        if response is None or response.canceled:
-            return
-        if response.held:
-            self._forget(response_id)  # krt never took it: there is nothing to cancel
-            return
-        response.canceled = True
+        if not self._speech.cancel(response_id):
+            return  # ended, already canceled, or held and never taken by krt
         websocket = self._open_socket()
         if websocket is None:
-            self._forget(response_id)  # it died with the socket
+            self._speech.forget(response_id)  # it died with the socket
             return
         try:
-            await websocket.send(json.dumps({"type": "response.cancel", "response": response_id}))
+            await websocket.send(protocol.encode(protocol.ResponseCancel(response=response_id)))
         except Exception as e:
             # The receive loop finds the dead socket and reconnects; the response died with it.
             logger.warning(f"{self}: cancelling krt response {response_id}: {e}")
-
-    def _seconds(self, audio_bytes: int) -> float:
-        return audio_bytes / (2 * self.sample_rate)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -582,35 +509,41 @@ class KrtTTSService(WebsocketTTSService):
             raise ConnectionError(f"{self}: not connected to krt")
         return websocket
 
-    async def _handle_message(self, message: str | bytes) -> None:
-        event = _parse(message)
-        if event is None:
-            logger.warning(f"{self}: ignoring a krt frame that is not a JSON event: {message!r:.200}")
-            return
-        kind = event.get("type")
-        if kind == "response.output_audio.delta":
-            await self._on_audio(event)
-        elif kind == "response.output_audio.timestamps":
-            await self._on_timestamps(event)
-        elif kind in TERMINAL_EVENTS:
-            await self._on_end(kind, event)
-        elif kind == "error":
-            await self._on_error(_field(event, "error"))
-        # response.created, session.updated (a settings change applied), pong and event
-        # types newer than this module need nothing.
+    def _decode(self, message: str | bytes) -> protocol.ServerEvent | None:
+        """krt's event, or None (logged) for a frame this service cannot read: one bad
+        frame must not cost the call."""
+        try:
+            return protocol.decode_server_event(message.decode() if isinstance(message, bytes) else message)
+        except protocol.UnknownServerEvent as e:
+            logger.debug(f"{self}: skipping an event newer than this service: {e}")
+            return None
+        except ValueError as e:  # UnicodeDecodeError included
+            logger.warning(f"{self}: ignoring a krt frame that is not an event ({e}): {message!r:.200}")
+            return None
 
-    async def _playable(self, event: dict[str, Any]) -> _Response | None:
+    async def _handle_message(self, message: str | bytes) -> None:
+        event = self._decode(message)
+        if isinstance(event, protocol.OutputAudioDelta):
+            await self._on_audio(event)
+        elif isinstance(event, protocol.OutputAudioTimestamps):
+            await self._on_timestamps(event)
+        elif isinstance(event, TERMINAL_EVENTS):
+            await self._on_end(event)
+        elif isinstance(event, protocol.ErrorEvent):
+            await self._on_error(event.error)
+        # response.created, session.updated (a settings change applied) and pong need nothing.
+
+    async def _playable(self, response_id: str) -> KrtResponse | None:
         """The live response an event is for, or None when nothing of it may be played."""
-        response_id = event.get("response")
-        response = self._responses.get(response_id) if isinstance(response_id, str) else None
-        if response is None or response.canceled:
+        response = self._speech.playable(response_id)
+        if response is None:
             return None
         context_id = response.context_id
         # Pipecat reopens a context that went quiet only for the turn in progress.
         if not self.audio_context_available(context_id) and context_id != self._turn_context_id:
             # Pipecat finished the context while krt was still making it (no audio for
             # ``stop_frame_timeout_s``): what is left of it will not be heard, and says so.
-            await self._cancel_response(cast("str", response_id))
+            await self._cancel_response(response_id)
             await self.push_error(
                 f"{self}: krt response {response_id} came after Pipecat finished its context "
                 f"(no audio for {self._stop_frame_timeout_s:g} s); not played"
@@ -618,123 +551,58 @@ class KrtTTSService(WebsocketTTSService):
             return None
         return response
 
-    def _place(self, response: _Response) -> float:
-        if response.offset_s is None:
-            context = self._contexts.get(response.context_id)
-            response.offset_s = self._seconds(context.audio_bytes) if context else 0.0
-        return response.offset_s
-
-    async def _on_audio(self, event: dict[str, Any]) -> None:
-        response = await self._playable(event)
+    async def _on_audio(self, event: protocol.OutputAudioDelta) -> None:
+        response = await self._playable(event.response)
         if response is None:
             return
         try:
-            audio = base64.b64decode(event.get("delta", ""), validate=True)
-        except (binascii.Error, ValueError, TypeError) as e:
+            audio = base64.b64decode(event.delta, validate=True)
+        except (binascii.Error, ValueError) as e:
             logger.warning(f"{self}: krt sent audio that is not base64: {e}")
             return
         if not audio:
             return
-        self._place(response)
-        response.audio_bytes += len(audio)
-        context = self._contexts.get(response.context_id)
-        if context is not None:
-            context.audio_bytes += len(audio)
+        self._speech.hear(response, len(audio))
         frame = TTSAudioRawFrame(
             audio=audio, sample_rate=self.sample_rate, num_channels=1, context_id=response.context_id
         )
         await self.append_to_audio_context(response.context_id, frame)
 
-    async def _on_timestamps(self, event: dict[str, Any]) -> None:
-        response = await self._playable(event)
-        words = event.get("words")
-        if response is None or not isinstance(words, list):
+    async def _on_timestamps(self, event: protocol.OutputAudioTimestamps) -> None:
+        response = await self._playable(event.response)
+        if response is None:
             return
-        word_times = [
-            (token, self._place(response) + start_ms / 1000)
-            for token, start_ms in _tokens(response, [word for word in words if isinstance(word, dict)])
-        ]
+        word_times = self._speech.timed_tokens(response, event.words, self.sample_rate)
         if word_times:
             await self.add_word_timestamps(word_times, response.context_id)
 
-    async def _on_end(self, kind: str, event: dict[str, Any]) -> None:
-        response_id = event.get("response")
-        response = self._responses.get(response_id) if isinstance(response_id, str) else None
-        if response is None:
-            return
-        if (
-            kind == "response.error"
-            and told_to_reconnect(event.get("code"), str(event.get("message", "")))
-            and not (response.canceled or response.audio_bytes)
-        ):
-            # Still in its context's flight, so the context waits for it.
-            response.held = True
+    async def _on_end(
+        self, event: protocol.ResponseCompleted | protocol.ResponseCanceled | protocol.ResponseError
+    ) -> None:
+        response_id = event.response
+        if isinstance(event, protocol.ResponseError) and self._speech.hold_if_draining(event):
             logger.info(f"{self}: krt is draining; {response_id} goes out again on the next connection")
-            if all(other.held for other in self._responses.values()):
+            if self._speech.only_held_left():
                 await self._drop_socket()  # nothing else to hear on it: reconnect now
             return
-        self._forget(cast("str", response_id))
-        if kind == "response.error" and not response.canceled:
-            code = event.get("code")
+        response = self._speech.forget(response_id)
+        if response is None:
+            return
+        if isinstance(event, protocol.ResponseError) and not response.canceled:
             await self.push_error(
-                error_msg=f"{self}: krt did not speak response {response_id}: {code}: {event.get('message')}",
-                category=_RESPONSE_ERROR_CATEGORIES.get(str(code), ErrorCategory.UNKNOWN),
+                error_msg=f"{self}: krt did not speak response {response_id}: {event.code}: {event.message}",
+                category=_RESPONSE_ERROR_CATEGORIES.get(event.code, ErrorCategory.UNKNOWN),
             )
         await self._finish_if_done(response.context_id)
 
-    async def _on_error(self, detail: dict[str, Any]) -> None:
-        code, event_type = detail.get("code"), detail.get("event_type")
-        if code == "unknown_response" and event_type == "response.cancel":
-            logger.debug(f"{self}: a cancel crossed its response's end: {detail.get('message')}")
+    async def _on_error(self, error: protocol.ErrorDetail) -> None:
+        if error.code == "unknown_response" and error.event_type == protocol.ResponseCancel.TYPE:
+            logger.debug(f"{self}: a cancel crossed its response's end: {error.message}")
             return
         await self.push_error(
-            error_msg=f"{self}: krt refused {event_type or 'an event'}: {code}: {detail.get('message')}"
+            error_msg=f"{self}: krt refused {error.event_type or 'an event'}: {error.code}: {error.message}"
         )
 
 
-def _tokens(response: _Response, words: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """krt's words as Pipecat wants them: the input's whitespace-separated tokens (with
-    their punctuation, as the LLM wrote them), each at the start of its first word.
-
-    krt times words of the client's text without the marks around them ("there" of
-    "there,"); Pipecat rebuilds the bot's transcript from these tokens, so a mark left
-    out would be lost from the conversation. krt's character offsets make the match
-    exact; a word without them is taken as krt wrote it.
-    """
-    text, tokens = response.text, []
-    timed = [
-        (word["char_start"], word["char_end"], float(word["start_ms"]))
-        for word in words
-        if isinstance(word.get("char_start"), int)
-        and isinstance(word.get("char_end"), int)
-        and isinstance(word.get("start_ms"), int | float)
-        and 0 <= word["char_start"] < word["char_end"] <= len(text)
-    ]
-    if len(timed) < len(words):
-        return [
-            (word["text"].strip(), float(word["start_ms"]))
-            for word in words
-            if isinstance(word.get("text"), str)
-            and word["text"].strip()
-            and isinstance(word.get("start_ms"), int | float)
-        ]
-    for token in _TOKEN.finditer(text, response.timed_to):
-        starts = [start_ms for begin, end, start_ms in timed if begin < token.end() and end > token.start()]
-        if starts:
-            tokens.append((token[0], min(starts)))
-            response.timed_to = token.end()
-    return tokens
-
-
-def _parse(message: str | bytes) -> dict[str, Any] | None:
-    try:
-        event = json.loads(message)
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-def _field(event: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """A nested object of a krt event, empty when absent or malformed."""
-    value = event.get(name) if event else None
-    return value if isinstance(value, dict) else {}
+def _create_event(response: KrtResponse) -> str:
+    return protocol.encode(protocol.ResponseCreate(input=response.text, response_id=response.response_id))

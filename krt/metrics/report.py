@@ -232,7 +232,7 @@ def plot_timeline(path: Path, records: Iterable[dict[str, Any]], period: str, no
     The summaries hide when the latency rose; a point per response shows it. matplotlib
     is imported only here, so ``krt metrics`` without ``--plot`` does not pay for it.
     """
-    from krt.plots import timeline_plot
+    from krt.metrics.plots import timeline_plot
 
     start = now - parse_period(period)
     window = [

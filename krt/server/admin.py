@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt import admin_schema as schema
 from krt.server.monitor import MonitorLogHandler
+from krt.wire import admin_schema as schema
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -1,8 +1,8 @@
 """A drain: finish the work already accepted that can end in time, refuse the rest at once.
 
 On SIGTERM/SIGINT (or an operator's drain) readiness turns 503 and new responses are
-refused ``busy`` with the message that says to reconnect. Every response already accepted
-(``response.created`` sent) is in flight until its last event, and the engine's schedule
+refused ``busy`` with ``reconnect`` set (the message says so to people too). Every
+response already accepted (``response.created`` sent) is in flight until its last event, and the engine's schedule
 predicts, at the signal, when each would end (:meth:`~krt.engine.facade.Engine.forecast`):
 those that end within ``KRT_DRAIN_SECONDS`` are finished; the others are refused at once
 with that same reconnect error, so their clients resend them to another replica now
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from krt.protocol import DRAINING_REASON
+from krt.errors import SpeechError
+from krt.wire.protocol import DRAINING_REASON
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -75,7 +76,9 @@ async def drain(state: ServerState, signals: AsyncIterator[int] | None = None) -
             if signals is not None:
                 waiting.start_soon(_cancel_on_next_signal, signals, waiting.cancel_scope)
             for session, response in late:  # each at once: a slow reader holds up only its own
-                waiting.start_soon(session.refuse, response, "busy", DRAINING_REASON)
+                waiting.start_soon(
+                    session.refuse, response, SpeechError("busy", DRAINING_REASON, reconnect=True)
+                )
             while True:
                 settled = state.in_flight.settled
                 await state.close_sessions(DRAIN_CLOSE_CODE, idle_only=True, reason=DRAIN_CLOSE_REASON)

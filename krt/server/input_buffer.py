@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from krt.engine.segmenter import count_words, cut_run_on, split_sentences
+from krt.text.sentences import count_words, cut_run_on, split_sentences
 
 MAX_INCREMENTAL_WORDS = 40
 """Buffered text with no sentence end is spoken once it has this many words."""

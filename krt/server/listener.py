@@ -10,7 +10,6 @@ handshake and owns the connection from there.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -19,11 +18,12 @@ import h11
 import trio
 import trio_websocket
 
-from krt.protocol import DRAINING_REASON, MAX_WS_MESSAGE_BYTES, WS_PATH
 from krt.server import openai_api, prometheus
 from krt.server.http import HEAD_TIMEOUT, FrontDoor, ReplayStream, RequestRefused, authorized, header
+from krt.server.openai_schema import ApiError
 from krt.server.outbox import CLOSE_TIMEOUT_S
 from krt.server.session import Session
+from krt.wire.protocol import DRAINING_REASON, MAX_WS_MESSAGE_BYTES, WS_PATH
 
 if TYPE_CHECKING:
     from krt.server.state import ServerState
@@ -84,7 +84,7 @@ async def _route(door: FrontDoor, request: h11.Request, state: ServerState, peer
     if path in openai_api.ROUTES:
         try:
             await openai_api.serve(door, path, state, peer)
-        except openai_api.ApiError as error:
+        except ApiError as error:
             await door.respond(error.status, error.body, error.headers)
         return
     if path != WS_PATH:
@@ -164,15 +164,7 @@ async def serve_websocket(
             nursery.cancel_scope.cancel()
             return
         connection = state.monitor.new_connection_id()
-        session = Session(
-            ws,
-            engine,
-            state.config,
-            state.metrics,
-            state.in_flight,
-            peer,
-            functools.partial(state.response_changed, connection),
-        )
+        session = Session(ws, engine, state.config, state.response_book(connection), peer)
         state.open_sessions.add(session)
         state.monitor.connection_opened(connection, peer, session)
         log.info("%s: session open (%d active)", peer, state.sessions)

@@ -4,7 +4,7 @@ Sessions report connections and responses here as they open and end; a ticker sa
 what moves continuously (a response's audio sent, the engine's load) a few times a
 second; warnings and errors come from a logging handler. Every change is *offered* to
 each subscribed console's bounded queue and never waited on: a console that falls behind
-loses events and, once it has caught up, gets :class:`~krt.admin_schema.EventsLost` with a
+loses events and, once it has caught up, gets :class:`~krt.wire.admin_schema.EventsLost` with a
 fresh snapshot. Nothing here can slow the audio path.
 """
 
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
-from krt import admin_schema as schema
 from krt.engine.facade import predicted_audio_seconds
 from krt.metrics.stats import percentile
-from krt.server.responses import Outcome
+from krt.server.responses import State
+from krt.wire import admin_schema as schema
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -275,7 +275,9 @@ class Monitor:
             created_at=response.created_at,
             expected_audio_s=predicted_audio_seconds(len(response.text), response.plan.speed),
             audio_s=round(audio_s, 3),
-            queue_ms=round(response.queue_seconds * 1000, 1) if response.first_audio_at is not None else None,
+            queue_ms=round(response.queue_seconds * 1000, 1)
+            if response.first_audio_sent_at is not None
+            else None,
             ttfb_ms=None if (ttfb := response.ttfb_ms()) is None else round(ttfb, 1),
             xrt=round(audio_s / age, 2) if audio_s and age > 0 else None,
             error_code=response.error_code,
@@ -283,13 +285,13 @@ class Monitor:
 
 
 def _state_of(response: Response) -> schema.ResponseState:
-    if response.outcome is Outcome.CANCELED:
+    if response.outcome is State.CANCELED:
         return "canceled"
-    if response.outcome is Outcome.FAILED:
+    if response.outcome is State.FAILED:
         return "failed"
     if response.settled:
         return "completed"
-    return "queued" if response.first_audio_at is None else "speaking"
+    return "queued" if response.first_audio_sent_at is None else "speaking"
 
 
 class MonitorLogHandler(logging.Handler):

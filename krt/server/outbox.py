@@ -29,16 +29,18 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed
 
-from krt import PCM_BYTES_PER_SECOND, protocol
+from krt import PCM_BYTES_PER_SECOND
 from krt.engine.facade import PcmBatch
 from krt.server.responses import Response
+from krt.wire import protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from trio_websocket import WebSocketConnection
 
     from krt.config import StreamConfig, WebSocketConfig
+    from krt.engine.facade import WordTime
+    from krt.errors import SpeechError
+    from krt.server.responses import ResponseBook
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +92,14 @@ class Outbox:
         ws: WebSocketConnection,
         websocket: WebSocketConfig,
         stream: StreamConfig,
-        on_last_event_sent: Callable[[Response], None],
+        responses: ResponseBook,
         peer: str = "?",
-        on_last_event_sending: Callable[[Response], None] = lambda _response: None,
     ) -> None:
         self.ws = ws
         self._websocket = websocket
         self._primer = bytes(stream.prime_bytes) if stream.prime_stream else b""
-        self._on_last_event_sent = on_last_event_sent
-        self._on_last_event_sending = on_last_event_sending
-        """Told as a response's last event starts out, so a cancel crossing it is refused
-        (``unknown_response``) rather than followed by a second last event."""
+        self._responses = responses
+        """Where a response settles once its last event is on the wire."""
         self._peer = peer
         self._send, self._receive = trio.open_memory_channel[Outgoing](OUTBOX_ITEMS)
         self._audio_queued = 0
@@ -129,6 +128,29 @@ class Outbox:
         self, event: protocol.ServerEvent, droppable_for: Response | None = None, ends: Response | None = None
     ) -> None:
         await self._send.send(EventOut(protocol.encode(event), droppable_for, ends))
+
+    # -- the delivery sink (krt.server.delivery.Sink) ---------------------------------------
+
+    async def words(self, response: Response, words: list[WordTime]) -> None:
+        """Word times from the response's first sample as the client gets it (after any primer)."""
+        offset_ms = self.primer_seconds * 1000
+        timings = [
+            protocol.WordTiming(
+                word.text,
+                round(offset_ms + word.start * 1000, 1),
+                round(offset_ms + word.end * 1000, 1),
+                word.char_start,
+                word.char_end,
+            )
+            for word in words
+        ]
+        await self.event(protocol.OutputAudioTimestamps(response.response_id, timings), response)
+
+    async def completed(self, response: Response) -> None:
+        await self.event(protocol.ResponseCompleted(response.response_id), response, ends=response)
+
+    async def failed(self, response: Response, error: SpeechError) -> None:
+        await self.event(protocol.ResponseError.of(response.response_id, error), response, ends=response)
 
     async def audio(self, response: Response, batch: PcmBatch) -> None:
         """Queue one batch; waits while ``OUTBOX_AUDIO_SECONDS`` of audio are queued
@@ -223,7 +245,7 @@ class Outbox:
         progressed = False
         while self._unread and self._unread[0][0] <= through_frame:
             _frame, response, pcm_bytes = self._unread.popleft()
-            response.on_audio_taken(pcm_bytes / PCM_BYTES_PER_SECOND)
+            response.read(pcm_bytes)
             progressed = True
         if progressed:
             self._unread_since = trio.current_time() if self._unread else None
@@ -260,10 +282,9 @@ class Outbox:
             buffered, buffered_for = [], None
             if response is None or not pcm or response.canceled:
                 return
-            if response.first_audio_at is None and self._primer:
-                await self._write_audio(response, response.output_bytes(self._primer))
-            await self._write_audio(response, response.output_bytes(pcm))
-            response.audio_bytes += len(pcm)
+            if response.first_audio_sent_at is None and self._primer:
+                await self._write_audio(response, response.output_bytes(self._primer), 0)
+            await self._write_audio(response, response.output_bytes(pcm), len(pcm))
             await self._written(response, len(pcm))
 
         while True:
@@ -287,12 +308,12 @@ class Outbox:
                 await self._ping_behind_last_frame()  # before the event: it may end a response
                 if item.droppable_for is None or not item.droppable_for.canceled:
                     if item.ends is not None:
-                        self._on_last_event_sending(item.ends)
+                        item.ends.last_event_starting()
                     if item.ends is not None and not item.ends.canceled:
-                        await self._write_audio(item.ends, item.ends.output_tail())
+                        await self._write_audio(item.ends, item.ends.output_tail(), 0)
                     await self._write(item.text)
                     if item.ends is not None:
-                        self._on_last_event_sent(item.ends)
+                        self._responses.settle(item.ends)
                 continue
             self._audio_queued -= sum(map(len, item.chunks))
             self._audio_dequeued.set()
@@ -304,20 +325,18 @@ class Outbox:
             for pcm in item.chunks:
                 buffered.append(pcm)
                 if (
-                    (item.response.first_audio_at is None and self._websocket.first_chunk_immediate)
+                    (item.response.first_audio_sent_at is None and self._websocket.first_chunk_immediate)
                     or sum(map(len, buffered)) >= self._websocket.buffer_bytes
                     or len(buffered) >= self._websocket.flush_every
                 ):
                     await flush()
                     buffered_for = item.response
 
-    async def _write_audio(self, response: Response, payload: bytes) -> None:
-        """One audio delta of a response's output bytes; its first marks the response's TTFB."""
-        if not payload:
-            return
-        await self._write(protocol.encode_audio_delta(response.response_id, payload))
-        if response.first_audio_at is None:
-            response.first_audio_at = trio.current_time()
+    async def _write_audio(self, response: Response, payload: bytes, pcm_bytes: int) -> None:
+        """One audio delta of a response's output bytes, made of ``pcm_bytes`` of its PCM."""
+        if payload:
+            await self._write(protocol.encode_audio_delta(response.response_id, payload))
+        response.sent(pcm_bytes, len(payload))
 
     async def _write(self, text: str) -> None:
         """One frame, bounded by ``WS_SEND_TIMEOUT``; a client too slow for it is dropped."""

@@ -67,7 +67,7 @@ class ServerMetrics:
 
     def response_changed(self, response: Response) -> None:
         """Observe a response once, when it settles (the hook the console's feed shares)."""
-        if not response.settled:
+        if not response.settled or response.outcome is None:
             return
         labels = (self._backend(), self._voice_label(response.plan.voice), response.transport)
         self._responses.labels(*labels, response.outcome.value).inc()

@@ -1,15 +1,28 @@
-"""One response's life, from ``response.create`` to the metrics line, in one place.
+"""A response's life, from ``response.create`` to its metrics line, as one state table.
 
-A response is *opened* when krt accepts it (just before ``response.created`` is queued)
-and *settled* once its last event (``response.completed``, ``response.canceled`` or
-``response.error``) is on the wire: then it leaves the server's in-flight count (which a
-drain waits on) and, unless it failed, lands in the metrics log. Until it is *retired* a
-``response.cancel`` or ``barge`` can stop it, even when its synthesis is done and only
-its audio is still queued for a slow client. A cancel retires it at once (a second cancel
-gets ``unknown_response``), and so does a failure, whose ``response.error`` is never
-turned into a cancel; a completed response is retired as its last event starts out (a
-cancel crossing it gets ``unknown_response``, never a second last event). A connection
-that vanishes settles every unsettled response as canceled, but for failed ones.
+Both transports (a WebSocket session, an HTTP speech request) move their responses
+through the same states, and only along :data:`NEXT_STATES`; a step off the table is a
+bug and raises :class:`InvalidTransition` (the way h11 guards HTTP's states):
+
+- ``QUEUED``: accepted (the client is told it exists), nothing of it made yet.
+- ``SPEAKING``: its engine job is held and its audio flows to the client.
+- ``MADE``: all of it is made; the rest of its audio and its completion are on their way.
+  A cancel can still stop it: a slow client may not have heard it yet.
+- ``COMPLETED``: its last event (``response.completed``, or the end of an HTTP body) is
+  going out. It can no longer be addressed: a cancel crossing it gets
+  ``unknown_response``, never a second last event.
+- ``CANCELED``: stopped by the client (cancel, barge-in, hang-up) or by a connection
+  that vanished; nothing of it follows but ``response.canceled``.
+- ``FAILED``: ended by an error; nothing follows but its ``response.error``, which a
+  later cancel never turns into ``response.canceled``.
+- ``SETTLED``: its last event is on the wire (or its connection is gone). It has left the
+  server's in-flight count, which a drain waits on, and, unless it failed, it is in the
+  metrics log.
+
+A :class:`Response` owns what is measured of it (when its first audio was sent, how much
+was, how long it queued), its encoder, and the engine's read credit: audio counts as read
+only when its transport says the client has it (:meth:`Response.read`), so a client
+that stops reading holds back its own stream and nobody else's.
 
 The server-wide side is :class:`InFlight`: how many responses are open across all
 connections, and whether the server is draining (then no new one may open). It is the
@@ -20,36 +33,61 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
-from krt.codecs import StreamEncoder
 from krt.engine.facade import Job, SpeechPlan
 from krt.errors import SpeechError
+from krt.media.codecs import StreamEncoder
 from krt.metrics.record import ResponseRecord
-from krt.protocol import DRAINING_REASON
+from krt.wire.protocol import DRAINING_REASON
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from krt.metrics.record import MetricsLog
 
 
-class Outcome(enum.Enum):
-    """Where a response stands. OPEN moves once; a cancel may still turn COMPLETED into
-    CANCELED while the completion is queued, FAILED and CANCELED are final."""
+class State(enum.Enum):
+    """Where a response stands (the module docstring says what each state means)."""
 
-    OPEN = "open"
+    QUEUED = "queued"
+    SPEAKING = "speaking"
+    MADE = "made"
     COMPLETED = "completed"
     CANCELED = "canceled"
     FAILED = "failed"
+    SETTLED = "settled"
+
+
+NEXT_STATES: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.SPEAKING, State.CANCELED, State.FAILED}),
+    State.SPEAKING: frozenset({State.MADE, State.CANCELED, State.FAILED}),
+    State.MADE: frozenset({State.COMPLETED, State.CANCELED}),
+    # CANCELED: the connection went before the completion was on the wire.
+    State.COMPLETED: frozenset({State.SETTLED, State.CANCELED}),
+    State.CANCELED: frozenset({State.SETTLED}),
+    State.FAILED: frozenset({State.SETTLED}),
+    State.SETTLED: frozenset(),
+}
+"""Every step a response may take; any other is a bug."""
+
+ADDRESSABLE = frozenset({State.QUEUED, State.SPEAKING, State.MADE})
+"""States in which a ``response.cancel`` or ``barge`` reaches the response."""
+ENDINGS = frozenset({State.COMPLETED, State.CANCELED, State.FAILED})
+"""The states a response settles from: its outcome."""
+
+
+class InvalidTransition(RuntimeError):
+    """A response was moved along a step :data:`NEXT_STATES` does not allow."""
 
 
 @attrs.define(eq=False)
 class Response:
-    """A response from ``response.create`` (or flushed input) until its last event."""
+    """A response from ``response.create`` (or flushed input, or an HTTP request) until settled."""
 
     response_id: str
     plan: SpeechPlan
@@ -57,12 +95,16 @@ class Response:
     text: str = ""
     """What the client asked to be spoken (the operator console shows it)."""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    outcome: Outcome = Outcome.OPEN
-    settled: bool = False
-    """Its last event is on the wire and it has been counted; nothing more happens to it."""
-    first_audio_at: float | None = None
+    """Its delivery runs inside it: a cancel is ``scope.cancel()``, not a polled flag."""
+    state: State = State.QUEUED
+    outcome: State | None = None
+    """The ending it settled (or will settle) from: COMPLETED, CANCELED or FAILED."""
+    first_audio_sent_at: float | None = None
+    """When its first audio (the primer included) was written to the client."""
     audio_bytes: int = 0
+    """PCM bytes of it written to the client (the primer not counted)."""
     queue_seconds: float = 0.0
+    """How long its job waited for its first turn on the model."""
     error_code: str | None = None
     """Why it failed, when it did."""
     created_at: float = attrs.field(factory=time.time)
@@ -72,16 +114,79 @@ class Response:
     encoder: StreamEncoder | None = None
     """Converts its PCM to the session's format and rate; None for Kokoro's own PCM."""
     job: Job | None = None
-    """Its synthesis in the engine: admitted before ``response.created`` when nothing is
-    ahead of it on its socket, else once the responses before it are done."""
-    on_audio_taken: Callable[[float], None] = lambda _seconds: None
-    """Told the seconds of audio each time the client acknowledges reading some (the
-    engine job's :meth:`~krt.engine.scheduler.Job.taken` while it is synthesizing)."""
+    """Its synthesis in the engine: admitted before the client is told it exists when
+    nothing is ahead of it on its connection, else once the responses before it are done."""
+
+    def move(self, to: State) -> None:
+        """Take one step of the table; InvalidTransition for any other."""
+        if to not in NEXT_STATES[self.state]:
+            raise InvalidTransition(f"{self.response_id}: {self.state.value} -> {to.value}")
+        self.state = to
+        if to in ENDINGS:
+            self.outcome = to
+
+    @property
+    def addressable(self) -> bool:
+        """A cancel or a barge-in still reaches it."""
+        return self.state in ADDRESSABLE
+
+    @property
+    def making(self) -> bool:
+        """Its audio is still being made (the engine has work for it)."""
+        return self.state in (State.QUEUED, State.SPEAKING)
+
+    @property
+    def settled(self) -> bool:
+        return self.state is State.SETTLED
 
     @property
     def canceled(self) -> bool:
         """Nothing more of it may reach the client but its ``response.canceled``."""
-        return self.outcome is Outcome.CANCELED
+        return self.outcome is State.CANCELED
+
+    # -- the steps its delivery and its client take -----------------------------------------
+
+    def made(self) -> None:
+        """All of it is made, unless a cancel or a refusal ended it first."""
+        if self.state is State.SPEAKING:
+            self.move(State.MADE)
+
+    def fail(self, code: str) -> None:
+        """An error ended it, unless a cancel did first (then the cancel stands)."""
+        if self.making:
+            self.error_code = code
+            self.move(State.FAILED)
+
+    def cancel(self, reason: str = "response.cancel") -> None:
+        """Stop it now: its scope is cancelled, and what is queued of it is dropped."""
+        self.move(State.CANCELED)
+        self.scope.cancel(reason=reason)
+
+    def refuse(self, code: str) -> None:
+        """Fail it now with ``code`` (a draining server that cannot finish it): its scope
+        is cancelled and its ``response.error`` is its last word, as with any failure."""
+        self.error_code = code
+        self.move(State.FAILED)
+        self.scope.cancel(reason=code)
+
+    def last_event_starting(self) -> None:
+        """Its last event starts out: a completed one can no longer be canceled."""
+        if self.state is State.MADE:
+            self.move(State.COMPLETED)
+
+    # -- what is measured of it ---------------------------------------------------------------
+
+    def sent(self, pcm_bytes: int, output_bytes: int) -> None:
+        """``pcm_bytes`` of its PCM went to the client as ``output_bytes`` (none yet while an
+        encoder fills; no PCM for the primer): the first output bytes are its first audio."""
+        if output_bytes and self.first_audio_sent_at is None:
+            self.first_audio_sent_at = trio.current_time()
+        self.audio_bytes += pcm_bytes
+
+    def read(self, pcm_bytes: int) -> None:
+        """The client has ``pcm_bytes`` more of its PCM: the engine may make more for it."""
+        if self.job is not None:
+            self.job.mark_read(pcm_bytes / PCM_BYTES_PER_SECOND)
 
     def output_bytes(self, pcm: bytes) -> bytes:
         """What the client is sent for ``pcm`` (maybe nothing yet, while a resampler fills)."""
@@ -97,7 +202,10 @@ class Response:
         return self.audio_bytes / PCM_BYTES_PER_SECOND
 
     def ttfb_ms(self) -> float | None:
-        return None if self.first_audio_at is None else (self.first_audio_at - self.received_at) * 1000
+        """From receipt to the first audio sent, in milliseconds (None before it)."""
+        if self.first_audio_sent_at is None:
+            return None
+        return (self.first_audio_sent_at - self.received_at) * 1000
 
 
 @attrs.define
@@ -116,7 +224,7 @@ class InFlight:
 
     def open(self) -> None:
         if self.draining:
-            raise SpeechError("busy", DRAINING_REASON)
+            raise SpeechError("busy", DRAINING_REASON, reconnect=True)
         self.count += 1
         self.zero = trio.Event() if self.zero.is_set() else self.zero
 
@@ -129,7 +237,12 @@ class InFlight:
 
 
 class ResponseBook:
-    """One connection's responses: which can still be addressed, which are not yet settled."""
+    """One connection's responses: which can still be addressed, which are not yet settled.
+
+    Sessions and HTTP requests get theirs from the server's state
+    (:meth:`~krt.server.state.ServerState.response_book`), so every response is counted,
+    logged and shown the same way whichever transport it came by.
+    """
 
     def __init__(
         self,
@@ -142,22 +255,27 @@ class ResponseBook:
         self._metrics = metrics
         self._backend = backend
         self._on_change = on_change
-        """Told when a response opens and when it settles (the operator console's feed)."""
-        self._addressable: dict[str, Response] = {}
+        """Told when a response opens and when it settles (the console's feed, Prometheus)."""
         self._unsettled: list[Response] = []
+        """Not yet settled, in the order they were opened."""
 
     def __contains__(self, response_id: str) -> bool:
-        return response_id in self._addressable
+        return self.get(response_id) is not None
 
     def get(self, response_id: str) -> Response | None:
-        return self._addressable.get(response_id)
+        """The addressable response of that id: one a cancel can still reach (a connection
+        holds at most a few dozen, so a scan is cheap)."""
+        for response in self._unsettled:
+            if response.response_id == response_id and response.addressable:
+                return response
+        return None
 
     def in_flight(self) -> bool:
         """Some response has not yet had its last event sent: the connection is not idle."""
         return bool(self._unsettled)
 
     def addressable(self) -> list[Response]:
-        return list(self._addressable.values())
+        return [response for response in self._unsettled if response.addressable]
 
     def unsettled(self) -> list[Response]:
         """Responses whose last event is not yet on the wire, in the order they were opened."""
@@ -165,55 +283,20 @@ class ResponseBook:
 
     def open(self, response: Response) -> None:
         """Count a response the client is about to be told exists; SpeechError ``busy`` while draining."""
+        assert response.response_id not in self, "the caller refuses an id still addressable"
         self._in_flight.open()
-        self._addressable[response.response_id] = response
         self._unsettled.append(response)
         self._on_change(response)
-
-    def cancel(self, response: Response) -> None:
-        """Stop it now: its scope is cancelled, and queued audio and events of it are dropped."""
-        assert response.outcome is not Outcome.FAILED, "a failed response is retired at once"
-        assert not response.settled, "a settled response is retired"
-        response.outcome = Outcome.CANCELED
-        response.scope.cancel(reason="response.cancel")
-        self.retire(response)
-
-    def refuse(self, response: Response, code: str) -> None:
-        """Stop it now and fail it with ``code`` (a draining server that cannot finish it):
-        its scope is cancelled and it is retired, so its ``response.error`` is its last
-        word, as with any failure."""
-        assert response.outcome is Outcome.OPEN, "only a response still being made is refused"
-        response.outcome = Outcome.FAILED
-        response.error_code = code
-        response.scope.cancel(reason=code)
-        self.retire(response)
-
-    def end(self, response: Response, outcome: Outcome) -> None:
-        """Its synthesis is over (completed or failed), unless it was canceled first.
-
-        A completed response stays addressable until its last event starts out: its audio
-        may still be queued for a slow client, and a cancel must stop that too. A
-        failed one is retired now, so its ``response.error`` always reaches the client.
-        """
-        if response.outcome is Outcome.OPEN:
-            response.outcome = outcome
-        if response.outcome is Outcome.FAILED:
-            self.retire(response)
-
-    def retire(self, response: Response) -> None:
-        """No event may address it any more (a late cancel gets ``unknown_response``)."""
-        self._addressable.pop(response.response_id, None)
 
     def settle(self, response: Response) -> None:
         """Its last event is on the wire: it leaves the in-flight count and, unless it
         failed, lands in the metrics log. Settling twice is a no-op."""
         if response.settled:
             return
-        response.settled = True
-        self.retire(response)
+        response.move(State.SETTLED)
         self._unsettled.remove(response)
         self._in_flight.close()
-        if response.outcome is not Outcome.FAILED:
+        if response.outcome is not State.FAILED:
             self._metrics.append(self._record(response))
         self._on_change(response)
 
@@ -221,8 +304,8 @@ class ResponseBook:
         """The connection is gone: every response whose last event did not reach the client
         counts as canceled (a failed one stays failed, and unrecorded)."""
         for response in list(self._unsettled):
-            if response.outcome is not Outcome.FAILED:
-                response.outcome = Outcome.CANCELED
+            if response.state is not State.CANCELED and response.state is not State.FAILED:
+                response.cancel(reason="connection gone")
             self.settle(response)
 
     def _record(self, response: Response) -> ResponseRecord:

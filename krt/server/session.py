@@ -3,9 +3,11 @@
 The reader decodes every client event at one boundary and acts on it at once, so a
 cancel is never stuck behind audio. Responses are spoken in order by the synth task,
 each inside its own cancel scope: barge-in is ``scope.cancel()``, not a polled flag.
-Writing belongs to the :class:`~krt.server.outbox.Outbox`, incremental text to the
-:class:`~krt.server.input_buffer.InputBuffer`, and each response's life and accounting
-to the :class:`~krt.server.responses.ResponseBook`; this module wires them to the engine.
+Speaking a response is :func:`~krt.server.delivery.deliver`'s, into the
+:class:`~krt.server.outbox.Outbox` (the one writer to the socket); incremental text is
+the :class:`~krt.server.input_buffer.InputBuffer`'s, and each response's life and
+accounting the :class:`~krt.server.responses.ResponseBook`'s. This module reads the
+client's events and wires them to the engine.
 """
 
 from __future__ import annotations
@@ -20,22 +22,20 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed
 
-from krt import protocol
-from krt.codecs import NATIVE, OutputAudio, StreamEncoder, UnsupportedOutput
 from krt.errors import SpeechError
+from krt.media.codecs import NATIVE, OutputAudio, StreamEncoder, UnsupportedOutput
+from krt.server.delivery import deliver
 from krt.server.input_buffer import InputBuffer
 from krt.server.outbox import Outbox
-from krt.server.responses import Outcome, Response, ResponseBook
+from krt.server.responses import Response
+from krt.wire import protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from trio_websocket import WebSocketConnection
 
     from krt.config import Config
-    from krt.engine.facade import Engine, Job, WordTime
-    from krt.metrics.record import MetricsLog
-    from krt.server.responses import InFlight
+    from krt.engine.facade import Engine, Job
+    from krt.server.responses import ResponseBook
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +59,16 @@ class Session:
         ws: WebSocketConnection,
         engine: Engine,
         config: Config,
-        metrics: MetricsLog,
-        in_flight: InFlight,
+        responses: ResponseBook,
         peer: str = "?",
-        on_response_change: Callable[[Response], None] = lambda _response: None,
     ) -> None:
         self._ws = ws
         self.engine = engine
         self.peer = peer
         self.settings = SessionSettings()
         self._encoding = config.encoding
-        self.responses = ResponseBook(in_flight, metrics, engine.describe().backend, on_response_change)
-        self.outbox = Outbox(
-            ws,
-            config.websocket,
-            config.stream,
-            self.responses.settle,
-            peer,
-            on_last_event_sending=self.responses.retire,
-        )
+        self.responses = responses
+        self.outbox = Outbox(ws, config.websocket, config.stream, responses, peer)
         self._websocket = config.websocket
         self._last_heard = trio.current_time()
         """When the client last sent anything, or last had a response in flight."""
@@ -275,18 +266,16 @@ class Session:
         self._queue_send.send_nowait(response)  # room was checked with no await since
         await self.outbox.event(protocol.ResponseCreated(response_id))
 
-    async def refuse(self, response: Response, code: protocol.ResponseErrorCode, message: str) -> None:
-        """Fail a response that has not ended, now, with ``code`` (a drain that predicts it
+    async def refuse(self, response: Response, error: SpeechError) -> None:
+        """Fail a response that has not ended, now, with ``error`` (a drain that predicts it
         cannot end in time): it stops at once and its ``response.error`` is its last event.
         One that ended meanwhile (made, cancelled, failed) is left as it is, and a session
         that is gone has no one to tell."""
-        if response.outcome is not Outcome.OPEN:
+        if not response.making:
             return
-        self.responses.refuse(response, code)
+        response.refuse(error.code)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.outbox.event(
-                protocol.ResponseError(response.response_id, code, message), ends=response
-            )
+            await self.outbox.event(protocol.ResponseError.of(response.response_id, error), ends=response)
 
     def pending_work(self) -> tuple[Job | None, list[Response]]:
         """What this socket still has to make, in order: the job of the response the
@@ -297,13 +286,13 @@ class Session:
         making = [
             response
             for response in self.responses.unsettled()
-            if response.outcome is Outcome.OPEN and not (response.job is not None and response.job.withdrawn)
+            if response.making and not (response.job is not None and response.job.withdrawn)
         ]
         return (making[0].job if making else None), making
 
     async def _cancel(self, response: Response) -> None:
         """Stop a response now: its scope is cancelled, and the outbox drops what it queued."""
-        self.responses.cancel(response)
+        response.cancel()
         await self.outbox.event(protocol.ResponseCanceled(response.response_id), ends=response)
 
     # -- incremental input -------------------------------------------------------------
@@ -362,55 +351,15 @@ class Session:
     # -- synthesis ---------------------------------------------------------------------
 
     async def _synth(self) -> None:
+        """Speak the queued responses in order, each to its end (or its cancel)."""
         async with self._queue_receive:
             async for response in self._queue_receive:
-                if response.canceled or response.outcome is Outcome.FAILED:
-                    if response.job is not None:
-                        self.engine.withdraw(response.job)
-                    continue
+                if response.job is None and response.making:  # its stream was taken in with the one ahead
+                    response.job = self.engine.admit(response.plan, response.response_id, accepted=True)
                 self._speaking = response
                 try:
-                    with response.scope:
-                        await self._speak(response)
+                    if response.job is not None:
+                        await deliver(response, self.engine, self.outbox)
                 finally:
                     self._speaking = None
         await self.outbox.close_after_queued(1000)
-
-    def _timestamps_event(self, response: Response, words: list[WordTime]) -> protocol.OutputAudioTimestamps:
-        """Times from the response's first sample as the client gets it (after any primer)."""
-        offset_ms = self.outbox.primer_seconds * 1000
-        return protocol.OutputAudioTimestamps(
-            response.response_id,
-            [
-                protocol.WordTiming(
-                    word.text,
-                    round(offset_ms + word.start * 1000, 1),
-                    round(offset_ms + word.end * 1000, 1),
-                    word.char_start,
-                    word.char_end,
-                )
-                for word in words
-            ],
-        )
-
-    async def _speak(self, response: Response) -> None:
-        try:
-            if response.job is None:  # queued behind another: its stream is in already
-                response.job = self.engine.admit(response.plan, response.response_id, accepted=True)
-            async with self.engine.hold(response.job) as job:
-                job.taken_downstream()
-                response.on_audio_taken = job.taken
-                async for batch in job:
-                    response.queue_seconds = job.queue_seconds or 0.0
-                    for words in job.take_words():
-                        await self.outbox.event(self._timestamps_event(response, words), response)
-                    await self.outbox.audio(response, batch)
-        except SpeechError as exc:
-            response.error_code = exc.code
-            self.responses.end(response, Outcome.FAILED)
-            await self.outbox.event(
-                protocol.ResponseError.of(response.response_id, exc), response, ends=response
-            )
-            return
-        self.responses.end(response, Outcome.COMPLETED)
-        await self.outbox.event(protocol.ResponseCompleted(response.response_id), response, ends=response)

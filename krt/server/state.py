@@ -6,6 +6,8 @@ flips it; whether the server is draining is recorded once, in :class:`InFlight`.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import trio
 
@@ -14,7 +16,7 @@ from krt.engine.facade import Engine
 from krt.metrics.record import MetricsLog
 from krt.server.monitor import Monitor
 from krt.server.prometheus import ServerMetrics
-from krt.server.responses import InFlight, Response
+from krt.server.responses import InFlight, Response, ResponseBook
 from krt.server.session import Session
 
 
@@ -38,6 +40,18 @@ class ServerState:
     def __attrs_post_init__(self) -> None:
         self.monitor = Monitor(self)
         self.prometheus = ServerMetrics(self)
+
+    def response_book(self, connection: str) -> ResponseBook:
+        """The book one connection (a WebSocket session, an HTTP request) opens its
+        responses in: counted in the server's in-flight total, logged to the metrics log,
+        and shown on the console and Prometheus as they open and settle."""
+        assert self.engine is not None, "responses open only once the model is loaded"
+        return ResponseBook(
+            self.in_flight,
+            self.metrics,
+            self.engine.describe().backend,
+            functools.partial(self.response_changed, connection),
+        )
 
     def response_changed(self, connection: str, response: Response) -> None:
         """A response opened or settled: the console's feed and the metrics see it."""

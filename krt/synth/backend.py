@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from krt.audio import FloatAudio
-    from krt.g2p import Phonemizer
+    from krt.media.audio import FloatAudio
+    from krt.synth.voices import VoiceCatalog
     from krt.synth.windows import PreparedSegment, WindowRequest
-    from krt.voices import VoiceCatalog
+    from krt.text.g2p import Phonemizer
 
 MAX_TOKENS = 510
 """Kokoro's context is 512 positions, two of which are the padding zeros."""

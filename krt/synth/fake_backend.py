@@ -22,14 +22,14 @@ import numpy as np
 import numpy.typing as npt
 
 from krt import SAMPLE_RATE
-from krt.g2p import PhonemeWord
+from krt.synth.voices import VoiceCatalog
 from krt.synth.windows import SAMPLES_PER_FRAME, PreparedSegment, WindowRequest, decode_window, decode_windows
-from krt.voices import VoiceCatalog
+from krt.text.g2p import PhonemeWord
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from krt.audio import FloatAudio
+    from krt.media.audio import FloatAudio
 
 FRAMES_PER_TOKEN = 3
 """Decoder frames per token at speed 1 (75 ms), about Kokoro's average."""

@@ -24,17 +24,17 @@ import numpy as np
 import numpy.typing as npt
 
 from krt.errors import ModelUnavailableError
-from krt.g2p import MisakiPhonemizer
 from krt.synth import packaged
 from krt.synth.voice_files import load_voice_packs
+from krt.synth.voices import StylePack, with_defaults
 from krt.synth.windows import PreparedSegment, WindowRequest, decode_window, decode_windows
-from krt.voices import StylePack, with_defaults
+from krt.text.g2p import MisakiPhonemizer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from krt.audio import FloatAudio
     from krt.config import Config
+    from krt.media.audio import FloatAudio
 
 log = logging.getLogger(__name__)
 

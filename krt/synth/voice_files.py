@@ -1,6 +1,6 @@
 """Voice packs from files an operator points krt at (``KRT_VOICES``, a model directory).
 
-Here rather than in ``krt.voices`` because the Hugging Face layout stores packs as
+Here rather than in ``krt.synth.voices`` because the Hugging Face layout stores packs as
 ``.pt`` files, which only torch can read, and only ``krt.synth`` may import torch.
 """
 
@@ -15,7 +15,7 @@ from krt.errors import ModelUnavailableError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from krt.voices import StylePack
+    from krt.synth.voices import StylePack
 
 
 def load_voice_packs(path: Path) -> dict[str, StylePack]:

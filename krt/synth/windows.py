@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 
 if TYPE_CHECKING:
-    from krt.audio import FloatAudio
+    from krt.media.audio import FloatAudio
 
 SAMPLES_PER_FRAME = 600
 """Audio samples the decoder makes per frame (25 ms at 24 kHz)."""

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from krt import SAMPLE_RATE, protocol
-from krt.audio import write_wav
+from krt import SAMPLE_RATE
 from krt.client.commands import (
     ToolError,
     add_mode_arguments,
@@ -26,7 +25,9 @@ from krt.client.commands import (
 )
 from krt.client.speech import MAX_RECONNECTS
 from krt.client.target import add_target_arguments, resolve_target
-from krt.codecs import NATIVE, OutputAudio
+from krt.media.audio import write_wav
+from krt.media.codecs import NATIVE, OutputAudio
+from krt.wire import protocol
 
 if TYPE_CHECKING:
     import argparse

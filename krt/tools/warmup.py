@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from krt.audio import write_wav
 from krt.client.commands import ToolError, add_mode_arguments, connected, pieces_of
 from krt.client.target import add_target_arguments, resolve_target
+from krt.media.audio import write_wav
 from krt.tools.client import report
 
 if TYPE_CHECKING:
