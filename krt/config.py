@@ -278,7 +278,7 @@ class AdmissionConfig:
         "MAX_CONCURRENT_JOBS",
         4,
         (
-            "Hard ceiling on streams synthesizing at once; below it, the schedule decides (README: how it runs)."
+            "Hard ceiling on streams synthesizing at once; below it, the schedule decides (docs/architecture.md: admission by forecast)."
         ),
         _at_least(1),
     )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures the README asks of a GPU, in one run on the pod, e.g.
+# The GPU figures docs/architecture.md asks for (batching), in one run on the pod, e.g.
 #   scripts/gpu_figures.sh                      # torch on CUDA, results in gpu-figures/
 #   OUT_DIR=/tmp/f MAX_STREAMS=64 scripts/gpu_figures.sh
 #

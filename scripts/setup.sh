@@ -92,7 +92,7 @@ tmp="$(mktemp "$(dirname "$ENV_FILE")/.env.new.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
 cat >"$tmp" <<ENV
 # krt configuration, read by krt serve at start (the environment wins over this file).
-# All knobs and their defaults: README.md, "Config". Restart after a change:
+# All knobs and their defaults: docs/configuration.md. Restart after a change:
 #   scripts/stop.sh && scripts/start.sh
 
 # Clients must present this key: ?api_key=KEY or "Authorization: Bearer KEY".
