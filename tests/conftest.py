@@ -61,9 +61,16 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("krt-cache")
 
 
+def model_threads() -> int:
+    """Two threads for the model, shared out among the test workers (``just test`` runs
+    two): two workers of two threads each on a 2-core runner would only take turns."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, 2 // workers)
+
+
 @pytest.fixture(scope="session")
 def real_config(model_cache_dir: Path) -> Config:
-    config = make_config(KRT_CACHE_DIR=str(model_cache_dir), KRT_CPU_THREADS="2")
+    config = make_config(KRT_CACHE_DIR=str(model_cache_dir), KRT_CPU_THREADS=str(model_threads()))
     return attrs.evolve(config)
 
 

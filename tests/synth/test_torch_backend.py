@@ -130,7 +130,7 @@ def batching_backend(torch_config):
 
 @pytest.mark.longest
 def test_windows_decoded_stacked_sound_as_they_do_one_by_one(batching_backend):
-    """Windows of both voices, of two span lengths, at two places in a segment, stacked
+    """Windows of both voices, at two places in a segment, stacked
     three to a generator call, against each decoded alone: the same harmonic draw (seeded
     per window) and the same arithmetic up to float rounding, which stays under half a
     step of the PCM16 a client gets (the model's own run-to-run difference on torch is
@@ -150,18 +150,18 @@ def test_windows_decoded_stacked_sound_as_they_do_one_by_one(batching_backend):
         lambda _module, inputs, _output: stack_sizes.append(int(inputs[0].shape[0]))
     )
     try:
-        for size in (24, 60):
-            windows = [
-                window_request(segment, start, start + size, bucketed=True)
-                for segment, start in ((female, 40), (male, 40), (female, 100))
-            ]
-            assert len({window.span_frames for window in windows}) == 1
-            stacked = backend.decode_windows(windows)
-            alone = [backend.decode_windows([window])[0] for window in windows]
-            for window, batched, single in zip(windows, stacked, alone, strict=True):
-                assert batched.shape == single.shape == ((window.stop - window.start) * 600 + 240,)
-                assert abs(batched - single).max() < PCM_STEP / 2, size
+        size = 60
+        windows = [
+            window_request(segment, start, start + size, bucketed=True)
+            for segment, start in ((female, 40), (male, 40), (female, 100))
+        ]
+        assert len({window.span_frames for window in windows}) == 1
+        stacked = backend.decode_windows(windows)
+        alone = [backend.decode_windows([window])[0] for window in windows]
+        for window, batched, single in zip(windows, stacked, alone, strict=True):
+            assert batched.shape == single.shape == ((window.stop - window.start) * 600 + 240,)
+            assert abs(batched - single).max() < PCM_STEP / 2, size
         assert (backend.decode_windows(windows[:1])[0] == alone[0]).all()
     finally:
         hook.remove()
-    assert stack_sizes.count(3) == 2  # each length went through the generator once, stacked
+    assert stack_sizes.count(3) == 1  # the stack went through the generator once
