@@ -18,7 +18,8 @@ from krt.engine.facade import Engine
 from krt.engine.pipeline import SpeechPipeline
 from krt.metrics.record import MetricsLog
 from krt.server.state import ServerState
-from krt.synth.fake_backend import FakeBackend
+from krt.synth.fake_backend import SECONDS_PER_TOKEN, FakeBackend
+from krt.text.g2p import tokenize
 from tests.conftest import make_config
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from krt.config import Config
+    from krt.engine.pipeline import SpeechPlan
     from krt.engine.runner import ModelRunner
     from krt.synth.backend import Backend
 
@@ -89,3 +91,12 @@ def metrics_lines(tmp_path: Path) -> dict[str, dict[str, object]]:
     by_id = {record["request_id"]: record for record in records}
     assert len(by_id) == len(records), "one line per response"
     return by_id
+
+
+def token_seconds(plan: SpeechPlan, ratio: float) -> float:
+    """The compute of the token frames of a plan alone, each token SECONDS_PER_TOKEN of
+    audio: a floor for what the model spends on it (lead, tail and context come on top)."""
+    backend = FakeBackend()
+    phonemizer = backend.make_phonemizer()
+    tokens = sum(len(tokenize(phonemizer.phonemize(text), backend.vocab)) for text in plan.segments)
+    return tokens * SECONDS_PER_TOKEN / plan.speed * ratio

@@ -26,10 +26,9 @@ from krt.engine.facade import WARM_UP_TEXT, Engine
 from krt.engine.pipeline import SpeechPipeline, SpeechPlan
 from krt.engine.scheduler import CAPACITY_HEADROOM
 from krt.errors import SpeechError
-from krt.synth.fake_backend import SECONDS_PER_TOKEN, FakeBackend
-from krt.text.g2p import tokenize
+from krt.synth.fake_backend import FakeBackend
 from tests.fakes import ClockedFake, read_all
-from tests.inline_engine import LONG_TEXT, engine_config, sentences, start_engine
+from tests.inline_engine import LONG_TEXT, engine_config, sentences, start_engine, token_seconds
 
 if TYPE_CHECKING:
     from krt.config import Config
@@ -60,15 +59,6 @@ def turn_costs(config: Config, plan: SpeechPlan, ratio: float) -> list[tuple[flo
         if batch is None and meter.computed == before:
             return costs
         costs.append((sum(map(len, batch or ())) / PCM_BYTES_PER_SECOND, meter.computed - before))
-
-
-def token_seconds(config: Config, plan: SpeechPlan, ratio: float) -> float:
-    """The compute of the token frames of a plan alone, each token SECONDS_PER_TOKEN of
-    audio: a floor for what the model spends on it (lead, tail and context come on top)."""
-    backend = FakeBackend()
-    phonemizer = backend.make_phonemizer()
-    tokens = sum(len(tokenize(phonemizer.phonemize(text), backend.vocab)) for text in plan.segments)
-    return tokens * SECONDS_PER_TOKEN / plan.speed * ratio
 
 
 async def try_stream(engine: Engine, plan: SpeechPlan, label: str, client: str | None = None) -> None:
@@ -192,7 +182,7 @@ async def test_a_job_waiting_for_a_slot_starts_when_the_one_ahead_finishes(nurse
         assert job_a.queue_seconds == 0
         # B's first turn came the moment the model had made all of A, none of B before.
         a_compute = backend.computed_for("alpha")
-        assert a_compute >= token_seconds(config, plan_a, 0.5)
+        assert a_compute >= token_seconds(plan_a, 0.5)
         assert job_b.queue_seconds == pytest.approx(a_compute, abs=TICK)
 
 

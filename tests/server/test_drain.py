@@ -20,14 +20,12 @@ from trio_websocket import ConnectionClosed
 
 from krt.engine.scheduler import CAPACITY_HEADROOM
 from krt.server.drain import drain
-from krt.synth.fake_backend import SECONDS_PER_TOKEN, FakeBackend
-from krt.text.g2p import tokenize
+from krt.synth.fake_backend import FakeBackend
 from krt.wire.protocol import DRAINING_REASON
 from tests.fakes import ClockedFake, MemoryClient
-from tests.inline_engine import LONG_TEXT, expected_pcm, metrics_lines, sentences, start_state
+from tests.inline_engine import LONG_TEXT, expected_pcm, metrics_lines, sentences, start_state, token_seconds
 
 if TYPE_CHECKING:
-    from krt.engine.pipeline import SpeechPlan
     from krt.engine.scheduler import Job
     from krt.server.state import ServerState
 
@@ -50,15 +48,6 @@ class TimedDrain:
         await drain(state)
         self.returned_at = trio.current_time()
         self.done.set()
-
-
-def token_seconds(plan: SpeechPlan, ratio: float) -> float:
-    """The compute of the token frames of a plan alone, each token SECONDS_PER_TOKEN of
-    audio: a floor for what the model spends on it (lead, tail and context come on top)."""
-    backend = FakeBackend()
-    phonemizer = backend.make_phonemizer()
-    tokens = sum(len(tokenize(phonemizer.phonemize(text), backend.vocab)) for text in plan.segments)
-    return tokens * SECONDS_PER_TOKEN / plan.speed * ratio
 
 
 async def until_full(job: Job) -> None:
