@@ -12,7 +12,7 @@ What the client has *read* is known from WebSocket pings: after every
 ``READ_CHECK_SECONDS`` of audio written, and after the last audio before the writer
 idles, a ping goes out behind it, and the client's pong (which every WebSocket client
 sends as it reads through its frames in order) proves it has read everything before.
-Audio counts as taken only then, and not when the kernel accepted it: socket buffers
+Audio counts as read (``Response.read``) only then, not when the kernel accepted it: buffers
 hold a minute of PCM or more, so a client that never reads would otherwise keep its
 stream computing (and the other streams waiting) until they filled. A client that has
 left audio unacknowledged for ``WS_SEND_TIMEOUT`` is dropped like one whose send blocks.
@@ -241,7 +241,7 @@ class Outbox:
         self._acknowledged(frame)
 
     def _acknowledged(self, through_frame: int) -> None:
-        """The client has read every frame up to ``through_frame``: its audio is taken."""
+        """The client has read every frame up to ``through_frame``: its audio is read."""
         progressed = False
         while self._unread and self._unread[0][0] <= through_frame:
             _frame, response, pcm_bytes = self._unread.popleft()
