@@ -11,22 +11,20 @@ no spoken form matches a rule again, but removing markup can join what it separa
 
 Every rewritten piece remembers where it came from (``Normalized.source_span``), so
 that later features (word timestamps) can map what was spoken back to what the client
-wrote. Numbers in ordinary prose ("$42.50", "3:30 PM", "2026") are left to misaki, which
-reads them well; only the forms it misreads are rewritten. All of it is hand-written:
-the phonenumbers library validates numbers by country but does not say how to read them,
-and the speaking rules are a few lines each.
+wrote. Numbers that are not plain quantities (magnitudes, codes, versions, dates, clock
+times, ranges, units) have their rules in ``krt.text.numbers``, which leaves the digits
+to misaki and its num2words; the phonenumbers library validates numbers by country but
+does not say how to read them, so phone numbers are read here, in their groups.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import attrs
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-MAX_SPOKEN_DIGITS = 24
-"""A digit string is read digit by digit up to this many; the rest is counted, not read."""
+from krt.text.numbers import DATES_AND_TIMES, NUMBER_RULES, NUMBER_START, Speaker, digits, keeps_period
+
 ABBREVIATIONS = {
     "mr.": "Mister",
     "mrs.": "Missus",
@@ -38,39 +36,21 @@ ABBREVIATIONS = {
     "i.e.": "that is",
     "vs.": "versus",
     "approx.": "approximately",
+    "dept.": "department",
+    "ave.": "Avenue",
+    "blvd.": "Boulevard",
+    "apt.": "apartment",
+    "ext.": "extension",
+    "est.": "estimated",
+    "prof.": "Professor",
+    "mt.": "Mount",
 }
 """Abbreviations with one reading; "St." and "Dr." depend on what follows them."""
-UNITS = {
-    "km": "kilometers",
-    "kg": "kilograms",
-    "cm": "centimeters",
-    "mm": "millimeters",
-    "mph": "miles per hour",
-    "kph": "kilometers per hour",
-    "ms": "milliseconds",
-    "gb": "gigabytes",
-    "mb": "megabytes",
-    "kb": "kilobytes",
-    "tb": "terabytes",
-    "ghz": "gigahertz",
-    "mhz": "megahertz",
-    "°c": "degrees Celsius",
-    "°f": "degrees Fahrenheit",
-}
-MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
+TITLES = frozenset(
+    {"mr.", "mrs.", "ms.", "jr.", "sr.", "e.g.", "i.e.", "vs.", "approx.", "prof.", "mt.", "est."}
 )
+"""Abbreviations whose period is not taken for a full stop: a sentence hardly ends on
+them, and what follows them is often a capital ("Martin Luther King Jr. Day")."""
 
 
 MAX_PASSES = 4
@@ -109,19 +89,6 @@ def _to_input(rewrites: tuple[Rewrite, ...], position: int, *, at_end: bool) -> 
     return position + shift
 
 
-Speaker = Callable[["re.Match[str]"], str]
-
-
-def _digits(digits: str) -> str:
-    """Digit by digit, in groups of up to four separated by commas (a pause)."""
-    spoken = [DIGIT_WORDS[int(digit)] for digit in digits[:MAX_SPOKEN_DIGITS]]
-    groups = [" ".join(spoken[index : index + 4]) for index in range(0, len(spoken), 4)]
-    text = ", ".join(groups)
-    if len(digits) > MAX_SPOKEN_DIGITS:
-        text += f", and {len(digits) - MAX_SPOKEN_DIGITS} more digits"
-    return text
-
-
 def _words_of(part: str) -> str:
     """A URL or address part: letters and digits as words, "dot" for dots, the rest a space."""
     pieces = []
@@ -130,7 +97,7 @@ def _words_of(part: str) -> str:
             pieces.append("dot")
         else:
             words = re.sub(r"[^A-Za-z0-9]+", " ", token).split()
-            pieces.extend(_digits(word) if word.isdigit() and len(word) > 4 else word for word in words)
+            pieces.extend(digits(word) if word.isdigit() and len(word) > 4 else word for word in words)
     return " ".join(piece for piece in pieces if piece)
 
 
@@ -150,43 +117,25 @@ def _email(match: re.Match[str]) -> str:
 
 def _phone(match: re.Match[str]) -> str:
     groups = [group for group in re.split(r"\D+", match.group(0)) if group]
-    spoken = ", ".join(_digits(group) for group in groups)
+    spoken = ", ".join("eight hundred" if group == "800" else digits(group) for group in groups)
     return ("plus " if match.group(0).startswith("+") else "") + spoken
 
 
 def _abbreviation(match: re.Match[str]) -> str:
-    return ABBREVIATIONS[match.group(0).lower()]
+    written = match.group(0).lower()
+    spoken = ABBREVIATIONS[written]
+    if match.group(0)[0].isupper():  # "Est. delivery" begins a sentence
+        spoken = spoken[0].upper() + spoken[1:]
+    return spoken if written in TITLES else keeps_period(match, spoken)
 
 
 def _title(match: re.Match[str]) -> str:
     """ "St." and "Dr." before a name are titles; after one, a street or a drive."""
     word = match.group("title").lower()
     before_name = match.group("next") is not None
-    if word == "st":
-        return "Saint" if before_name else "Street"
-    return "Doctor" if before_name else "Drive"
-
-
-def _percent(match: re.Match[str]) -> str:
-    return f"{match.group('share')} percent"
-
-
-def _unit(match: re.Match[str]) -> str:
-    return f"{match.group('amount')} {UNITS[match.group('unit').lower()]}"
-
-
-def _iso_date(match: re.Match[str]) -> str:
-    year, month, day = (int(part) for part in match.group(0).split("-"))
-    return f"{MONTHS[month - 1]} {day}, {year}"
-
-
-def _slashed_date(match: re.Match[str]) -> str:
-    """Month first as in the US, unless the first number cannot be a month."""
-    first, second, year = (int(part) for part in match.group(0).split("/"))
-    month, day = (first, second) if first <= 12 else (second, first)
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        return match.group(0).replace("/", " ")
-    return f"{MONTHS[month - 1]} {day}, {year}"
+    if before_name:
+        return "Saint" if word == "st" else "Doctor"
+    return keeps_period(match, "Street" if word == "st" else "Drive")
 
 
 def _nothing(_match: re.Match[str]) -> str:
@@ -197,11 +146,15 @@ def _space(_match: re.Match[str]) -> str:
     return " "
 
 
+def _percent(match: re.Match[str]) -> str:
+    return f"{match.group('share')} percent"
+
+
 def _link_text(match: re.Match[str]) -> str:
     return match.group("label")
 
 
-RULES: tuple[tuple[str, Speaker], ...] = (
+MARKUP_AND_ADDRESSES: tuple[tuple[str, Speaker], ...] = (
     # Markdown that LLMs emit and nobody reads aloud.
     (r"(?m:^[ \t]*```[^\n]*$)", _nothing),  # code fences (the code itself is kept)
     (r"(?m:^[ \t]*#{1,6}[ \t]+)", _nothing),  # headings
@@ -212,29 +165,62 @@ RULES: tuple[tuple[str, Speaker], ...] = (
     # Emoji and their joiners.
     (r"[\U0001F000-\U0001FAFF\u2600-\u27BF\uFE0F\u200D\u20E3]+", _nothing),
     # Addresses.
-    (r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+", _email),
+    (r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+", _email),
     (
         r"\b(?i:https?://|www\.)[^\s<>\"']{1,2000}?(?=[.,;:!?)\]]*(?:\s|$))",
         _url,
     ),
-    # Numbers misaki misreads.
-    (r"\b\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b", _iso_date),
-    (r"\b\d{1,2}/\d{1,2}/\d{4}\b", _slashed_date),
+    (  # a bare domain: "example.com/help", "status.example.org"
+        r"(?<![\w.@/-])(?:[A-Za-z0-9-]{1,63}\.){1,8}(?i:com|org|net|io|dev|ai|app|co|edu|gov|us|uk|me|info)\b"
+        r"(?:/[^\s<>\"']{0,2000}?)?(?=[.,;:!?)\]]*(?:\s|$))",
+        _url,
+    ),
+)
+NUMBERS: tuple[tuple[str, Speaker], ...] = (
+    # Numbers misaki misreads (krt.text.numbers).
+    *DATES_AND_TIMES,
     (
-        r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b|\b\d{3}-\d{4}\b",
+        r"(?=[+(\d])(?:\+\d{1,3}[ .-]?|\b1[ .-])?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b|\b\d{3}-\d{4}\b",
         _phone,
     ),
-    (r"\b\d{7,}\b", lambda match: _digits(match.group(0))),
     (r"(?P<share>\d+(?:\.\d+)?)[ \t]?%", _percent),
-    (
-        r"(?P<amount>\d+(?:\.\d+)?)[ \t]?(?P<unit>(?i:km|kg|cm|mm|mph|kph|ms|gb|mb|kb|tb|ghz|mhz|°c|°f))\b",
-        _unit,
-    ),
+    *NUMBER_RULES,
+)
+ABBREVIATIONS_READ: tuple[tuple[str, Speaker], ...] = (
     # Abbreviations, so their dots neither end a sentence nor get read.
     (r"\b(?P<title>St|Dr)\.(?=(?P<next>[ \t]+[A-Z])?)", _title),
-    (r"(?<![A-Za-z])(?i:mrs|mr|ms|jr|sr|etc|vs|approx)\.|\b(?i:e\.g\.|i\.e\.)", _abbreviation),
+    (
+        r"(?<![A-Za-z])(?=[ABDEIJMPSVabdeijmpsv])(?i:(?:mrs|mr|ms|jr|sr|etc|vs|approx|dept|ave|blvd|apt|ext|est|prof|mt)\.|e\.g\.|i\.e\.)",
+        _abbreviation,
+    ),
 )
-_PATTERN = re.compile("|".join(f"(?P<r{index}>{pattern})" for index, (pattern, _) in enumerate(RULES)))
+RULES = (*MARKUP_AND_ADDRESSES, *NUMBERS, *ABBREVIATIONS_READ)
+"""Every rule, in the order they are tried at one position."""
+_RULE_PATTERNS = tuple(re.compile(pattern) for pattern, _speaker in RULES)
+
+
+def _alternation(rules: tuple[tuple[str, Speaker], ...], first: int) -> str:
+    return "|".join(
+        f"(?P<r{first + index}>{re.sub(r'[(][?]P<[a-z_0-9]+>', '(?:', pattern)})"
+        for index, (pattern, _speaker) in enumerate(rules)
+    )
+
+
+_PATTERN = re.compile(
+    "|".join(
+        (
+            _alternation(MARKUP_AND_ADDRESSES, 0),
+            f"(?={NUMBER_START})(?:{_alternation(NUMBERS, len(MARKUP_AND_ADDRESSES))})",
+            _alternation(ABBREVIATIONS_READ, len(MARKUP_AND_ADDRESSES) + len(NUMBERS)),
+        )
+    )
+)
+"""Every rule in one alternation, so one scan finds the leftmost match of any. The number
+rules sit behind one look at the next character, which most characters (lower-case
+letters) fail, so a scan costs little more than before they were added. Rules name their
+groups, which must be unique in one pattern, so the alternation drops the names and the
+rule that matched is run again at the same place (same pattern, same place, same match)
+for its speaker to read them."""
 
 
 def normalize(text: str) -> Normalized:
@@ -256,9 +242,12 @@ def _one_pass(text: str) -> tuple[str, tuple[Rewrite, ...]]:
     copied_to = 0
     length = 0
     for match in _PATTERN.finditer(text):
-        rule = next(index for index in range(len(RULES)) if match.group(f"r{index}") is not None)
-        spoken = RULES[rule][1](match)
+        rule = int(str(match.lastgroup)[1:])  # the only named groups are the rules' own
         start, end = match.span()
+        own = _RULE_PATTERNS[rule].match(text, start)
+        if own is None or own.end() != end:  # cannot happen: the same pattern at the same place
+            continue
+        spoken = RULES[rule][1](own)
         out.append(text[copied_to:start])
         length += start - copied_to
         rewrites.append((length, length + len(spoken), start, end))
