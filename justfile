@@ -59,6 +59,10 @@ say text out="out.wav" *args: setup
 bench-engine *args: setup
     {{bin}}/krt bench engine "$@"
 
+# How LLM-style text is heard, kind by kind, through krt and the raw model (Whisper base).
+bench-speech *args: setup
+    {{bin}}/krt bench speech "$@"
+
 # Run the realtime server (default 0.0.0.0:8000; reads .env), e.g. just serve --port 9000
 serve *args: setup
     {{bin}}/krt serve "$@"

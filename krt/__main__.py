@@ -30,6 +30,7 @@ BENCHES = {
     "server": ("krt.bench.server_bench", "the real server in-process: TTFB/floor, barge-in, load levels"),
     "formats": ("krt.bench.formats_bench", "TTFB of each audio format, WebSocket and HTTP, in one run"),
     "capacity": ("krt.bench.capacity", "the most agent streams a running server serves in real time"),
+    "speech": ("krt.bench.speech_bench", "how LLM-style text is heard per kind, krt against the raw model"),
 }
 SWEEP = "krt.bench.sweep"
 """``krt bench`` with no subcommand: load and concurrency sweeps against a running server."""

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.resources.abc import Traversable
     from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,39 +60,48 @@ def sha256_of(path: Path) -> str:
 
 
 def packaged_onnx_model(cache_dir: Path) -> Path:
-    """Return the joined int8 ONNX file, joining and verifying it on first use.
+    """Return the joined int8 ONNX file, joining and verifying it on first use."""
+    parts = []
+    for package in PART_PACKAGES:
+        try:
+            parts.append(importlib.resources.files(package) / "part.bin")
+        except ModuleNotFoundError as exc:
+            raise PackagedWeightsError(f"model part package {package!r} is missing: {INSTALL_HINT}") from exc
+    return joined_file(cache_dir / JOINED_NAME, parts, EXPECTED_SHA256, INSTALL_HINT)
 
-    A cached file is re-hashed on every call (≈0.3 s for 92 MB) because a half-written
-    or edited cache file would otherwise make the model emit garbage with no error.
+
+def joined_file(target: Path, parts: Sequence[Traversable], expected_sha256: str, install_hint: str) -> Path:
+    """``target``, the parts joined in order, joining and verifying it on first use.
+
+    Model files over PyPI's size limit ship split over packages. A cached file is
+    re-hashed on every call (≈0.3 s for 92 MB) because a half-written or edited cache
+    file would otherwise make the model emit garbage with no error.
     """
-    target = cache_dir / JOINED_NAME
     if target.exists():
-        if sha256_of(target) == EXPECTED_SHA256:
+        if sha256_of(target) == expected_sha256:
             return target
         log.warning("cached %s has the wrong sha256; joining it again", target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
     try:
         with partial.open("wb") as out:
-            for package in PART_PACKAGES:
+            for part in parts:
                 try:
-                    blob = (importlib.resources.files(package) / "part.bin").read_bytes()
-                except ModuleNotFoundError as exc:
-                    raise PackagedWeightsError(
-                        f"model part package {package!r} is missing: {INSTALL_HINT}"
-                    ) from exc
+                    blob = part.read_bytes()
+                except FileNotFoundError as exc:
+                    raise PackagedWeightsError(f"{part} is missing: {install_hint}") from exc
                 digest.update(blob)
                 out.write(blob)
-        if digest.hexdigest() != EXPECTED_SHA256:
+        if digest.hexdigest() != expected_sha256:
             raise PackagedWeightsError(
-                f"the joined model has sha256 {digest.hexdigest()}, expected {EXPECTED_SHA256}: "
-                f"reinstall the model packages ({INSTALL_HINT})"
+                f"the joined {target.name} has sha256 {digest.hexdigest()}, expected {expected_sha256}: "
+                f"reinstall its packages ({install_hint})"
             )
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    log.info("joined packaged Kokoro int8 model into %s", target)
+    log.info("joined %s", target)
     return target
 
 
