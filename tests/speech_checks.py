@@ -68,13 +68,10 @@ def words_of(text: str) -> list[str]:
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Levenshtein distance over words, divided by the reference length."""
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, start=1):
-        previous, row[0] = row[0], i
-        for j, hyp_word in enumerate(hyp, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word))
-    return row[-1] / max(1, len(ref))
+    from krt.bench.heard import edit_distance
+
+    ref = words_of(reference)
+    return edit_distance(ref, words_of(hypothesis)) / max(1, len(ref))
 
 
 def assert_sounds_like_speech(pcm: bytes, words: int) -> None:
@@ -204,16 +201,10 @@ def paired_word_error_rates(pipeline: Any, transcribe: Callable[[bytes], str]) -
     """Mean WER of the raw model (each sentence decoded whole, nothing trimmed) and of
     the same sentences through krt's pipeline (windows, trimmed silence), the agent
     phrases and the Harvard lists in alternating voices: (raw, krt)."""
-    from krt.media.audio import to_pcm16
-    from krt.synth.backend import synthesize_whole
-    from krt.text.g2p import tokenize
-
-    backend = pipeline.backend
+    from krt.bench.speech_bench import raw_model_pcm
 
     def raw(sentence: str, voice: str) -> bytes:
-        tokens = tokenize(pipeline.phonemizer.phonemize(sentence), backend.vocab)
-        style = backend.voices.style(backend.voices.resolve(voice), len(tokens))
-        return to_pcm16(synthesize_whole(backend, tokens, style, 1.0))
+        return raw_model_pcm(pipeline, sentence, voice)
 
     def through_krt(sentence: str, voice: str) -> bytes:
         return b"".join(pipeline.speak(sentence, voice))

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 NOTATION = (
     (re.compile(r"(?<=\d):(?=\d\d)"), ""),  # 8:05 → 805, as "eight oh five" normalizes
@@ -101,10 +104,15 @@ def heard_words(text: str) -> list[str]:
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """(word edits from ``reference`` to ``hypothesis``, words in ``reference``)."""
-    ref, hyp = heard_words(reference), heard_words(hypothesis)
+    ref = heard_words(reference)
+    return edit_distance(ref, heard_words(hypothesis)), len(ref)
+
+
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance between two word sequences."""
     row = list(range(len(hyp) + 1))
     for i, ref_word in enumerate(ref, start=1):
         previous, row[0] = row[0], i
         for j, hyp_word in enumerate(hyp, start=1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word))
-    return row[-1], len(ref)
+    return row[-1]

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from krt.config import Config
 
 SAMPLE_RATE = 24_000
+PROGRESS_EVERY = 20
+"""Replies between two progress lines on stderr: a whole run takes the better part of an hour."""
 PITCH_RANGE_HZ = (60.0, 400.0)
 MALE_PITCH_BELOW_HZ = 165.0
 """A voice called ``male`` must have a median F0 below this (typical adult male speech is
@@ -80,6 +82,15 @@ def median_f0_hz(pcm: bytes, rate: int = SAMPLE_RATE) -> float:
     return float(np.median(pitches)) if pitches else float("nan")
 
 
+def raw_model_pcm(pipeline: SpeechPipeline, text: str, voice: str) -> bytes:
+    """What the model says with no krt around it: misaki's phonemes of the text as written,
+    decoded whole in one call, its own silences kept."""
+    backend = pipeline.backend
+    tokens = tokenize(pipeline.phonemizer.phonemize(text), backend.vocab)
+    style = backend.voices.style(backend.voices.resolve(voice), len(tokens))
+    return to_pcm16(synthesize_whole(backend, tokens, style, 1.0))
+
+
 def _spoken_pairs(
     replies: tuple[Reply, ...], voices: list[str], alternate: bool
 ) -> Iterator[tuple[Reply, str]]:
@@ -122,9 +133,7 @@ def measure(config: Config, args: argparse.Namespace) -> list[dict[str, Any]]:
     resolved = {voice: pipeline.plan("Hi.", voice).voice for voice in voices}
 
     def raw(text: str, voice: str) -> bytes:
-        tokens = tokenize(pipeline.phonemizer.phonemize(text), backend.vocab)
-        style = backend.voices.style(backend.voices.resolve(voice), len(tokens))
-        return to_pcm16(synthesize_whole(backend, tokens, style, 1.0))
+        return raw_model_pcm(pipeline, text, voice)
 
     def through_krt(text: str, voice: str) -> bytes:
         return b"".join(pipeline.speak(text, voice))
@@ -133,18 +142,23 @@ def measure(config: Config, args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.no_raw:
         paths["raw"] = raw
     started = time.monotonic()
-    for reply, voice in _spoken_pairs(replies, voices, args.alternate):
+    pairs = list(_spoken_pairs(replies, voices, args.alternate))
+    for first in range(0, len(pairs), PROGRESS_EVERY):
+        batch = pairs[first : first + PROGRESS_EVERY]
         for path, speak in paths.items():
-            pcm = speak(reply.text, voice)
-            heard = listener.transcribe(pcm)
-            edits, words = word_errors(reply.spoken, heard)
-            tally = errors[voice][reply.kind][path]
-            tally[0] += edits
-            tally[1] += words
-            if path == "krt":
-                pitches[voice].append(median_f0_hz(pcm))
-                if args.show and edits:
-                    print(f"[{voice} {reply.kind}] {reply.text!r}\n    heard {heard!r}", file=sys.stderr)
+            for reply, voice in batch:
+                pcm = speak(reply.text, voice)
+                heard = listener.transcribe(pcm)
+                edits, words = word_errors(reply.spoken, heard)
+                tally = errors[voice][reply.kind][path]
+                tally[0] += edits
+                tally[1] += words
+                if path == "krt":
+                    pitches[voice].append(median_f0_hz(pcm))
+                    if args.show and edits:
+                        print(f"[{voice} {reply.kind}] {reply.text!r}\n    heard {heard!r}", file=sys.stderr)
+        done = first + len(batch)
+        print(f"{done}/{len(pairs)} replies in {time.monotonic() - started:.0f} s", file=sys.stderr)
     elapsed = time.monotonic() - started
     results = []
     for voice in voices:
