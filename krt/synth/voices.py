@@ -58,7 +58,7 @@ def parse_blend(spec: str) -> list[tuple[str, float]]:
 class VoiceCatalog:
     """The voices a backend can speak, and what ``female``/``male`` mean for it.
 
-    A voice is a pack name or a blend of packs (``jm_kumo(4)+jf_tebukuro(1)``).
+    A voice is a pack name or a blend of packs (``jm_kumo(4)+jf_gongitsune(1)``).
     """
 
     packs: Mapping[str, StylePack]

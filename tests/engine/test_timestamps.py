@@ -48,7 +48,8 @@ def assert_words_cover_the_input_in_order(text: str, words: list[WordTime], seco
         assert text[word.char_start : word.char_end] == word.text
     assert all(a.char_end <= b.char_start for a, b in itertools.pairwise(words))
     assert all(a.start <= a.end <= b.start + 1e-9 for a, b in itertools.pairwise(words))
-    assert words[0].start >= 0 and words[-1].end <= seconds
+    # The trim cuts the tail inside a frame, and a word ends on a frame's edge.
+    assert words[0].start >= 0 and words[-1].end <= seconds + FRAME_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -116,6 +117,11 @@ async def test_timestamps_reach_the_client_before_their_audio(harness):
 
 # --- the real model -----------------------------------------------------------------------
 
+LAST_WORD_RING_SECONDS = 0.2
+"""How far past its last word's frames a voice may still sound. The model's loudness and
+the -50 dBFS threshold disagree by a frame or so (jf_tebukuro: within 0.03 s), but
+jf_gongitsune's final consonant rings 0.10-0.16 s past its last phoneme's frames ("bank",
+"work"). A mapping error (a word off by one) moves the end by a word, ~0.3 s or more."""
 ASR_SENTENCES = [
     ("The quick brown fox jumps over the lazy dog near the river bank.", "female", 1.0),
     ("Please remember to water the plants every morning before you leave for work.", "male", 1.0),
@@ -131,8 +137,7 @@ def _comparable(word: str) -> str:
 @pytest.mark.integration
 def test_real_model_word_times_agree_with_an_asr(onnx_pipeline, whisper):
     """On the real model: the words cover the input in order; the last word ends where
-    the sound does, within two frames (the model's loudness and the -50 dBFS threshold
-    disagree by about one, and frames are the unit); and Whisper's own word timings
+    the sound does, within ``LAST_WORD_RING_SECONDS``; and Whisper's own word timings
     (cross-attention alignment, tiny.en) agree.
 
     Whisper tiny's word starts scatter around the truth by ~0.05-0.1 s with outliers up to
@@ -147,7 +152,7 @@ def test_real_model_word_times_agree_with_an_asr(onnx_pipeline, whisper):
         assert_words_cover_the_input_in_order(text, words, len(pcm) / 48000)
         audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32767
         last_sound = np.flatnonzero(np.abs(audio) > AUDIBLE_THRESHOLD)[-1] / 24000
-        assert words[-1].end == pytest.approx(last_sound, abs=2 * FRAME_SECONDS)
+        assert words[-1].end == pytest.approx(last_sound, abs=LAST_WORD_RING_SECONDS)
         lead = 0.5
         quiet = np.zeros(round(lead * WHISPER_RATE), dtype=np.float32)
         segments, _ = whisper.transcribe(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import re
 
 import attrs
 import numpy as np
@@ -34,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 def test_defaults_follow_the_packaged_weights(onnx_pipeline):
     voices = onnx_pipeline.backend.voices
-    assert (voices.female, voices.male) == ("jf_tebukuro", "jm_kumo(4)+jf_tebukuro(1)")
+    assert (voices.female, voices.male) == ("jf_gongitsune", "jm_kumo(4)+jf_gongitsune(1)")
     assert "packaged" in onnx_pipeline.backend.source
 
 
@@ -122,26 +121,6 @@ def test_what_g2p_makes_of_a_long_number_is_bounded_in_model_tokens(onnx_pipelin
         spoken.extend(itertools.chain.from_iterable(rendering))  # keeps what came before the error
     assert caught.value.code == "too_long"
     assert_sounds_like_speech(b"".join(spoken), words=3)
-
-
-def test_phone_numbers_streets_and_urls_are_heard_as_written(onnx_pipeline, transcribe):
-    """Normalized before G2P: the raw G2P reads "555-0142" as a subtraction, "St." as a
-    sentence end, and a URL symbol by symbol."""
-    heard = transcribe(
-        b"".join(onnx_pipeline.speak("Call 555-0142 about the flat on Main St. tomorrow.", "female"))
-    )
-    assert re.sub(r"\D", "", heard) == "5550142", heard
-    assert "Main Street" in heard, heard
-    heard = transcribe(
-        b"".join(onnx_pipeline.speak("For details see https://www.example.com/support today.", "female"))
-    )
-    assert re.search(r"example(\.| dot )com", heard, re.IGNORECASE), heard
-    assert "support" in heard and "http" not in heard.lower(), heard
-
-
-def test_numbers_money_and_times_are_spoken(onnx_pipeline, transcribe):
-    heard = transcribe(b"".join(onnx_pipeline.speak("It costs $42.50 at 3:30 PM, in 2026.", "female")))
-    assert re.findall(r"\d+", heard) == ["42", "50", "3", "30", "2026"], heard
 
 
 def test_a_sentence_longer_than_the_context_is_split_to_fit(onnx_pipeline):

@@ -41,7 +41,7 @@ def test_offline_torch_uses_the_converted_packaged_weights(torch_pipeline):
     backend = torch_pipeline.backend
     assert backend.device == "cpu"
     assert "converted" in backend.source
-    assert (backend.voices.female, backend.voices.male) == ("jf_tebukuro", "jm_kumo(4)+jf_tebukuro(1)")
+    assert (backend.voices.female, backend.voices.male) == ("jf_gongitsune", "jm_kumo(4)+jf_gongitsune(1)")
 
 
 def test_torch_speech_is_plausible(torch_pipeline):
