@@ -15,6 +15,8 @@ import functools
 import re
 from typing import TYPE_CHECKING, Any
 
+from krt.text.numbers import ordinal
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -54,34 +56,31 @@ UNIT_WORDS = {
 }
 """Lower-case unit symbols Whisper writes after a number for the words it heard."""
 _UNIT = re.compile(rf"(?<=\d) ?({'|'.join(UNIT_WORDS)})\b")
-ORDINALS = {
-    word: f"{number}{'st' if number % 10 == 1 and number != 11 else 'nd' if number % 10 == 2 and number != 12 else 'rd' if number % 10 == 3 and number != 13 else 'th'}"
-    for number, word in enumerate(
-        [
-            "first",
-            "second",
-            "third",
-            "fourth",
-            "fifth",
-            "sixth",
-            "seventh",
-            "eighth",
-            "ninth",
-            "tenth",
-            "eleventh",
-            "twelfth",
-            "thirteenth",
-            "fourteenth",
-            "fifteenth",
-            "sixteenth",
-            "seventeenth",
-            "eighteenth",
-            "nineteenth",
-            "twentieth",
-        ],
-        start=1,
-    )
-} | {"thirtieth": "30th"}
+ORDINAL_WORDS = [
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "sixth",
+    "seventh",
+    "eighth",
+    "ninth",
+    "tenth",
+    "eleventh",
+    "twelfth",
+    "thirteenth",
+    "fourteenth",
+    "fifteenth",
+    "sixteenth",
+    "seventeenth",
+    "eighteenth",
+    "nineteenth",
+    "twentieth",
+]
+ORDINALS = {word: ordinal(number) for number, word in enumerate(ORDINAL_WORDS, start=1)} | {
+    "thirtieth": "30th"
+}
 """Ordinal words Whisper's normalizer leaves as words ("june ninth") and digits it
 writes as digits ("June 9th")."""
 

@@ -130,7 +130,7 @@ def measure(config: Config, args: argparse.Namespace) -> list[dict[str, Any]]:
         lambda: defaultdict(lambda: defaultdict(lambda: [0, 0]))
     )
     pitches: dict[str, list[float]] = defaultdict(list)
-    resolved = {voice: pipeline.plan("Hi.", voice).voice for voice in voices}
+    resolved = {voice: pipeline.voices.resolve(voice) for voice in voices}
 
     def raw(text: str, voice: str) -> bytes:
         return raw_model_pcm(pipeline, text, voice)

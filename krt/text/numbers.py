@@ -145,13 +145,14 @@ def keeps_period(match: re.Match[str], spoken: str) -> str:
     return spoken + "."
 
 
-def _ordinal(day: int) -> str:
+def ordinal(day: int) -> str:
+    """9 → "9th", 21 → "21st", 12 → "12th": what num2words reads as an ordinal."""
     suffix = "th" if 11 <= day % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
     return f"{day}{suffix}"
 
 
 def _date(month: int, day: int) -> str:
-    return f"{MONTHS[month - 1]} {_ordinal(day)}"
+    return f"{MONTHS[month - 1]} {ordinal(day)}"
 
 
 def _iso_date(match: re.Match[str]) -> str:
@@ -243,21 +244,23 @@ def _version(match: re.Match[str]) -> str:
     return f"version {spoken}" if match.groupdict().get("v") else spoken
 
 
+def _counted(amount: str, one: str, many: str) -> str:
+    return f"{amount} {one if amount == '1' else many}"
+
+
 def _unit(match: re.Match[str]) -> str:
     amount = match.groupdict().get("amount") or match.group("side")
-    one, many = UNITS[re.sub(r"[ \t]+", " ", match.group("unit").lower())]
-    return f"{amount} {one if amount == '1' else many}"
+    return _counted(amount, *UNITS[re.sub(r"[ \t]+", " ", match.group("unit").lower())])
 
 
 def _spaced_unit(match: re.Match[str]) -> str:
-    amount = match.group("amount")
-    one, many = SPACED_UNITS[match.group("unit")]
-    return f"{amount} {one if amount == '1' else many}"
+    return _counted(match.group("amount"), *SPACED_UNITS[match.group("unit")])
 
 
 def _feet_inches(match: re.Match[str]) -> str:
-    feet, inches = match.group("feet"), match.group("inches")
-    return f"{feet} {'foot' if feet == '1' else 'feet'} {inches} {'inch' if inches == '1' else 'inches'}"
+    return (
+        f"{_counted(match.group('feet'), 'foot', 'feet')} {_counted(match.group('inches'), 'inch', 'inches')}"
+    )
 
 
 _MONTH_NAME = "|".join(
