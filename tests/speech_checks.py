@@ -51,15 +51,19 @@ Whisper at the 16 kHz it assumes; ≈ 0.20 (onnx) and 0.21–0.23 (torch) before
 heard 24 kHz audio as 16 kHz (slowed to 2/3). Above it the model or its voices are
 broken, whatever krt does; it also bounds krt's own speech where no raw model is decoded
 beside it. Left loose until torch is measured again at 16 kHz."""
-MAX_WORD_ERROR_RATE_ABOVE_RAW = 0.03
+MAX_WORD_ERROR_RATE_ABOVE_RAW = 0.04
 """How much worse than the raw model krt may be heard, pooled over both voices, the agent
-phrases and the Harvard lists. Whisper's verdict on one sentence flips with inaudible
-changes, so sentences are not compared one by one; pooled over these 52, krt measured
-+0.010 (onnx: 0.064 against 0.054, at 16 kHz; also +0.010 before, slowed) and +0.006 to
-+0.023 (torch, slowed, over two runs), and over the agent phrases
-with only the first Harvard list the same audio measures +0.025 to +0.038: the noise
-of the measure, not of krt. A decoder window with too little context (one frame per
-side) measured +0.14 on the male voice."""
+phrases and the first ten Harvard sentences (:data:`PAIRED_SENTENCES`). Whisper's
+verdict on one sentence flips with inaudible changes, so sentences are not compared one
+by one. Measured (2026-12-06, onnx, 16 kHz): over these 16, krt 0.034 against 0.025;
+over both lists (26), 0.048 against 0.042, with both heard perfectly on 19 sentences.
+One sentence flipping by two words of seven is +0.018 over 16: the bound leaves room for
+two. What it is there to catch is far larger: a decoder window with too
+little context (one frame per side) measured +0.14 on the male voice."""
+PAIRED_SENTENCES = (*INTELLIGIBILITY_SENTENCES, *HARVARD_SENTENCES[:10])
+"""What the raw model and krt both speak in the paired test: 16 sentences, 32 decodes and
+32 transcriptions, which is the longest test of the suite (the 26 of both lists took
+over 7 minutes of CI's 15)."""
 
 
 def words_of(text: str) -> list[str]:
@@ -199,8 +203,8 @@ def pooled_word_error_rate(
 
 def paired_word_error_rates(pipeline: Any, transcribe: Callable[[bytes], str]) -> tuple[float, float]:
     """Mean WER of the raw model (each sentence decoded whole, nothing trimmed) and of
-    the same sentences through krt's pipeline (windows, trimmed silence), the agent
-    phrases and the Harvard lists in alternating voices: (raw, krt)."""
+    the same sentences through krt's pipeline (windows, trimmed silence), the
+    :data:`PAIRED_SENTENCES` in alternating voices: (raw, krt)."""
     from krt.bench.speech_bench import raw_model_pcm
 
     def raw(sentence: str, voice: str) -> bytes:
@@ -209,7 +213,7 @@ def paired_word_error_rates(pipeline: Any, transcribe: Callable[[bytes], str]) -
     def through_krt(sentence: str, voice: str) -> bytes:
         return b"".join(pipeline.speak(sentence, voice))
 
-    spoken = alternating_voices((*INTELLIGIBILITY_SENTENCES, *HARVARD_SENTENCES))
+    spoken = alternating_voices(PAIRED_SENTENCES)
     return (
         pooled_word_error_rate(raw, transcribe, spoken),
         pooled_word_error_rate(through_krt, transcribe, spoken),

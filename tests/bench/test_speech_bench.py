@@ -38,9 +38,11 @@ HEARD_KINDS = (
     "abbreviations",
     "urls",
 )
-MAX_KIND_WORD_ERROR_RATE = 0.34
-"""How badly one kind may be heard through krt over its first two replies, one in each
-default voice: a third of its words, where a broken rule misreads most of a reply."""
+MAX_KIND_WORD_ERROR_RATE = 0.5
+"""How badly one kind may be heard through krt in its first reply (the kinds take the
+default voices in turn): half its words, where a broken rule misreads most of a reply.
+One reply a kind keeps the test to nine clips of Whisper base (two took four minutes of
+CI's fifteen)."""
 MAX_WORD_ERROR_RATE = 0.12
 """Over all of them. Over the first six replies of every kind in alternating voices
 (2026-12-06, onnx, Whisper base), krt measured 0.070 and the raw model, reading the text
@@ -50,7 +52,7 @@ as written, 0.170; per kind krt 0.00-0.18, the raw model 0.10-0.28."""
 @pytest.mark.integration
 @pytest.mark.longest
 def test_what_llms_write_is_heard_as_written_through_krt(real_config, capsys):
-    """The bench itself, end to end: the real model speaks two replies of each kind of
+    """The bench itself, end to end: the real model speaks a reply of each kind of
     notation, Whisper base writes them down, and each kind is heard as a person says it."""
     args = build_parser().parse_args(
         [
@@ -59,7 +61,7 @@ def test_what_llms_write_is_heard_as_written_through_krt(real_config, capsys):
             "--kinds",
             ",".join(HEARD_KINDS),
             "--per-kind",
-            "2",
+            "1",
             "--no-raw",
             "--alternate",
             "--json",
