@@ -141,12 +141,31 @@ def _voice_map(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(f"is not a list of name=voice ({exc})") from exc
 
 
+STAND_INS_BY_GENDER = "gender"
+STAND_INS_OFF = "off"
+
+
+def _stand_ins(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in (STAND_INS_BY_GENDER, STAND_INS_OFF):
+        _voice_map(_, attribute, value)
+
+
 @attrs.frozen
 class VoiceConfig:
     female: str = knob("DEFAULT_VOICE_FEMALE", "", "Voice id for 'female'; empty = the weight source's best.")
     male: str = knob("DEFAULT_VOICE_MALE", "", "Voice id for 'male'; empty = the weight source's best.")
     speed: float = knob(
         "KOKORO_SPEED", 1.0, "Default speech speed; requests may override.", _between(0.5, 2.0)
+    )
+    stand_ins: str = knob(
+        "KOKORO_VOICE_STAND_INS",
+        STAND_INS_BY_GENDER,
+        (
+            "Kokoro v1.0 voice names the weights lack (af_heart, am_michael, … with the packaged "
+            "weights): `gender` speaks each with the default voice of its gender, `off` refuses "
+            "them, or name=voice (comma-separated) names a stand-in for each."
+        ),
+        _stand_ins,
     )
     openai_voices: str = knob(
         "OPENAI_VOICE_MAP",
@@ -345,6 +364,16 @@ class ServerConfig:
         "KRT_DRAIN_SECONDS", 30.0, "On SIGTERM/SIGINT, how long in-flight responses may finish.", _at_least(0)
     )
     metrics_log: Path = knob("KRT_METRICS_LOG", Path("logs/metrics.log"), "One JSON line per response.")
+    openai_max_input_chars: int = knob(
+        "OPENAI_MAX_INPUT_CHARS",
+        100_000,
+        (
+            "Longest `input` POST /v1/audio/speech takes (OpenAI's is 4096). A long one is a "
+            "streamed download, spoken a few sentences at a time in the engine's idle turns, "
+            "after real-time streams."
+        ),
+        _at_least(1),
+    )
     admin_socket: str = knob(
         "KRT_ADMIN_SOCKET",
         "run/krt-admin.sock",

@@ -81,6 +81,8 @@ class EngineInfo:
     male: str
     voices: tuple[str, ...]
     """Every voice pack a request may name or blend."""
+    stand_ins: dict[str, str] = attrs.field(factory=dict)
+    """Kokoro v1.0 names the weights lack, and the voice each is spoken with."""
 
 
 class Engine:
@@ -92,12 +94,19 @@ class Engine:
         self._scheduler = Scheduler(self._runner, config.admission, pipeline.backend)
 
     def plan(
-        self, text: str, voice: str | None = None, speed: float | None = None, *, timestamps: bool = False
+        self,
+        text: str,
+        voice: str | None = None,
+        speed: float | None = None,
+        *,
+        timestamps: bool = False,
+        continues: bool = False,
     ) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code.
         With ``timestamps`` its job's :meth:`~krt.engine.scheduler.Job.take_words` times
-        the client's words."""
-        return self._pipeline.plan(text, voice, speed, timestamps=timestamps)
+        the client's words; with ``continues`` more speech follows it in the same audio
+        (a long download's next part), so it ends with the pause between sentences."""
+        return self._pipeline.plan(text, voice, speed, timestamps=timestamps, continues=continues)
 
     def resolve_voice(self, voice: str | None) -> str:
         """The voice id (or blend) a name stands for; SpeechError ``invalid_voice`` lists the valid ones."""
@@ -110,7 +119,13 @@ class Engine:
     def describe(self) -> EngineInfo:
         backend, voices = self._pipeline.backend, self._pipeline.voices
         return EngineInfo(
-            backend.name, backend.device, backend.source, voices.female, voices.male, tuple(voices.names)
+            backend.name,
+            backend.device,
+            backend.source,
+            voices.female,
+            voices.male,
+            tuple(voices.names),
+            voices.stood_in(),
         )
 
     def stream(
@@ -135,16 +150,24 @@ class Engine:
         paced: bool = True,
         accepted: bool = False,
         client: Hashable | None = None,
+        background: bool = False,
     ) -> Job:
         """Admit ``plan`` now, before its client is told the response exists: SpeechError
         ``busy`` when refused, unless ``accepted`` (a response queued behind another on the
         same socket, whose stream the engine already took in: it waits its turn, it is
         never refused). A refusal says when to come back and keeps that place for
         ``client`` (a socket, an address). ``paced=False`` is for downloads, as in
-        :meth:`stream`. The job takes turns from now on, or once the schedule fits it;
-        whoever admitted it must :meth:`hold` it or :meth:`withdraw` it."""
+        :meth:`stream`; ``background`` for a long download's later parts, which are never
+        refused and take only the turns no other job is due for. The job takes turns from
+        now on, or once the schedule fits it; whoever admitted it must :meth:`hold` it or
+        :meth:`withdraw` it."""
         return self._scheduler.admit(
-            self._pipeline.rendering(plan), label, paced=paced, accepted=accepted, client=client
+            self._pipeline.rendering(plan),
+            label,
+            paced=paced,
+            accepted=accepted,
+            client=client,
+            background=background,
         )
 
     def hold(self, job: Job) -> AbstractAsyncContextManager[Job]:

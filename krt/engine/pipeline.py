@@ -208,6 +208,9 @@ class SpeechPlan:
     """The client's text and how it became the segments' text (for word timestamps)."""
     timestamps: bool = False
     """Whether its rendering times the client's words."""
+    continues: bool = False
+    """More speech follows it in the same audio (a long download's next part): its last
+    sentence ends with the pause between sentences, not the short end of a response."""
 
 
 PcmBatch = tuple[bytes, ...]
@@ -240,24 +243,28 @@ class SpeechPipeline:
         self.phonemizer = phonemizer if phonemizer is not None else backend.make_phonemizer()
         self.segmenter = Segmenter(config.segments)
         self.chunk_samples = chunk_samples_for(config.stream.chunk_seconds)
-
-    @property
-    def voices(self) -> VoiceCatalog:
-        return self.backend.voices
+        self.voices: VoiceCatalog = backend.voices.standing_in(config.voices.stand_ins)
+        """The backend's voices, and the Kokoro names the weights lack spoken by others."""
 
     def resolve_speed(self, requested: float | None) -> float:
         """The speed a request gets: its own, checked, else ``KOKORO_SPEED``."""
         return check_speed(self.config.voices.speed if requested is None else requested)
 
     def plan(
-        self, text: str, voice: str | None = None, speed: float | None = None, *, timestamps: bool = False
+        self,
+        text: str,
+        voice: str | None = None,
+        speed: float | None = None,
+        *,
+        timestamps: bool = False,
+        continues: bool = False,
     ) -> SpeechPlan:
         """Validate a request and cut its text; raises SpeechError with the protocol code."""
-        resolved_voice = self.backend.voices.resolve(voice)
+        resolved_voice = self.voices.resolve(voice)
         resolved_speed = self.resolve_speed(speed)
         normalized = normalize(text)  # the limits apply to what will be spoken
         segments = tuple(self.segmenter.split(normalized.text, resolved_speed))
-        return SpeechPlan(resolved_voice, resolved_speed, segments, normalized, timestamps)
+        return SpeechPlan(resolved_voice, resolved_speed, segments, normalized, timestamps, continues)
 
     def tokenize_segment(self, text: str) -> list[TokenizedSegment]:
         """Phonemes of one segment, split further until every piece fits the context."""
@@ -294,7 +301,7 @@ class SpeechPipeline:
         style = self.backend.voices.style(plan.voice, len(piece.tokens))
         prepared = self.backend.prepare(piece.tokens, style, plan.speed)
         trim = self.config.segments.trim_silence
-        pause = self._pause_samples(piece.text, last, plan.speed) if trim else None
+        pause = self._pause_samples(piece.text, last and not plan.continues, plan.speed) if trim else None
         lead = trim and (self.config.segments.sentence_pause_ms is not None or first)
         start, end = self._frames_to_decode(prepared, lead=lead, tail=pause is not None)
         prepared = prepared.hearing_only(start, end)

@@ -47,6 +47,11 @@ Model calls go through a :class:`~krt.engine.runner.ModelRunner` and time is rea
 Trio's clock, so the same scheduler runs on a worker thread in production and inline on
 virtual time in tests.
 
+A long download's later parts run in the *background* (``Job.background``): they take a
+turn only when no other job is due (or fill a batched turn's spare places), and no
+admission decision counts them, so the engine's idle time speaks them and real-time
+streams are admitted and fed as if they were not there.
+
 Capacity is measured per batch size (audio seconds made per model second in turns of
 1, 2, 4, … windows; the warm-up measures each) and admission replays the schedule with
 batched turns at those speeds.
@@ -138,6 +143,10 @@ class Job:
     """Held to ``AHEAD_SECONDS`` ahead of a real-time player. A download (an HTTP speech
     request) is not: it takes every turn no player needs sooner, since its deadline runs
     ahead as fast as it is made."""
+    background: bool = False
+    """A long download's later part: it takes only turns no other job is due for, and no
+    admission decision counts it, so real-time streams are admitted and fed as if it were
+    not there. It is never refused and never paced; a reader that stops holds it back."""
     first_turn_at: float | None = None
     first_batch_at: float | None = None
     """When the model delivered its first batch: where its real-time player starts (the
@@ -251,6 +260,8 @@ class EngineStatistics:
     """The most windows one turn decodes together."""
     capacity_by_batch: tuple[tuple[int, float], ...] = ()
     """Audio seconds per model second in turns of each batch size measured (1, 2, 4, …)."""
+    background: int = 0
+    """Background jobs (long downloads' later parts) being spoken in the idle turns."""
 
 
 @attrs.frozen
@@ -302,6 +313,8 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._parked: list[Job] = []
         """Admitted jobs whose readers stopped taking audio (see PARK_AFTER_SECONDS)."""
+        self._background: collections.deque[Job] = collections.deque()
+        """Background jobs (``Job.background``), oldest first."""
         self._reservations: dict[Hashable, Reservation] = {}
         """Places kept for refused clients, by client."""
         self._wakeup = trio.Event()
@@ -340,6 +353,7 @@ class Scheduler:
             len(self._parked),
             self.batch_windows,
             tuple(sorted(self._capacity_at.items())),
+            len(self._background),
         )
 
     @property
@@ -531,7 +545,7 @@ class Scheduler:
             # Paused between turns: close the segment now rather than whenever the job
             # is garbage-collected, so a backend's per-segment state is freed at once.
             job.rendering.close()
-        for queue in (self._active, self._waiting, self._parked):
+        for queue in (self._active, self._waiting, self._parked, self._background):
             if job in queue:
                 queue.remove(job)
         self._fill_slots()
@@ -575,9 +589,11 @@ class Scheduler:
         paced: bool = True,
         accepted: bool = False,
         client: Hashable | None = None,
+        background: bool = False,
     ) -> Job:
-        """Admit a job now (SpeechError ``busy`` when refused, unless ``accepted``); it
-        takes turns from now on, or once the schedule fits it. ``client`` (a socket, an
+        """Admit a job now (SpeechError ``busy`` when refused, unless ``accepted`` or
+        ``background``); it takes turns from now on, or once the schedule fits it, or (in
+        the ``background``) whenever no other job is due. ``client`` (a socket, an
         address) is who a refusal keeps a place for. Whoever admitted it must
         :meth:`hold` it or :meth:`withdraw` it."""
         # Unbounded in type only: the loop gives a job no turn while JOB_BUFFER_SECONDS
@@ -590,10 +606,15 @@ class Scheduler:
             receive,
             trio.current_time(),
             self._wakeup_soon,
-            paced=paced,
+            paced=paced and not background,
             client=client,
+            background=background,
         )
-        self._admit(job, accepted=accepted)
+        if background:
+            self._background.append(job)
+            self._wakeup.set()
+        else:
+            self._admit(job, accepted=accepted)
         return job
 
     @asynccontextmanager
@@ -668,9 +689,11 @@ class Scheduler:
 
     def _pick(self) -> list[Job]:
         """Whose turn it is: the earliest deadlines among jobs that may have one (the oldest
-        first on a tie, so newcomers go in order of arrival), as many as a turn decodes."""
+        first on a tie, so newcomers go in order of arrival), as many as a turn decodes;
+        background jobs, oldest first, only where no other job is due."""
         now = trio.current_time()
         ready = sorted((job for job in self._active if self._due(job, now)), key=lambda job: job.deadline)
+        ready.extend(job for job in self._background if self._due(job, now))
         return ready[: self.batch_windows]
 
     def _next_due_in(self) -> float:
@@ -694,7 +717,8 @@ class Scheduler:
             job.first_batch_at = now
         seconds = _batch_seconds(batch)
         if job.played_until is None or now > job.played_until:
-            if job.played_until is not None and job.unread_seconds == 0:  # not a reader that stopped
+            # A stall is a player that ran dry: not a reader that stopped, not a background job.
+            if job.played_until is not None and job.unread_seconds == 0 and not job.background:
                 self._stalls += 1
                 self._stall_seconds += now - job.played_until
             job.played_until = now  # a player that ran dry resumes with this batch
@@ -771,11 +795,14 @@ class Scheduler:
         sooner, only carry less audio, and its player would need another call sooner.
 
         A stream with no other stream active or waiting may take a longer window (see
-        ``WindowSizes.serve_alone``): fewer seams, less context decoded.
+        ``WindowSizes.serve_alone``): fewer seams, less context decoded. A background job
+        never does: a newcomer arriving during its turn waits for no more than a window
+        of the usual size.
         """
-        job.rendering.windows.serve_alone(len(self._active) == 1 and not self._waiting)
+        alone = len(self._active) == 1 and not self._waiting
+        job.rendering.windows.serve_alone(alone and not job.background)
         per_frame = self._seconds_per_frame
-        if job.first_batch_at is None or per_frame is None or self.batch_windows > 1:
+        if job.first_batch_at is None or per_frame is None or self.batch_windows > 1 or job.background:
             job.rendering.windows.limit_compute(None, 0.0)
             return
         budget = (job.deadline - now) * WINDOW_SLACK_SHARE

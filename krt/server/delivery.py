@@ -18,7 +18,9 @@ from krt.errors import SpeechError
 from krt.server.responses import State
 
 if TYPE_CHECKING:
-    from krt.engine.facade import Engine, PcmBatch, WordTime
+    from collections.abc import Callable
+
+    from krt.engine.facade import Engine, Job, PcmBatch, WordTime
     from krt.server.responses import Response
 
 
@@ -38,11 +40,21 @@ class Sink(Protocol):
         """Synthesis failed: say so, as its last word, and settle it."""
 
 
-async def deliver(response: Response, engine: Engine, sink: Sink) -> None:
+def _no_more() -> Job | None:
+    return None
+
+
+async def deliver(
+    response: Response, engine: Engine, sink: Sink, following: Callable[[], Job | None] = _no_more
+) -> None:
     """Speak ``response`` (its job admitted already) into ``sink`` until it is made,
     fails, or is cancelled (``response.scope``: the engine job is withdrawn on the way
     out, and whoever cancelled says the last word). A response that ended before its
-    turn (cancelled or refused while queued) only gives its job back."""
+    turn (cancelled or refused while queued) only gives its job back.
+
+    A response spoken in parts (a long HTTP download, :mod:`krt.server.speech_parts`)
+    gets each next part's job from ``following`` once the one before it is all made,
+    until it returns None: one response, one body, however many jobs."""
     job = response.job
     assert job is not None, "admitted when accepted, or when the responses ahead of it are done"
     if not response.making:
@@ -50,13 +62,17 @@ async def deliver(response: Response, engine: Engine, sink: Sink) -> None:
         return
     with response.scope:
         try:
-            async with engine.hold(job):
-                response.move(State.SPEAKING)
-                async for batch in job:
-                    response.queue_seconds = job.queue_seconds or 0.0
-                    for words in job.take_words():
-                        await sink.words(response, words)
-                    await sink.audio(response, batch)
+            response.move(State.SPEAKING)
+            first: Job | None = job
+            while job is not None:
+                async with engine.hold(job):
+                    async for batch in job:
+                        if job is first:
+                            response.queue_seconds = job.queue_seconds or 0.0
+                        for words in job.take_words():
+                            await sink.words(response, words)
+                        await sink.audio(response, batch)
+                job = response.job = following()
         except SpeechError as error:
             response.fail(error.code)
             await sink.failed(response, error)

@@ -30,6 +30,7 @@ from krt.server.http import RequestRefused, authorized
 from krt.server.openai_schema import CONTENT_TYPES, MODELS, ApiError, parse_speech_request
 from krt.server.responses import Response
 from krt.server.speech_body import AudioBody, SseBody
+from krt.server.speech_parts import SpokenParts, check_words
 
 if TYPE_CHECKING:
     from krt.engine.facade import Engine
@@ -42,8 +43,17 @@ SPEECH_PATH = "/v1/audio/speech"
 MODELS_PATH = "/v1/models"
 VOICES_PATH = "/v1/audio/voices"
 ROUTES = (SPEECH_PATH, MODELS_PATH, VOICES_PATH)
-MAX_BODY_BYTES = 64 * 1024
-"""A request body over this is 413 (4096 characters of input fit many times over)."""
+BODY_BYTES_PER_CHAR = 6
+"""JSON writes a character as at most six bytes (``\\u00e9``)."""
+BODY_BYTES_BESIDES_INPUT = 4096
+
+
+def max_body_bytes(most_chars: int) -> int:
+    """The longest request body: ``OPENAI_MAX_INPUT_CHARS`` of input, escaped, and the
+    other fields; a longer one is 413 before it is read."""
+    return most_chars * BODY_BYTES_PER_CHAR + BODY_BYTES_BESIDES_INPUT
+
+
 BODY_TIMEOUT_S = 10.0
 """A body still arriving after this is 408: a client cannot hold a connection open by
 trickling its request."""
@@ -106,6 +116,7 @@ def _voices(engine: Engine, state: ServerState) -> dict[str, object]:
         "voices": list(info.voices),
         "aliases": {"female": info.female, "male": info.male},
         "openai": openai,
+        "stand_ins": info.stand_ins,
     }
 
 
@@ -115,29 +126,45 @@ def _krt_speed(speed: float) -> float:
 
 
 async def _speak(door: FrontDoor, engine: Engine, state: ServerState, peer: str) -> None:
+    most_chars = state.config.server.openai_max_input_chars
     received = None
     with trio.move_on_after(BODY_TIMEOUT_S):
-        received = await door.read_body(MAX_BODY_BYTES)
+        received = await door.read_body(max_body_bytes(most_chars))
     if received is None:
         raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
-    request = parse_speech_request(received)
+    request = parse_speech_request(received, most_chars)
     voices = parse_voice_map(state.config.voices.openai_voices)
+    response_id = f"speech_{uuid.uuid4().hex}"
     try:
-        plan = engine.plan(request.input, voices.get(request.voice, request.voice), _krt_speed(request.speed))
+        check_words(request.input, state.config.segments)
+        spoken = SpokenParts(
+            engine,
+            request.input,
+            voices.get(request.voice, request.voice),
+            _krt_speed(request.speed),
+            response_id,
+            state.config.segments,
+        )
+        client = ("http", peer.rpartition(":")[0])  # a refusal keeps its place for this address
+        plan, job = spoken.first(client)
     except SpeechError as exc:
+        if exc.code == "busy":
+            raise _refusal(exc) from None
         raise ApiError(400, exc.message, param=_param_of(exc), code=exc.code) from None
     response = Response(
-        f"speech_{uuid.uuid4().hex}",
+        response_id,
         plan,
         trio.current_time(),
         request.input,
         transport="http",
         encoder=StreamEncoder(OutputAudio(request.response_format), state.config.encoding),
+        job=job,
     )
     book = state.response_book(state.monitor.new_connection_id())
     try:
         book.open(response)
     except SpeechError as exc:  # draining since the check above
+        engine.withdraw(job)
         raise ApiError(503, exc.message, code=exc.code) from None
     body = (
         SseBody(door, book)
@@ -145,16 +172,9 @@ async def _speak(door: FrontDoor, engine: Engine, state: ServerState, peer: str)
         else AudioBody(door, book, CONTENT_TYPES[request.response_format])
     )
     try:
-        try:
-            client = ("http", peer.rpartition(":")[0])  # a refusal keeps its place for this address
-            response.job = engine.admit(plan, response.response_id, paced=False, client=client)
-        except SpeechError as exc:
-            response.fail(exc.code)
-            book.settle(response)
-            raise _refusal(exc) from None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_hangup, door, response, peer)
-            await deliver(response, engine, body)
+            await deliver(response, engine, body, spoken.following)
             nursery.cancel_scope.cancel()
         if body.error is not None and not door.started:
             raise _refusal(body.error)

@@ -13,8 +13,6 @@ from typing import Any, Literal, cast, get_args
 
 import attrs
 
-MAX_INPUT_CHARS = 4096
-"""OpenAI's own limit on ``input``; krt's word and audio limits apply too."""
 OPENAI_SPEED = (0.25, 4.0)
 """What OpenAI accepts; krt speaks MIN_SPEED-MAX_SPEED and clamps what lies beyond."""
 MODELS = ("kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -23,7 +21,7 @@ ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 CONTENT_TYPES = {
     "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
+    "opus": "audio/opus",  # Ogg Opus, under the type OpenAI sends (clients decode by it)
     "aac": "audio/aac",
     "flac": "audio/flac",
     "wav": "audio/wav",
@@ -69,8 +67,10 @@ class SpeechRequest:
     stream_format: StreamFormat = "audio"
 
 
-def parse_speech_request(body: bytes) -> SpeechRequest:
-    """The request, checked field by field as OpenAI does; ApiError 400 naming the field."""
+def parse_speech_request(body: bytes, most_chars: int) -> SpeechRequest:
+    """The request, checked field by field as OpenAI does; ApiError 400 naming the field.
+    ``input`` may be up to ``most_chars`` long (``OPENAI_MAX_INPUT_CHARS``), where OpenAI
+    stops at 4096: a long one is spoken in parts (:mod:`krt.server.speech_parts`)."""
     try:
         fields = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -82,10 +82,10 @@ def parse_speech_request(body: bytes) -> SpeechRequest:
     voice = _field(fields, "voice", str)
     if not text.strip():
         raise ApiError(400, "'input' is empty", param="input")
-    if len(text) > MAX_INPUT_CHARS:
+    if len(text) > most_chars:
         raise ApiError(
             400,
-            f"'input' is {len(text)} characters; the limit is {MAX_INPUT_CHARS}",
+            f"'input' is {len(text)} characters; the limit is {most_chars} (OPENAI_MAX_INPUT_CHARS)",
             param="input",
             code="string_above_max_length",
         )

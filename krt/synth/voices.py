@@ -8,6 +8,7 @@ that loaded the weights and the defaults follow it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 
@@ -15,10 +16,39 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from krt.config import STAND_INS_BY_GENDER, STAND_INS_OFF, parse_voice_map
 from krt.errors import ModelUnavailableError, SpeechError
+
+log = logging.getLogger(__name__)
 
 StylePack = npt.NDArray[np.float32]
 """(510, 1, 256): one style vector per phoneme-sequence length."""
+
+KOKORO_V1_VOICES = (
+    *("af_alloy", "af_aoede", "af_bella", "af_heart", "af_jessica", "af_kore", "af_nicole"),
+    *("af_nova", "af_river", "af_sarah", "af_sky", "am_adam", "am_echo", "am_eric", "am_fenrir"),
+    *("am_liam", "am_michael", "am_onyx", "am_puck", "am_santa", "bf_alice", "bf_emma"),
+    *("bf_isabella", "bf_lily", "bm_daniel", "bm_fable", "bm_george", "bm_lewis", "ef_dora"),
+    *("em_alex", "em_santa", "ff_siwis", "hf_alpha", "hf_beta", "hm_omega", "hm_psi", "if_sara"),
+    *("im_nicola", "jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo", "pf_dora"),
+    *("pm_alex", "pm_santa", "zf_xiaobei", "zf_xiaoni", "zf_xiaoxiao", "zf_xiaoyi", "zm_yunjian"),
+    *("zm_yunxi", "zm_yunxia", "zm_yunyang"),
+)
+"""Kokoro-82M v1.0's voice packs (hexgrad/Kokoro-82M, ``voices/``): the names clients
+written for other Kokoro servers ask for. The second letter is the voice's gender."""
+
+
+def stand_ins_for(setting: str, packs: Mapping[str, StylePack]) -> dict[str, str]:
+    """Which Kokoro v1.0 names the weights lack are spoken, and by which voice
+    (``KOKORO_VOICE_STAND_INS``): by the default voice of the same gender, by none, or as
+    an operator's ``name=voice`` list says. A name the weights have is always its pack."""
+    if setting == STAND_INS_OFF:
+        return {}
+    if setting == STAND_INS_BY_GENDER:
+        wanted = {name: "female" if name[1] == "f" else "male" for name in KOKORO_V1_VOICES}
+    else:
+        wanted = parse_voice_map(setting)
+    return {name: voice for name, voice in wanted.items() if name not in packs}
 
 
 BLEND_PART = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
@@ -64,6 +94,10 @@ class VoiceCatalog:
     packs: Mapping[str, StylePack]
     female: str
     male: str
+    stand_ins: Mapping[str, str] = attrs.field(factory=dict)
+    """Voice names the weights lack, and what speaks each (see :func:`stand_ins_for`)."""
+    _announced: set[str] = attrs.field(factory=set, eq=False, repr=False)
+    """Stand-ins already logged: an operator reads each once, not once per request."""
 
     def __attrs_post_init__(self) -> None:
         for role, voice in (("female", self.female), ("male", self.male)):
@@ -73,6 +107,21 @@ class VoiceCatalog:
                 raise ModelUnavailableError(
                     f"DEFAULT_VOICE_{role.upper()}={voice!r} cannot be used: {exc.message}"
                 ) from None
+        for name, voice in self.stand_ins.items():
+            try:
+                self._resolve_known(voice)
+            except SpeechError as exc:
+                raise ModelUnavailableError(
+                    f"KOKORO_VOICE_STAND_INS: {name}={voice} cannot be used: {exc.message}"
+                ) from None
+
+    def standing_in(self, setting: str) -> VoiceCatalog:
+        """This catalog with the stand-ins ``KOKORO_VOICE_STAND_INS`` asks for."""
+        return attrs.evolve(self, stand_ins=stand_ins_for(setting, self.packs))
+
+    def stood_in(self) -> dict[str, str]:
+        """Each stood-in name and the voice (pack or blend) it is spoken with."""
+        return {name: self._resolve_known(voice) for name, voice in self.stand_ins.items()}
 
     @property
     def names(self) -> list[str]:
@@ -93,8 +142,30 @@ class VoiceCatalog:
         return voice
 
     def resolve(self, requested: str | None) -> str:
-        """The voice for ``female``/``male``/a name/a blend; SpeechError lists the valid ones."""
+        """The voice for ``female``/``male``/a name/a blend, a stood-in name as its
+        stand-in; SpeechError lists the valid ones."""
         name = (requested or "female").strip()
+        if name in self.stand_ins:
+            resolved = self._resolve_known(self.stand_ins[name])
+            if name not in self._announced:
+                self._announced.add(name)
+                log.info(
+                    "voice %r is not in these weights: it is spoken as %s (%s); "
+                    "KOKORO_VOICE_STAND_INS changes this",
+                    name,
+                    self.stand_ins[name],
+                    resolved,
+                )
+            return resolved
+        if "+" in name and any(part in self.stand_ins for part, _weight in _blend_or_none(name)):
+            shares: dict[str, float] = {}
+            for voice, share in parse_blend(name):
+                for part, weight in parse_blend(self.resolve(voice)):
+                    shares[part] = shares.get(part, 0.0) + weight * share
+            return self._check("+".join(f"{part}({weight:.6f})" for part, weight in shares.items()))
+        return self._resolve_known(name)
+
+    def _resolve_known(self, name: str) -> str:
         if name == "female":
             return self.female
         if name == "male":
@@ -109,6 +180,13 @@ class VoiceCatalog:
             row = min(max(token_count, 1), pack.shape[0]) - 1
             mixed += weight * np.asarray(pack[row], dtype=np.float32).reshape(-1)
         return mixed.reshape(1, -1)
+
+
+def _blend_or_none(spec: str) -> list[tuple[str, float]]:
+    try:
+        return parse_blend(spec)
+    except ValueError:
+        return []  # _check says what is wrong with it
 
 
 def with_defaults(

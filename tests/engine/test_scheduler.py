@@ -302,6 +302,61 @@ async def test_a_download_takes_every_turn_no_player_needs_and_stalls_no_one(nur
     assert stream.stalls() == [] and engine.statistics().stalls == 0
 
 
+async def play_in_background(engine: Engine, plan: SpeechPlan, player: Player) -> None:
+    """Read a background job (a long download's later part) as fast as it is made."""
+    job = engine.admit(plan, plan.segments[0].split()[0], paced=False, background=True)
+    async with engine.hold(job):
+        async for batch in job:
+            player.received(b"".join(batch))
+            job.mark_read(sum(map(len, batch)) / PCM_BYTES_PER_SECOND)
+
+
+async def test_a_background_job_takes_only_turns_no_stream_is_due_for(nursery, autojump_clock):
+    """A long download's part beside a real-time stream: the stream's first window comes
+    after at most the background window in progress, the stream never runs dry, and the
+    background job still gets all its audio, from the turns the stream does not need."""
+    config, backend, engine = await clocked_engine(nursery, autojump_clock, 0.25)
+    await engine.warm_up()
+    alone, stream, download = Player(), Player(), Player()
+    arrived: dict[str, float] = {}
+
+    async def start_stream(word: str, player: Player) -> None:
+        arrived[word] = trio.current_time()
+        await play(engine, engine.plan(long_text(word, 3)), player)
+
+    await start_stream("alpha", alone)
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play_in_background, engine, engine.plan(long_text("charlie", 6)), download)
+        await download.wait_for_audio(3.0)  # the download is under way
+        sessions.start_soon(start_stream, "bravo", stream)
+
+    owners = backend.owners()
+    bravo_first = owners.index("bravo")
+    assert set(owners[bravo_first - 2 : bravo_first]) <= {"charlie"}  # it had the engine to itself
+    largest = config.scheduler.quantum_bytes / PCM_BYTES_PER_SECOND
+    background_window = 1.5 * largest * 0.25 * 1.5  # one window of the usual size, context included
+    first_alone = alone.arrivals[0] - arrived["alpha"]
+    assert stream.arrivals[0] - arrived["bravo"] <= first_alone + background_window
+    assert stream.stalls() == [] and engine.statistics().stalls == 0
+    assert download.pcm == expected_pcm(config, engine.plan(long_text("charlie", 6)))
+    assert download.arrivals[-1] > stream.arrivals[-1]  # it yielded, and finished after
+
+
+async def test_a_background_job_never_takes_a_real_time_streams_place(nursery, autojump_clock):
+    """With room for one stream (MAX_CONCURRENT_JOBS=1), a download running in the
+    background leaves it free: a stream is admitted at once and is never refused."""
+    config, _backend, engine = await clocked_engine(nursery, autojump_clock, 0.25, MAX_CONCURRENT_JOBS="1")
+    await engine.warm_up()
+    stream, download = Player(), Player()
+    async with trio.open_nursery() as sessions:
+        sessions.start_soon(play_in_background, engine, engine.plan(long_text("charlie", 6)), download)
+        await download.wait_for_audio(1.0)
+        await play(engine, engine.plan(long_text("bravo", 2)), stream)
+        assert stream.error is None and stream.stalls() == []
+        assert engine.statistics().busy_rejections == 0
+    assert download.pcm == expected_pcm(config, engine.plan(long_text("charlie", 6)))
+
+
 async def test_the_engine_counts_what_a_player_would_hear_as_stalls(nursery, autojump_clock):
     """A model slower than real time: every gap a player would hear is one of the engine's
     stalls (``krt_stalls_total``), and their seconds add up."""

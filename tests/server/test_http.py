@@ -17,6 +17,7 @@ import trio.testing
 from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
 
 from krt.server import http, listener, openai_api
+from tests.conftest import make_config
 from tests.server_harness import WS_PATH, Client, RunningServer, start_server
 
 pytestmark = pytest.mark.trio
@@ -441,9 +442,9 @@ async def test_an_oversized_head_gets_its_431_before_the_close(server, path):
 
 
 async def test_a_body_over_the_limit_gets_its_413_before_the_close(server):
-    """A declared body over MAX_BODY_BYTES is refused before it is read: the client that
+    """A declared body over the limit is refused before it is read: the client that
     sends it whole, then reads, gets its 413 and an orderly close."""
-    body = b"x" * (8 * openai_api.MAX_BODY_BYTES)
+    body = b"x" * (2 * openai_api.max_body_bytes(make_config().server.openai_max_input_chars))
     head = (
         f"POST {openai_api.SPEECH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

@@ -16,12 +16,15 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from krt.engine.pipeline import SpeechPipeline
 from krt.media.codecs import OutputAudio, decode
 from krt.metrics.record import MetricsLog
 from krt.metrics.report import read_records
 from krt.server import openai_api
 from krt.server.listener import serve
+from krt.server.speech_parts import part_chars
 from krt.server.state import ServerState
+from krt.synth.fake_backend import FakeBackend
 from tests.conftest import make_config
 from tests.fakes import CrashingG2PFake
 from tests.server_harness import Client
@@ -69,7 +72,19 @@ async def reference_pcm(harness, server, text: str = TEXT) -> np.ndarray:
     return np.frombuffer(bytes(client.audio["ref"]), "<i2")
 
 
-@pytest.mark.parametrize("response_format", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+OPENAI_CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+"""What api.openai.com answers each format with: clients that decode by ``Content-Type``
+(LiveKit's OpenAI plugin) read krt's audio as they read OpenAI's."""
+
+
+@pytest.mark.parametrize("response_format", list(OPENAI_CONTENT_TYPES))
 async def test_every_format_decodes_back_to_the_audio(harness, response_format):
     with trio.fail_after(30):
         server = await harness.server(API_KEY=KEY)
@@ -81,7 +96,7 @@ async def test_every_format_decodes_back_to_the_audio(harness, response_format):
             input=TEXT,
             response_format=response_format,
         )
-    assert answer.response.headers["content-type"].startswith("audio/")
+    assert answer.response.headers["content-type"] == OPENAI_CONTENT_TYPES[response_format]
     samples, rate = decode(answer.content, OutputAudio(response_format))
     padding = 2 * 1152 / 24000 if response_format in ("mp3", "aac") else 0.025  # encoder frames
     assert 0 <= samples.size / rate - expected <= padding
@@ -149,15 +164,43 @@ async def test_the_voice_map_is_configurable(harness):
     assert [r["voice"] for r in records] == [info.male, info.female]
 
 
+async def test_kokoro_voice_names_work_out_of_the_box_and_are_listed(harness):
+    """A client written for another Kokoro server asks for af_heart and am_michael: the
+    fake weights have neither, so each speaks with krt's default of its gender."""
+    with trio.fail_after(30):
+        server = await harness.server(API_KEY=KEY)
+        for name in ("af_heart", "am_michael"):
+            await in_thread(sdk(server).audio.speech.create, model="kokoro", voice=name, input="Hi there.")
+        voices = (await get(server, "/v1/audio/voices")).json()
+        records = await settled_records(harness, server)
+    info = server.state.engine.describe()
+    assert [r["voice"] for r in records] == [info.female, info.male]
+    assert voices["stand_ins"]["af_heart"] == info.female
+    assert voices["stand_ins"]["bm_george"] == info.male
+
+
+async def test_kokoro_voice_names_can_be_refused_instead(harness):
+    with trio.fail_after(30):
+        server = await harness.server(API_KEY=KEY, KOKORO_VOICE_STAND_INS="off")
+        with pytest.raises(openai.BadRequestError) as caught:
+            await in_thread(sdk(server).audio.speech.create, model="kokoro", voice="af_heart", input="Hi.")
+        voices = (await get(server, "/v1/audio/voices")).json()
+    assert (
+        "af_heart" in caught.value.message and server.state.engine.describe().female in caught.value.message
+    )
+    assert voices["stand_ins"] == {}
+
+
 @pytest.mark.parametrize(
     ("request_fields", "status", "param"),
     [
         ({"voice": "robot"}, 400, "voice"),
         ({"speed": 5.0}, 400, "speed"),
-        ({"input": "word " * 1000}, 400, "input"),  # over OpenAI's 4096 characters
+        ({"input": "word " * 20_001}, 400, "input"),  # over OPENAI_MAX_INPUT_CHARS
+        ({"input": "x" * 200}, 400, "input"),  # a word over MAX_WORD_CHARS
         ({"input": ""}, 400, "input"),
         ({"response_format": "ogg"}, 400, "response_format"),
-        ({"input": "x" * 70_000}, 413, None),  # a body over 64 KiB
+        ({"input": "x" * 700_000}, 413, None),  # a body past what the longest input can be
     ],
 )
 async def test_bad_requests_get_openai_errors(harness, request_fields, status, param):
@@ -240,13 +283,16 @@ async def test_loading_is_503_with_retry_after(nursery, tmp_path):
     assert raised.value.response.headers["retry-after"] == "5"
 
 
-async def test_a_client_that_hangs_up_mid_body_leaves_no_job(harness):
+@pytest.mark.parametrize("text", [LONG, "A whole book of words, read aloud. " * 2800], ids=["reply", "book"])
+async def test_a_client_that_hangs_up_mid_body_leaves_no_job(harness, text):
+    """A reply, or a book of 100,000 characters (accepted, and spoken part by part): the
+    client reads a little and hangs up, and nothing of it is left in the engine."""
     with trio.fail_after(30):
         server = await harness.server(API_KEY=KEY, KRT_FAKE_COMPUTE_RATIO="0.05")
 
         def read_a_little() -> None:
             with sdk(server).audio.speech.with_streaming_response.create(
-                model="tts-1", voice="alloy", input=LONG, response_format="pcm"
+                model="tts-1", voice="alloy", input=text, response_format="pcm"
             ) as response:
                 next(response.iter_bytes(4800))
             # leaving the block closes the connection mid-body
@@ -254,10 +300,45 @@ async def test_a_client_that_hangs_up_mid_body_leaves_no_job(harness):
         await in_thread(read_a_little)
         await server.state.in_flight.zero.wait()  # the response has settled, its job withdrawn first
         statistics = server.state.engine.statistics()
-        assert statistics.active == statistics.waiting == 0
+        assert statistics.active == statistics.waiting == statistics.background == 0
         [record] = await settled_records(harness, server)
     assert record["canceled"] is True
-    assert record["audio_s"] < 0.5 * len(LONG) * 0.065
+    assert record["audio_s"] < 0.5 * min(len(text), len(LONG)) * 0.065
+
+
+CHAPTER = "\n\n".join(
+    " ".join(f"Paragraph {p} says sentence {n} out loud." for n in range(1, 5)) for p in range(1, 10)
+)
+"""Nine paragraphs, about 1,300 characters: with parts of 100 (``MAX_UTTERANCE_TOKENS=800``),
+thirteen parts or more, each spoken when the one before is."""
+
+
+async def test_a_long_input_sounds_like_one_response_of_the_whole_text(harness):
+    """A text longer than one response may be is spoken part by part into one body: the
+    audio is exactly what one response of the whole text makes (every sentence once, in
+    order, a sentence pause at every seam), and it is one response in the metrics."""
+    with trio.fail_after(60):
+        server = await harness.server(API_KEY=KEY, MAX_UTTERANCE_TOKENS="800")
+        assert part_chars(server.state.config.segments) * 13 < len(CHAPTER)
+
+        def download() -> bytes:
+            with sdk(server).audio.speech.with_streaming_response.create(
+                model="kokoro", voice="female", input=CHAPTER, response_format="pcm"
+            ) as response:
+                return b"".join(response.iter_bytes(65536))
+
+        pcm = await in_thread(download)
+        [record] = await settled_records(harness, server)
+    unlimited = make_config(
+        KRT_BACKEND="fake",
+        MAX_UTTERANCE_WORDS="100000",
+        MAX_UTTERANCE_SECONDS="3600",
+        MAX_UTTERANCE_TOKENS="10000000",
+    )
+    whole = SpeechPipeline(FakeBackend(), unlimited)
+    expected = b"".join(b"".join(batch) for batch in whole.rendering(whole.plan(CHAPTER, "female")))
+    assert pcm == expected
+    assert record["audio_s"] == pytest.approx(len(pcm) / 48000, abs=0.001) and not record["canceled"]
 
 
 async def test_http_and_websocket_share_the_engine_fairly(harness):

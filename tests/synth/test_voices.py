@@ -70,6 +70,45 @@ def test_configured_default_that_does_not_exist_fails_at_load_naming_the_variabl
         with_defaults({"af_x": pack(0)}, "", "am_missing", ("af_x", "am_y"))
 
 
+def test_kokoro_names_the_weights_lack_speak_with_the_default_of_their_gender(catalog, caplog):
+    standing = catalog.standing_in("gender")
+    with caplog.at_level("INFO", logger="krt.synth.voices"):
+        spoken = [standing.resolve(name) for name in ("af_heart", "am_michael", "bf_emma", "af_heart")]
+    assert spoken == ["af_x", "am_y", "af_x", "af_x"]
+    told = [record.getMessage() for record in caplog.records]
+    assert len(told) == 3, "each stand-in is logged once, not once per request"
+    assert "'af_heart'" in told[0] and "KOKORO_VOICE_STAND_INS" in told[0]
+    assert standing.stood_in()["am_michael"] == "am_y"
+
+
+def test_a_kokoro_name_the_weights_have_is_its_own_pack():
+    standing = with_defaults(
+        {"af_x": pack(0), "am_y": pack(1), "af_heart": pack(7)}, "", "", ("af_x", "am_y")
+    )
+    standing = standing.standing_in("gender")
+    assert standing.resolve("af_heart") == "af_heart"
+    assert "af_heart" not in standing.stood_in()
+
+
+def test_a_blend_of_stood_in_names_blends_their_stand_ins():
+    blended = with_defaults({"af_x": pack(0), "am_y": pack(1000)}, "", "am_y(4)+af_x(1)", ("af_x", "am_y"))
+    voice = blended.standing_in("gender").resolve("af_heart(1)+am_adam(1)")
+    # af_heart is af_x; am_adam is the male default, am_y(4)+af_x(1): af_x 0.5 + 0.1, am_y 0.4
+    assert blended.style(voice, 1)[0, 0] == pytest.approx(0.4 * 1000)
+
+
+def test_stand_ins_can_be_turned_off_or_named(catalog):
+    with pytest.raises(SpeechError) as caught:
+        catalog.standing_in("off").resolve("af_heart")
+    assert caught.value.code == "invalid_voice" and "af_x" in caught.value.message
+    named = catalog.standing_in("af_heart=bf_z, am_adam=female")
+    assert (named.resolve("af_heart"), named.resolve("am_adam")) == ("bf_z", "af_x")
+    with pytest.raises(SpeechError):
+        named.resolve("am_michael")  # not named: refused
+    with pytest.raises(ModelUnavailableError, match="KOKORO_VOICE_STAND_INS"):
+        catalog.standing_in("af_heart=nobody")
+
+
 def test_style_row_follows_the_token_count(catalog):
     assert catalog.style("am_y", 1)[0, 0] == 1000
     assert catalog.style("am_y", 10)[0, 0] == 1009
