@@ -63,6 +63,10 @@ bench-engine *args: setup
 bench-speech *args: setup
     {{bin}}/krt bench speech "$@"
 
+# A long HTTP download against a running server: its speed, and an agent reply's first audio beside it.
+bench-downloads *args: setup
+    {{bin}}/krt bench downloads "$@"
+
 # Run the realtime server (default 0.0.0.0:8000; reads .env), e.g. just serve --port 9000
 serve *args: setup
     {{bin}}/krt serve "$@"

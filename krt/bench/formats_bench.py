@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from krt.client.commands import ToolError, connected, leaves
-from krt.client.http_speech import post_speech
+from krt.client.http_speech import REQUEST_TIMEOUT_S, post_speech
 from krt.client.target import add_target_arguments, resolve_target
 from krt.media.codecs import OutputAudio
 from krt.metrics.stats import percentile
@@ -70,7 +70,8 @@ async def ttfb(target: Target, variant: Variant, text: str, voice: str) -> float
     """One request's time to first audio byte, in seconds; ToolError if it failed."""
     if variant.transport == "http":
         fields = {"model": "kokoro", "input": text, "voice": voice, "response_format": variant.format}
-        answer = await post_speech(target.http_base, target.api_key, fields)
+        with trio.fail_after(REQUEST_TIMEOUT_S):
+            answer = await post_speech(target.http_base, target.api_key, fields)
         if answer.status != 200 or answer.ttfb is None:
             raise ToolError(f"{variant.name}: HTTP {answer.status}: {bytes(answer.body)[:200]!r}")
         return answer.ttfb

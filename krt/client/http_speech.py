@@ -39,10 +39,17 @@ class HttpSpeech:
         return None if self.first_byte_at is None else self.first_byte_at - self.sent_at
 
 
-async def post_speech(base_url: str, api_key: str, fields: Mapping[str, object]) -> HttpSpeech:
+async def post_speech(
+    base_url: str,
+    api_key: str,
+    fields: Mapping[str, object],
+    *,
+    first_byte: trio.Event | None = None,
+) -> HttpSpeech:
     """POST ``fields`` as JSON to ``base_url`` + ``/v1/audio/speech`` and read the whole
-    answer; OSError or h11 errors on a broken connection, trio.TooSlowError after
-    ``REQUEST_TIMEOUT_S``."""
+    answer (``first_byte`` is set when its first byte of audio arrives); OSError or h11
+    errors on a broken connection. The caller bounds how long it may take
+    (``REQUEST_TIMEOUT_S`` suits a reply; a chapter takes minutes)."""
     parts = urlsplit(base_url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -56,31 +63,32 @@ async def post_speech(base_url: str, api_key: str, fields: Mapping[str, object])
     if api_key:
         headers.append(("Authorization", f"Bearer {api_key}"))
     result = HttpSpeech()
-    with trio.fail_after(REQUEST_TIMEOUT_S):
-        stream: trio.abc.Stream
-        if parts.scheme == "https":
-            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=ssl.create_default_context())
-        else:
-            stream = await trio.open_tcp_stream(host, port)
-        async with stream:
-            connection = h11.Connection(h11.CLIENT)
-            request = h11.Request(method="POST", target=SPEECH_PATH, headers=headers)
-            await stream.send_all(
-                (connection.send(request) or b"")
-                + (connection.send(h11.Data(data=payload)) or b"")
-                + (connection.send(h11.EndOfMessage()) or b"")
-            )
-            result.sent_at = trio.current_time()
-            while True:
-                event = connection.next_event()
-                if event is h11.NEED_DATA:
-                    connection.receive_data(bytes(await stream.receive_some(65536)))
-                elif isinstance(event, h11.Response):
-                    result.status = event.status_code
-                elif isinstance(event, h11.Data):
-                    if result.first_byte_at is None and event.data:
-                        result.first_byte_at = trio.current_time()
-                    result.body += event.data
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    result.ended_at = trio.current_time()
-                    return result
+    stream: trio.abc.Stream
+    if parts.scheme == "https":
+        stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=ssl.create_default_context())
+    else:
+        stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        connection = h11.Connection(h11.CLIENT)
+        request = h11.Request(method="POST", target=SPEECH_PATH, headers=headers)
+        await stream.send_all(
+            (connection.send(request) or b"")
+            + (connection.send(h11.Data(data=payload)) or b"")
+            + (connection.send(h11.EndOfMessage()) or b"")
+        )
+        result.sent_at = trio.current_time()
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(bytes(await stream.receive_some(65536)))
+            elif isinstance(event, h11.Response):
+                result.status = event.status_code
+            elif isinstance(event, h11.Data):
+                if result.first_byte_at is None and event.data:
+                    result.first_byte_at = trio.current_time()
+                    if first_byte is not None:
+                        first_byte.set()
+                result.body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                result.ended_at = trio.current_time()
+                return result
