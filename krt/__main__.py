@@ -31,7 +31,10 @@ BENCHES = {
     "formats": ("krt.bench.formats_bench", "TTFB of each audio format, WebSocket and HTTP, in one run"),
     "capacity": ("krt.bench.capacity", "the most agent streams a running server serves in real time"),
     "speech": ("krt.bench.speech_bench", "how LLM-style text is heard per kind, krt against the raw model"),
-    "downloads": ("krt.bench.download_bench", "a long HTTP download: its speed, and what it costs agent replies"),
+    "downloads": (
+        "krt.bench.download_bench",
+        "a long HTTP download: its speed, and what it costs agent replies",
+    ),
 }
 SWEEP = "krt.bench.sweep"
 """``krt bench`` with no subcommand: load and concurrency sweeps against a running server."""

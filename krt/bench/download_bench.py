@@ -1,11 +1,12 @@
 """``krt bench downloads``: what a long HTTP download costs the voice agents beside it.
 
-A long ``/v1/audio/speech`` input (a chapter) is spoken in parts, its later parts in the
-engine's background (docs/openai.md, "Long inputs"). This bench says, against a running
-server, in one run:
+A ``/v1/audio/speech`` input over OpenAI's 4096 characters (a chapter) is a download,
+spoken in parts in the engine's background (docs/openai.md, "Long inputs"). This bench
+says, against a running server, in one run:
 
-- how fast a download is made: audio seconds per second of wall time, alone and with an
-  agent reply started in the middle of it;
+- how fast a download is made: audio seconds per second of wall time over its first
+  ``--seconds`` (then the bench hangs up, which also shows it stops at once), alone and
+  with an agent reply started in the middle of it;
 - an agent reply's time to first audible sound over the WebSocket, alone and while a
   download runs (the background's price: at most the window in progress);
 - the download's first byte against a short HTTP input's.
@@ -58,7 +59,12 @@ def chapter(chars: int) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant (default 3)")
-    parser.add_argument("--chars", type=int, default=2000, help="the download's input length (default 2000)")
+    parser.add_argument(
+        "--chars", type=int, default=20_000, help="the download's input length (default 20000)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="how long each download is read (default 20)"
+    )
     parser.add_argument("--voice", default="female")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_target_arguments(parser)
@@ -74,12 +80,30 @@ async def reply_first_audible(target: Target, voice: str) -> float:
     return trace.first_audible
 
 
-async def download(target: Target, text: str, voice: str, first_byte: trio.Event | None = None) -> HttpSpeech:
+async def download(
+    target: Target, text: str, voice: str, seconds: float, first_byte: trio.Event | None = None
+) -> HttpSpeech:
+    """POST ``text`` and read the body for ``seconds`` after its first byte (or to its
+    end, if sooner), then hang up."""
     fields = {"model": "kokoro", "input": text, "voice": voice, "response_format": "pcm"}
+    answer, started = HttpSpeech(), trio.Event()
+
+    async def read() -> None:
+        await post_speech(target.http_base, target.api_key, fields, first_byte=started, into=answer)
+        nursery.cancel_scope.cancel()
+
     with trio.fail_after(DOWNLOAD_TIMEOUT_S):
-        answer = await post_speech(target.http_base, target.api_key, fields, first_byte=first_byte)
-    if answer.status != 200 or answer.ttfb is None or answer.ended_at is None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await started.wait()
+            if first_byte is not None:
+                first_byte.set()
+            await trio.sleep(seconds)
+            nursery.cancel_scope.cancel()
+    if answer.status != 200 or answer.ttfb is None:
         raise ToolError(f"the download: HTTP {answer.status}: {bytes(answer.body)[:200]!r}")
+    if answer.ended_at is None:
+        answer.ended_at = trio.current_time()
     return answer
 
 
@@ -89,16 +113,16 @@ def audio_per_second(answer: HttpSpeech) -> float:
     return len(answer.body) / PCM_BYTES_PER_SECOND / max(made_in, 1e-9)
 
 
-async def one_round(target: Target, text: str, voice: str, reverse: bool) -> dict[str, float]:
+async def one_round(target: Target, text: str, voice: str, seconds: float, reverse: bool) -> dict[str, float]:
     """Every variant once: the reply alone, a download alone, a short HTTP input, and a
     download with a reply started as soon as its first byte arrives."""
     figures: dict[str, float] = {}
 
     async def alone() -> None:
         figures["reply_alone"] = await reply_first_audible(target, voice)
-        short = await download(target, REPLY, voice)
+        short = await download(target, REPLY, voice, seconds)
         figures["http_short_ttfb"] = short.ttfb or 0.0
-        long = await download(target, text, voice)
+        long = await download(target, text, voice, seconds)
         figures["http_long_ttfb"] = long.ttfb or 0.0
         figures["download_alone"] = audio_per_second(long)
 
@@ -107,7 +131,7 @@ async def one_round(target: Target, text: str, voice: str, reverse: bool) -> dic
         result: list[HttpSpeech] = []
 
         async def run_download() -> None:
-            result.append(await download(target, text, voice, started))
+            result.append(await download(target, text, voice, seconds, started))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_download)
@@ -120,10 +144,12 @@ async def one_round(target: Target, text: str, voice: str, reverse: bool) -> dic
     return figures
 
 
-async def bench(target: Target, rounds: int, chars: int, voice: str) -> list[dict[str, float]]:
+async def bench(
+    target: Target, rounds: int, chars: int, seconds: float, voice: str
+) -> list[dict[str, float]]:
     text = chapter(chars)
     await reply_first_audible(target, voice)  # the first request of a process pays for imports
-    return [await one_round(target, text, voice, reverse=index % 2 == 1) for index in range(rounds)]
+    return [await one_round(target, text, voice, seconds, reverse=index % 2 == 1) for index in range(rounds)]
 
 
 def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -146,12 +172,14 @@ def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    if args.rounds < 1 or args.chars < 1:
-        print("krt bench downloads: --rounds and --chars must be at least 1", file=sys.stderr)
+    if args.rounds < 1 or args.chars < 1 or args.seconds <= 0:
+        print(
+            "krt bench downloads: --rounds and --chars must be at least 1, --seconds above 0", file=sys.stderr
+        )
         return 2
     target = resolve_target(args, args.env_file)
     try:
-        summary = summarize(trio.run(bench, target, args.rounds, args.chars, args.voice))
+        summary = summarize(trio.run(bench, target, args.rounds, args.chars, args.seconds, args.voice))
     except Exception as exc:
         failure = next((leaf for leaf in leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
         if failure is None:
@@ -159,9 +187,22 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"krt bench downloads: {failure}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({"url": target.url, "rounds": args.rounds, "chars": args.chars, **summary}))
+        print(
+            json.dumps(
+                {
+                    "url": target.url,
+                    "rounds": args.rounds,
+                    "chars": args.chars,
+                    "seconds": args.seconds,
+                    **summary,
+                }
+            )
+        )
         return 0
-    print(f"{args.rounds} rounds, a {args.chars}-character download, against {target.describe()}")
+    print(
+        f"{args.rounds} rounds, a {args.chars}-character download read for {args.seconds:g} s, "
+        f"against {target.describe()}"
+    )
     print(
         f"agent reply, first audible:  alone {summary['reply_alone_ms']:>7} ms   beside a download "
         f"{summary['reply_beside_download_ms']:>7} ms   (× {summary['reply_beside_vs_alone']})"

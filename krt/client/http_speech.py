@@ -45,11 +45,13 @@ async def post_speech(
     fields: Mapping[str, object],
     *,
     first_byte: trio.Event | None = None,
+    into: HttpSpeech | None = None,
 ) -> HttpSpeech:
     """POST ``fields`` as JSON to ``base_url`` + ``/v1/audio/speech`` and read the whole
     answer (``first_byte`` is set when its first byte of audio arrives); OSError or h11
     errors on a broken connection. The caller bounds how long it may take
-    (``REQUEST_TIMEOUT_S`` suits a reply; a chapter takes minutes)."""
+    (``REQUEST_TIMEOUT_S`` suits a reply; a chapter takes minutes); ``into`` keeps what
+    arrived for a caller that stops reading early (cancels it)."""
     parts = urlsplit(base_url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -62,7 +64,7 @@ async def post_speech(
     ]
     if api_key:
         headers.append(("Authorization", f"Bearer {api_key}"))
-    result = HttpSpeech()
+    result = HttpSpeech() if into is None else into
     stream: trio.abc.Stream
     if parts.scheme == "https":
         stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=ssl.create_default_context())

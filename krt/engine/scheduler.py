@@ -314,7 +314,7 @@ class Scheduler:
         self._parked: list[Job] = []
         """Admitted jobs whose readers stopped taking audio (see PARK_AFTER_SECONDS)."""
         self._background: collections.deque[Job] = collections.deque()
-        """Background jobs (``Job.background``), oldest first."""
+        """Background jobs (``Job.background``), in the order they came."""
         self._reservations: dict[Hashable, Reservation] = {}
         """Places kept for refused clients, by client."""
         self._wakeup = trio.Event()
@@ -690,10 +690,13 @@ class Scheduler:
     def _pick(self) -> list[Job]:
         """Whose turn it is: the earliest deadlines among jobs that may have one (the oldest
         first on a tie, so newcomers go in order of arrival), as many as a turn decodes;
-        background jobs, oldest first, only where no other job is due."""
+        background jobs, by the same rule among themselves (a new download's first window
+        before an old one's next), only where no other job is due."""
         now = trio.current_time()
         ready = sorted((job for job in self._active if self._due(job, now)), key=lambda job: job.deadline)
-        ready.extend(job for job in self._background if self._due(job, now))
+        ready.extend(
+            sorted((job for job in self._background if self._due(job, now)), key=lambda job: job.deadline)
+        )
         return ready[: self.batch_windows]
 
     def _next_due_in(self) -> float:

@@ -56,6 +56,7 @@ async def test_a_download_nobody_reads_holds_one_part_and_stops_at_once_when_can
     engine = await start_engine(nursery, config, backend)
     spoken = SpokenParts(engine, CHAPTER, "female", 1.0, "speech_1", config.segments)
     plan, job = spoken.first(client="somebody")
+    assert spoken.download and job.background  # a chapter yields to real-time streams from the start
     response = Response("speech_1", plan, trio.current_time(), CHAPTER, transport="http", job=job)
     sink = StallingSink(takes=3)
     nursery.start_soon(deliver, response, engine, sink, spoken.following)
@@ -92,3 +93,18 @@ async def test_a_download_read_to_its_end_is_every_part_in_order(nursery, autoju
     sentences = list(dict.fromkeys(made))  # each segment's windows, in the order first decoded
     assert sentences == [f"sentence number {n} of a very long chapter ends here." for n in range(1, 151)]
     assert engine.statistics().background == 0
+
+
+async def test_a_reply_in_parts_is_spoken_in_the_foreground(nursery, autojump_clock):
+    """Up to OpenAI's 4096 characters a request is a reply, perhaps played as it comes:
+    its parts are fed like any stream's, never left to the idle turns."""
+    config = engine_config()
+    engine = await start_engine(nursery, config, ClockedFake(autojump_clock, 0.1))
+    reply = CHAPTER[:2000]
+    spoken = SpokenParts(engine, reply, "female", 1.0, "speech_3", config.segments)
+    _plan, first = spoken.first(client="somebody")
+    following = spoken.following()
+    assert not spoken.download and following is not None
+    assert not first.background and not following.background
+    for job in (first, following):
+        engine.withdraw(job)
