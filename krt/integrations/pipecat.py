@@ -70,7 +70,6 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
@@ -82,6 +81,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, assert_given
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from krt.integrations.endpoint import krt_endpoint
 from krt.integrations.speech_contexts import KrtResponse, SpeechContexts
 from krt.wire import protocol
 
@@ -111,18 +111,6 @@ QUIET_CONTEXT_TIMEOUT_S = 10.0
 of a context it has finished, so the base class's 3 s would drop the whole reply krt
 queued. krt ends every response with an event, on which a context whose turn is over ends
 at once: this is only the safety net for a krt that never answers."""
-
-
-def krt_endpoint(url: str) -> str:
-    """krt's speech route on the server ``url`` names.
-
-    A bare ``ws://host:port`` (or ``http://``) gets krt's one WebSocket path, so a
-    deployment can configure the same address for every krt client.
-    """
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else protocol.WS_PATH
-    return urlunsplit(parts._replace(scheme=scheme, path=path))
 
 
 @dataclass
