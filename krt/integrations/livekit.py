@@ -8,6 +8,11 @@ Install with ``pip install 'krt[livekit]'``, then give it to an ``AgentSession``
         use_tts_aligned_transcript=True,  # krt's word times drive the transcript
     )
 
+This module is the plugin: ``KrtTTS``, its pool of sockets, and LiveKit's two streams.
+A socket (opened, its session agreed, read and kept alive) is
+:mod:`krt.integrations.krt_socket`; a segment's bookkeeping (text sent, audio and words
+heard) and the loop that speaks it to its end are :mod:`krt.integrations.livekit_segment`.
+
 Design, and why:
 
 - **The LLM's text goes to krt as it comes.** ``stream()`` sends every token LiveKit
@@ -19,25 +24,18 @@ Design, and why:
 - **One LiveKit segment, one or more krt responses.** krt speaks incremental input as
   one response per sentence (ids it makes up), in order, on one socket. A stream owns
   its socket from start to end, so every response on it is its segment's; the segment
-  ends once krt has ended all of them, which a ``ping`` sent after the commit tells
-  (krt answers in order, so its ``pong`` follows the last ``response.created``). The
-  audio is krt's PCM16 at the session's rate, pushed as ``audio/pcm``.
-- **Word times on the segment's clock.** The session asks krt for word timestamps. Each
-  response's words are timed from that response's first sample, and located in the
-  text this stream sent by krt's character offsets (a response's input is a piece of
-  it). Each becomes a ``TimedString`` of the input's own token (its punctuation kept:
-  LiveKit builds the transcript, and the agent's chat history, by concatenating them,
-  so a trailing space is added) shifted by the audio of the responses before it,
-  counted in bytes as it arrives (exact, where a clock would drift). A word is pushed
-  just before the audio it starts in, so the words pushed are the words heard.
+  ends once krt has ended all of them. The audio is krt's PCM16 at the session's rate,
+  pushed as ``audio/pcm``.
+- **Word times on the segment's clock.** The session asks krt for word timestamps, and
+  each word becomes a ``TimedString`` of the input's own token on the segment's clock,
+  pushed just before the audio it starts in: the transcript (and the agent's chat
+  history, which LiveKit builds from it) holds the words heard.
 - **Pooled sockets, agreed once.** Sockets come from LiveKit's ``ConnectionPool``; each
-  new one sends a ``session.update`` (voice, speed, PCM at ``sample_rate``, timestamps)
-  and waits for ``session.updated`` before a stream may use it, so a stream starts
-  with one message, and a refused voice, rate or key fails before any text is sent.
-  ``prewarm()`` (LiveKit calls it when the agent starts) opens one early. A pooled
-  socket is read all the time (krt's pings are answered, so krt never drops it as a
-  reader that stopped) and sends a ``ping`` event when quiet, so krt's idle timeout
-  never closes it during a call; one krt closed anyway (a drain's 1012) is skipped.
+  new one agrees its session (voice, speed, PCM at ``sample_rate``, timestamps) before a
+  stream may use it, so a stream starts with one message, and a refused voice, rate or
+  key fails before any text is sent. ``prewarm()`` (LiveKit calls it when the agent
+  starts) opens one early. A pooled socket is read all the time and kept alive, so krt
+  never drops it during a call; one krt closed anyway (a drain's 1012) is skipped.
   ``update_options`` retires the pool's sockets: the next stream opens one with the new
   session, a stream in flight keeps its own.
 - **Barge-in closes the socket.** LiveKit interrupts by closing the stream (cancelling
@@ -86,622 +84,65 @@ Design, and why:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import collections
 import contextlib
-import logging
-import re
-import time
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import aiohttp
 from livekit.agents import (
     APIConnectionError,
     APIConnectOptions,
-    APIError,
     APIStatusError,
     APITimeoutError,
     tts,
     utils,
 )
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr, TimedString
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
 from krt.integrations.endpoint import krt_endpoint
-from krt.wire import protocol
+from krt.integrations.krt_socket import (
+    KEEPALIVE_INTERVAL_S,
+    KrtSocket,
+    SessionLost,
+    SessionOptions,
+    SessionRefused,
+    agree_session,
+    connect,
+)
+from krt.integrations.livekit_segment import Segment, speak
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["KrtChunkedStream", "KrtSynthesizeStream", "KrtTTS"]
 
-logger = logging.getLogger(__name__)
 
-PCM_BYTES_PER_SAMPLE = 2
-"""krt is asked for mono PCM16: LiveKit's raw PCM format, played as it comes."""
-MAX_RECOVERIES = 3
-"""How often one segment is taken up again (after a drain, a dropped socket or a busy
-krt's wait) before its error goes to LiveKit."""
-MAX_APPEND_CHARS = 4096
-"""Text per ``input.append``: krt reads events of up to 64 KiB, and a character may take
-12 bytes of JSON (two ``\\uXXXX`` escapes)."""
-KEEPALIVE_INTERVAL_S = 60.0
-"""A quiet pooled socket sends a ``ping`` event this often, well inside krt's
-``WS_IDLE_TIMEOUT`` (300 s by default)."""
-SOCKET_CLOSE_TIMEOUT_S = 2.0
-"""Longest wait for krt to answer a close frame; the response it cancels stops at once
-either way."""
-_KEEPALIVE_ID = "krt-keepalive"
-_TOKEN = re.compile(r"\S+")
-_SESSION_ERRORS = frozenset({"invalid_voice", "invalid_speed", "unsupported_format"})
-"""Errors that no later response of the session would escape."""
+class _SocketPool(utils.ConnectionPool[KrtSocket]):
+    """LiveKit's pool of krt sockets, as a segment is spoken on it
+    (:class:`~krt.integrations.livekit_segment.SocketPool`): it lends only open sockets,
+    and one given up is replaced at once."""
 
+    closing = False
+    """Set as the plugin closes: a socket discarded then is not replaced."""
 
-@dataclass(frozen=True)
-class _KrtOptions:
-    voice: str
-    speed: float | None
-    sample_rate: int
-
-
-# --- one socket ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Closed:
-    """The end of a socket's events: krt's close code (1012 when it drains), or 1006 when
-    the connection dropped."""
-
-    code: int | None
-
-
-class _KrtSocket:
-    """One krt WebSocket: its session, a reader that turns every frame into a typed event
-    from the moment it opens, and a keepalive.
-
-    Reading all the time matters twice: krt counts audio as read only when the pings it
-    sends behind it are answered (aiohttp answers them while reading), and a socket krt
-    closed while it waited in the pool is known to be closed before a stream takes it.
-    """
-
-    def __init__(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        options: _KrtOptions,
-        keepalive: float,
-        on_closed: Callable[[_KrtSocket], None],
-    ) -> None:
-        self.ws = ws
-        self.options = options
-        self._on_closed = on_closed
-        self.events: asyncio.Queue[protocol.ServerEvent | _Closed] = asyncio.Queue()
-        self.closed: _Closed | None = None
-        self._send_lock = asyncio.Lock()
-        self._last_sent = time.monotonic()
-        self._closing: asyncio.Task[None] | None = None
-        self._reader = asyncio.create_task(self._read(), name="krt-socket-reader")
-        self._keepalive = (
-            asyncio.create_task(self._keep_alive(keepalive), name="krt-socket-keepalive")
-            if keepalive > 0
-            else None
-        )
-
-    @property
-    def usable(self) -> bool:
-        return self.closed is None and self._closing is None and not self.ws.closed
-
-    def forget_idle_events(self) -> None:
-        """Drop what came while the socket waited in the pool: a segment leaves it only
-        once krt has ended all its responses, so that is the keepalive's pongs."""
-        while not self.events.empty():
-            event = self.events.get_nowait()
-            if isinstance(event, _Closed):
-                self.events.put_nowait(event)
-                return
-
-    async def send(self, event: protocol.ClientEvent) -> None:
-        async with self._send_lock:
-            await self.ws.send_str(protocol.encode(event))
-            self._last_sent = time.monotonic()
-
-    async def _read(self) -> None:
-        code: int | None = None
-        try:
-            async for message in self.ws:
-                if message.type is aiohttp.WSMsgType.TEXT:
-                    event = _decode(message.data)
-                    if event is not None:
-                        self.events.put_nowait(event)
-                elif message.type is aiohttp.WSMsgType.ERROR:
-                    logger.debug("krt socket failed: %s", message.data)
-                    break
-            code = self.ws.close_code
-        except Exception as e:  # a broken connection ends the events as a close does
-            logger.debug("krt socket failed: %s", e)
-        finally:
-            self.closed = _Closed(code if code is not None else 1006)
-            self.events.put_nowait(self.closed)
-
-    async def _keep_alive(self, interval: float) -> None:
-        while self.closed is None:
-            # A timer, not synchronisation: the ping is due ``interval`` after the last send.
-            await asyncio.sleep(max(0.0, self._last_sent + interval - time.monotonic()))
-            if self.closed is None and time.monotonic() - self._last_sent >= interval:
-                with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-                    await self.send(protocol.Ping(_KEEPALIVE_ID))
-
-    def close_soon(self) -> None:
-        """Start closing now, without waiting: krt cancels whatever the socket has in flight
-        as soon as the close frame arrives."""
-        if self._closing is None:
-            self._closing = asyncio.create_task(self._close(), name="krt-socket-close")
-
-    async def aclose(self) -> None:
-        self.close_soon()
-        assert self._closing is not None
-        await asyncio.shield(self._closing)
-
-    async def _close(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        try:
-            async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
-                await self.ws.close()
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
-            logger.debug("closing a krt socket: %s", e)
-        finally:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._on_closed(self)
-
-
-def _decode(message: str) -> protocol.ServerEvent | None:
-    """krt's event, or None (logged) for a frame this plugin cannot read: one odd frame
-    must not cost the call."""
-    try:
-        return protocol.decode_server_event(message)
-    except protocol.UnknownServerEvent as e:
-        logger.debug("skipping a krt event newer than this plugin: %s", e)
-    except ValueError as e:
-        logger.warning("ignoring a krt frame that is not an event (%s): %.200r", e, message)
-    return None
-
-
-# --- one segment, spoken as krt responses ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Token:
-    """One whitespace-separated token of the text sent, timed by krt's words in it."""
-
-    text: str
-    start_ms: float
-    end_ms: float
-    end: int
-    """Where it ends in the segment's text."""
-
-
-@dataclass(eq=False)
-class _Piece:
-    """One krt response of the segment, as its events arrive."""
-
-    base: int | None = None
-    """Where its input starts in the segment's text (found from its first word)."""
-    audio_start: int | None = None
-    """Bytes of the segment's audio before its first sample."""
-    audio: int = 0
-    tokens: collections.deque[_Token] = field(default_factory=collections.deque)
-    """Timed, not yet pushed: each goes out just before the audio it starts in."""
-    ended: bool = False
-    discarded: bool = False
-    """Made after a response krt refused: none of it may be heard (it would be heard
-    before the refused sentence), and it is sent again."""
-
-
-@dataclass(frozen=True)
-class _Refused:
-    """krt refused a response ``busy``; the socket has settled (all its responses ended)."""
-
-    error: protocol.ResponseError
-
-
-@dataclass(frozen=True)
-class _Lost:
-    code: int | None
-
-
-@dataclass(frozen=True)
-class _Done:
-    """Every response of the segment has ended: the socket is clean, back to the pool."""
-
-
-_DONE = _Done()
-_Outcome = _Done | _Refused | _Lost
-
-
-class _Segment:
-    """One LiveKit segment: the text as it comes, what of it has been heard, and how to
-    speak the rest on a socket. Shared by the streaming and the one-shot paths; the only
-    difference is how text goes out (``incremental``: ``input.append``; otherwise one
-    ``response.create``)."""
-
-    def __init__(
-        self,
-        *,
-        emitter: tts.AudioEmitter,
-        sample_rate: int,
-        timeout: float,
-        request_id: str,
-        incremental: bool,
-        on_first_send: Callable[[], None],
-    ) -> None:
-        self.emitter = emitter
-        self.bytes_per_ms = sample_rate * PCM_BYTES_PER_SAMPLE / 1000
-        self.timeout = timeout
-        self.request_id = request_id
-        self.incremental = incremental
-        self._on_first_send: Callable[[], None] | None = on_first_send
-        self.text = ""
-        self.committed = False
-        self.changed = asyncio.Event()
-        self.audio_bytes = 0
-        self.spoken_to = 0
-        """``text[:spoken_to]`` has been heard (up to the last word whose audio was
-        pushed): where the segment is taken up again on a new socket."""
-        self.failures: list[protocol.ResponseError] = []
-        self._located_to = 0
-        self._queued_to = 0
-        self._responses_created = 0
-        self._pump_stopped = False
-        self._pump_task: asyncio.Task[None] | None = None
-        self._marker: str | None = None
-        self._marker_sent = False
-
-    # -- input ---------------------------------------------------------------------------
-
-    def add(self, text: str) -> None:
-        if not self.committed:
-            self.text += text
-            self.changed.set()
-
-    def commit(self) -> None:
-        self.committed = True
-        self.changed.set()
-
-    # -- one socket ----------------------------------------------------------------------
-
-    async def speak_on(self, socket: _KrtSocket) -> _Outcome:
-        """Send what is not heard yet and play krt's answer until every response of it
-        has ended (``_DONE``), krt refused one ``busy`` (after settling), or the socket
-        was lost."""
-        self._located_to = self._queued_to = self.spoken_to
-        self._pump_stopped = False
-        self._marker_sent = False
-        self._marker = utils.shortuuid("krt-end-")
-        self._pump_task = asyncio.create_task(self._pump(socket, self._marker), name="krt-segment-pump")
-        try:
-            return await self._receive(socket)
-        finally:
-            await self._stop_pump()
-
-    async def _stop_pump(self) -> None:
-        """Send nothing more on this socket. Cancelling a send is safe: aiohttp writes a
-        frame whole before it awaits, so a frame is sent whole or not at all."""
-        self._pump_stopped = True
-        if self._pump_task is not None:
-            await utils.aio.gracefully_cancel(self._pump_task)
-            self._pump_task = None
-
-    async def _pump(self, socket: _KrtSocket, marker: str) -> None:
-        """Send the segment's text as it comes; after the commit, the ``ping`` whose
-        ``pong`` says krt has made every response of it. A failed send ends the pump: the
-        socket's reader reports the loss."""
-        sent = self.spoken_to
-        self.changed.set()
-        try:
-            while True:
-                await self.changed.wait()
-                self.changed.clear()
-                if self._pump_stopped:
-                    return
-                if self.incremental:
-                    while len(self.text) > sent and not self._pump_stopped:
-                        chunk = self.text[sent : sent + MAX_APPEND_CHARS]
-                        self._first_send()
-                        await socket.send(protocol.InputAppend(chunk))
-                        sent += len(chunk)
-                    if self.committed and not self._pump_stopped:
-                        await socket.send(protocol.InputCommit())
-                        await self._send_marker(socket, marker)
-                        return
-                elif self.committed:
-                    rest = self.text[sent:]
-                    if rest.strip():
-                        self._first_send()
-                        self._responses_created += 1
-                        suffix = "" if self._responses_created == 1 else f"#{self._responses_created}"
-                        await socket.send(
-                            protocol.ResponseCreate(input=rest, response_id=self.request_id + suffix)
-                        )
-                    await self._send_marker(socket, marker)
-                    return
-        except (aiohttp.ClientError, ConnectionError) as e:
-            logger.debug("sending to krt: %s", e)
-
-    async def _send_marker(self, socket: _KrtSocket, marker: str) -> None:
-        self._marker = marker
-        await socket.send(protocol.Ping(marker))
-        self._marker_sent = True
-
-    def _first_send(self) -> None:
-        if self._on_first_send is not None:
-            self._on_first_send()
-            self._on_first_send = None
-
-    async def _receive(self, socket: _KrtSocket) -> _Outcome:
-        pieces: dict[str, _Piece] = {}
-        marker_seen = False
-        refusal: protocol.ResponseError | None = None
+    async def acquire(self, within: float) -> KrtSocket:
+        """A pooled socket that is still open: krt may have closed one while it waited
+        (a drain's 1012, an idle timeout), and that one is dropped, not tried."""
         while True:
-            if marker_seen and all(piece.ended for piece in pieces.values()):
-                return _DONE if refusal is None else _Refused(refusal)
-            event = await self._next_event(socket, pieces, marker_seen)
-            if isinstance(event, _Closed):
-                return _Lost(event.code)
-            if isinstance(event, protocol.Pong):
-                marker_seen = marker_seen or (event.id == self._marker and self._marker_sent)
-                continue
-            if isinstance(event, protocol.ErrorEvent):
-                _raise_request_error(event.error)
-                continue
-            if isinstance(event, protocol.SessionUpdated):
-                continue
-            piece = pieces.get(event.response)
-            if piece is None:
-                piece = pieces[event.response] = _Piece(discarded=refusal is not None)
-            if isinstance(event, protocol.ResponseCreated):
-                continue
-            if isinstance(event, protocol.OutputAudioTimestamps):
-                if not piece.discarded:
-                    self._locate(piece, event.words)
-            elif isinstance(event, protocol.OutputAudioDelta):
-                if not piece.discarded:
-                    self._play(piece, event.delta)
-            elif isinstance(event, protocol.ResponseCompleted):
-                piece.ended = True
-                if not piece.discarded:
-                    self._finish(piece)
-            elif isinstance(event, protocol.ResponseCanceled):
-                piece.ended = True
-            elif isinstance(event, protocol.ResponseError):
-                piece.ended = True
-                if event.code == "busy":
-                    if refusal is None:
-                        refusal = event
-                        await self._settle_after(socket, event, pieces)
-                        marker_seen = False
-                elif event.code in _SESSION_ERRORS:
-                    raise APIStatusError(
-                        f"krt refused to speak ({event.code}): {event.message}",
-                        status_code=400,
-                        request_id=self.request_id,
-                        retryable=False,
-                    )
-                elif not piece.discarded:
-                    self.failures.append(event)
-                    logger.warning(
-                        "krt did not speak part of %s (%s): %s", self.request_id, event.code, event.message
-                    )
+            socket = await self.get(timeout=within)
+            if socket.usable:
+                socket.forget_idle_events()
+                return socket
+            self.remove(socket)
 
-    async def _settle_after(
-        self, socket: _KrtSocket, refusal: protocol.ResponseError, pieces: dict[str, _Piece]
-    ) -> None:
-        """After a ``busy``: send nothing more here, drop the refused response and any
-        made after it (a later sentence must not be heard before it), and ask for a
-        ``pong`` that follows every response made so far. A busy krt is told to stop
-        those later responses (``barge``); a draining one refuses them all itself and
-        finishes the ones before, which are heard."""
-        await self._stop_pump()
-        after = False
-        for response_id, piece in pieces.items():
-            after = after or response_id == refusal.response
-            piece.discarded = piece.discarded or after
-        self._marker = utils.shortuuid("krt-settled-")
-        self._marker_sent = False
-        try:
-            if not refusal.reconnect:
-                await socket.send(protocol.Barge())
-            await self._send_marker(socket, self._marker)
-        except (aiohttp.ClientError, ConnectionError) as e:
-            logger.debug("settling a krt socket: %s", e)  # the reader reports the loss
-
-    async def _next_event(
-        self, socket: _KrtSocket, pieces: dict[str, _Piece], marker_seen: bool
-    ) -> protocol.ServerEvent | _Closed:
-        """The socket's next event. krt owes one within ``timeout`` only while a response
-        is in flight or the end-of-segment ``pong`` is due; waiting for the LLM's next
-        token is not krt's delay.
-
-        ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` loses a
-        cancellation that comes as its inner wait completes, and with krt's audio always
-        queued that is likely; a barge-in must never be lost.
-        """
-        while True:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    return await socket.events.get()
-            except TimeoutError:
-                owed = any(not piece.ended for piece in pieces.values()) or (
-                    self._marker_sent and not marker_seen
-                )
-                if owed:
-                    raise APITimeoutError(
-                        f"krt sent nothing for {self.timeout:g} s while speaking {self.request_id}"
-                    ) from None
-
-    # -- what krt sends ------------------------------------------------------------------
-
-    def _locate(self, piece: _Piece, words: list[protocol.WordTiming]) -> None:
-        """Find krt's words in the segment's text and queue its tokens with their times.
-
-        krt's offsets index the response's own input, a piece of the text sent (krt cut
-        it, and stripped it), so the piece is found once by its first word and checked
-        word by word; a word that does not match is looked for from where the last one
-        was found.
-        """
-        spans: list[tuple[int, int, float, float]] = []
-        for word in words:
-            if not word.text:
-                continue
-            at = -1
-            if piece.base is not None and self.text.startswith(word.text, piece.base + word.char_start):
-                at = piece.base + word.char_start
-            if at < 0:
-                at = self.text.find(word.text, self._located_to)
-                if at < 0:
-                    continue
-                piece.base = at - word.char_start
-            end = at + len(word.text)
-            spans.append((at, end, word.start_ms, word.end_ms))
-            self._located_to = max(self._located_to, end)
-        if not spans:
-            return
-        last_end = max(end for _start, end, _s, _e in spans)
-        for token in _TOKEN.finditer(self.text, self._queued_to):
-            if token.start() >= last_end:
-                break
-            inside = [span for span in spans if span[0] < token.end() and span[1] > token.start()]
-            if inside:
-                piece.tokens.append(
-                    _Token(token[0], min(s[2] for s in inside), max(s[3] for s in inside), token.end())
-                )
-                self._queued_to = token.end()
-
-    def _play(self, piece: _Piece, delta: str) -> None:
-        try:
-            pcm = base64.b64decode(delta, validate=True)
-        except (binascii.Error, ValueError) as e:
-            logger.warning("krt sent audio that is not base64: %s", e)
-            return
-        if not pcm:
-            return
-        if piece.audio_start is None:
-            piece.audio_start = self.audio_bytes
-        piece.audio += len(pcm)
-        heard_ms = piece.audio / self.bytes_per_ms
-        while piece.tokens and piece.tokens[0].start_ms < heard_ms:
-            self._push_token(piece, piece.tokens.popleft())
-        self.emitter.push(pcm)
-        self.audio_bytes += len(pcm)
-
-    def _finish(self, piece: _Piece) -> None:
-        """A completed response: all of it was heard, its last words too."""
-        while piece.tokens:
-            self._push_token(piece, piece.tokens.popleft())
-
-    def _push_token(self, piece: _Piece, token: _Token) -> None:
-        if piece.audio_start is None:
-            piece.audio_start = self.audio_bytes
-        offset_ms = piece.audio_start / self.bytes_per_ms
-        self.emitter.push_timed_transcript(
-            TimedString(
-                token.text + " ",
-                start_time=(offset_ms + token.start_ms) / 1000,
-                end_time=(offset_ms + token.end_ms) / 1000,
-            )
-        )
-        self.spoken_to = max(self.spoken_to, token.end)
-
-    def raise_if_unspoken(self) -> None:
-        """Nothing of the segment was heard because krt refused it: say why, and don't
-        let LiveKit retry a refusal as if it were a glitch."""
-        if self.audio_bytes or not self.failures:
-            return
-        failure = self.failures[0]
-        status, retryable = (500, True) if failure.code == "synthesis_failed" else (400, False)
-        raise APIStatusError(
-            f"krt did not speak the text ({failure.code}): {failure.message}",
-            status_code=status,
-            request_id=self.request_id,
-            retryable=retryable,
-        )
-
-
-def _raise_request_error(error: protocol.ErrorDetail) -> None:
-    """krt could not act on an event this plugin sent: a bug or a version mismatch, which
-    a retry would repeat."""
-    if error.code == "unknown_response":
-        return  # nothing here cancels by id; harmless either way
-    raise APIStatusError(
-        f"krt refused {error.event_type or 'an event'} ({error.code}): {error.message}",
-        status_code=400,
-        retryable=False,
-    )
-
-
-async def _speak(segment: _Segment, krt: KrtTTS, on_acquired: Callable[[], None]) -> None:
-    """Speak a segment to its end on pooled sockets, taking it up again after a drain, a
-    dropped socket or a busy krt's wait."""
-    recoveries = 0
-    socket: _KrtSocket | None = None
-    try:
-        while True:
-            if socket is None:
-                socket = await krt._acquire(segment.timeout)
-                on_acquired()
-            outcome = await segment.speak_on(socket)
-            if isinstance(outcome, _Done):
-                krt._pool.put(socket)
-                socket = None
-                break
-            recoveries += 1
-            if isinstance(outcome, _Refused) and not outcome.error.reconnect:
-                wait_ms = outcome.error.retry_after_ms
-                if recoveries > MAX_RECOVERIES or wait_ms is None or wait_ms / 1000 > segment.timeout:
-                    raise APIStatusError(
-                        f"krt is busy: {outcome.error.message}",
-                        status_code=429,
-                        request_id=segment.request_id,
-                        body={"retry_after_ms": wait_ms},
-                    )
-                logger.info(
-                    "krt is busy; %s goes again in %d ms, where krt keeps its place",
-                    segment.request_id,
-                    wait_ms,
-                )
-                await asyncio.sleep(wait_ms / 1000)  # krt's word on when it takes the text in
-                continue
-            krt._discard(socket)
-            socket = None
-            why = (
-                "is draining" if isinstance(outcome, _Refused) else f"closed the connection ({outcome.code})"
-            )
-            if recoveries > MAX_RECOVERIES:
-                raise APIConnectionError(f"krt {why} {recoveries} times while speaking {segment.request_id}")
-            logger.info("krt %s; the rest of %s goes out on a new connection", why, segment.request_id)
-    except BaseException:
-        if socket is not None:
-            krt._discard(socket)
-        raise
-    segment.raise_if_unspoken()
-
-
-async def _speak_mapped(segment: _Segment, krt: KrtTTS, on_acquired: Callable[[], None]) -> None:
-    """:func:`_speak` with transport failures as LiveKit's errors, which it retries."""
-    try:
-        await _speak(segment, krt, on_acquired)
-    except APIError:
-        raise
-    except TimeoutError as e:
-        raise APITimeoutError(f"krt did not answer within {segment.timeout:g} s") from e
-    except (aiohttp.ClientError, ConnectionError, OSError) as e:
-        raise APIConnectionError(f"krt connection failed: {e}") from e
-
-
-# --- the plugin ----------------------------------------------------------------------------
+    def discard(self, socket: KrtSocket) -> None:
+        """Close a socket now (krt cancels what it has in flight) and open its replacement
+        in the background, so the next request finds a warm one."""
+        self.remove(socket)
+        socket.close_soon()
+        if not self.closing:
+            self.prewarm()
 
 
 class KrtTTS(tts.TTS[None]):
@@ -746,19 +187,18 @@ class KrtTTS(tts.TTS[None]):
         )
         self._url = krt_endpoint(url)
         self._api_key = api_key
-        self._opts = _KrtOptions(voice=voice, speed=speed, sample_rate=sample_rate)
+        self._opts = SessionOptions(voice=voice, speed=speed, sample_rate=sample_rate)
         self._session = http_session
         self._own_session: aiohttp.ClientSession | None = None
         self._keepalive_interval = keepalive_interval
-        self._pool = utils.ConnectionPool[_KrtSocket](
+        self._pool = _SocketPool(
             connect_cb=self._connect,
             close_cb=self._close_socket,
             connect_timeout=connect_timeout,
         )
         self._streams: weakref.WeakSet[KrtSynthesizeStream] = weakref.WeakSet()
-        self._sockets: set[_KrtSocket] = set()
+        self._sockets: set[KrtSocket] = set()
         """Every socket not yet closed, so aclose() leaves none behind."""
-        self._closed = False
 
     @property
     def model(self) -> str:
@@ -813,7 +253,7 @@ class KrtTTS(tts.TTS[None]):
         return stream
 
     async def aclose(self) -> None:
-        self._closed = True
+        self._pool.closing = True
         for stream in list(self._streams):
             await stream.aclose()
         self._streams.clear()
@@ -836,16 +276,17 @@ class KrtTTS(tts.TTS[None]):
             return self._own_session
         return self._session
 
-    async def _connect(self, seconds: float) -> _KrtSocket:
+    async def _connect(self, seconds: float) -> KrtSocket:
         """A new socket whose session krt has agreed (the pool's connect callback)."""
-        options = self._opts
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:
             async with asyncio.timeout(seconds):
-                ws = await self._http_session().ws_connect(
+                socket = await connect(
+                    self._http_session(),
                     self._url,
-                    headers=headers,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=SOCKET_CLOSE_TIMEOUT_S),
+                    api_key=self._api_key,
+                    options=self._opts,
+                    keepalive=self._keepalive_interval,
+                    on_closed=self._sockets.discard,
                 )
         except aiohttp.WSServerHandshakeError as e:
             raise _refused_upgrade(self._url, e.status) from None
@@ -855,11 +296,10 @@ class KrtTTS(tts.TTS[None]):
             ) from e
         except (aiohttp.ClientError, OSError) as e:
             raise APIConnectionError(f"cannot reach krt at {self._url}: {e}") from e
-        socket = _KrtSocket(ws, options, self._keepalive_interval, self._sockets.discard)
         self._sockets.add(socket)
         try:
             async with asyncio.timeout(seconds):
-                await _agree_session(socket)
+                await agree_session(socket)
         except BaseException as e:
             socket.close_soon()
             if isinstance(e, TimeoutError):
@@ -868,62 +308,17 @@ class KrtTTS(tts.TTS[None]):
                 ) from e
             if isinstance(e, aiohttp.ClientError | ConnectionError):
                 raise APIConnectionError(f"krt at {self._url} failed during the session update: {e}") from e
+            if isinstance(e, SessionRefused):
+                raise APIStatusError(str(e), status_code=400, retryable=False) from None
+            if isinstance(e, SessionLost):
+                raise APIConnectionError(str(e)) from None
             raise
         return socket
 
-    async def _close_socket(self, socket: _KrtSocket) -> None:
+    async def _close_socket(self, socket: KrtSocket) -> None:
         # The pool closes removed sockets at the next get(), under its lock: waiting here
         # for krt's answer to the close would hold up the next request. aclose() waits.
         socket.close_soon()
-
-    async def _acquire(self, within: float) -> _KrtSocket:
-        """A pooled socket that is still open: krt may have closed one while it waited
-        (a drain's 1012, an idle timeout), and that one is dropped, not tried."""
-        while True:
-            socket = await self._pool.get(timeout=within)
-            if socket.usable:
-                socket.forget_idle_events()
-                return socket
-            self._pool.remove(socket)
-
-    def _discard(self, socket: _KrtSocket) -> None:
-        """Close a socket now (krt cancels what it has in flight) and open its replacement
-        in the background, so the next request finds a warm one."""
-        self._pool.remove(socket)
-        socket.close_soon()
-        if not self._closed:
-            self._pool.prewarm()
-
-
-async def _agree_session(socket: _KrtSocket) -> None:
-    options = socket.options
-    patch = protocol.SessionPatch(
-        voice=options.voice,
-        speed=options.speed,
-        audio=protocol.AudioSettings(format="pcm", sample_rate=options.sample_rate),
-        timestamps=True,
-    )
-    await socket.send(protocol.SessionUpdate(patch))
-    while True:
-        event = await socket.events.get()
-        if isinstance(event, protocol.SessionUpdated):
-            audio = event.session.audio
-            if (audio.format, audio.sample_rate) != ("pcm", options.sample_rate):
-                raise APIStatusError(
-                    f"asked krt for PCM at {options.sample_rate} Hz, it would send "
-                    f"{audio.format} at {audio.sample_rate} Hz",
-                    status_code=400,
-                    retryable=False,
-                )
-            return
-        if isinstance(event, protocol.ErrorEvent):
-            raise APIStatusError(
-                f"krt refused the session ({event.error.code}): {event.error.message}",
-                status_code=400,
-                retryable=False,
-            )
-        if isinstance(event, _Closed):
-            raise APIConnectionError(f"krt closed the connection ({event.code}) before agreeing the session")
 
 
 def _refused_upgrade(url: str, status: int) -> APIStatusError:
@@ -941,7 +336,49 @@ def _refused_upgrade(url: str, status: int) -> APIStatusError:
     return APIStatusError(f"krt at {url} refused the WebSocket upgrade (HTTP {status})", status_code=status)
 
 
-class KrtSynthesizeStream(tts.SynthesizeStream):
+class _SpeaksSegment:
+    """What both streams' ``_run`` do around their segment: set up the emitter for krt's
+    PCM, and speak the segment on the plugin's pooled sockets, recording each socket taken
+    for LiveKit's metrics (``acquire_time``, ``connection_reused``)."""
+
+    _krt: KrtTTS
+    _conn_options: APIConnectOptions
+    _acquire_time: float
+    _connection_reused: bool
+
+    def _segment(
+        self,
+        emitter: tts.AudioEmitter,
+        request_id: str,
+        *,
+        incremental: bool,
+        on_first_send: Callable[[], None],
+    ) -> Segment:
+        emitter.initialize(
+            request_id=request_id,
+            sample_rate=self._krt.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+            stream=incremental,
+        )
+        return Segment(
+            emitter=emitter,
+            sample_rate=self._krt.sample_rate,
+            timeout=self._conn_options.timeout,
+            request_id=request_id,
+            incremental=incremental,
+            on_first_send=on_first_send,
+        )
+
+    async def _speak(self, segment: Segment) -> None:
+        await speak(segment, self._krt._pool, self._record_acquire)
+
+    def _record_acquire(self) -> None:
+        self._acquire_time = self._krt._pool.last_acquire_time
+        self._connection_reused = self._krt._pool.last_connection_reused
+
+
+class KrtSynthesizeStream(_SpeaksSegment, tts.SynthesizeStream):
     """One LiveKit segment: text in as the LLM writes it, krt's audio and words out."""
 
     def __init__(self, *, tts: KrtTTS, conn_options: APIConnectOptions) -> None:
@@ -950,34 +387,20 @@ class KrtSynthesizeStream(tts.SynthesizeStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         request_id = utils.shortuuid("krt_")
-        output_emitter.initialize(
-            request_id=request_id,
-            sample_rate=self._krt.sample_rate,
-            num_channels=1,
-            mime_type="audio/pcm",
-            stream=True,
-        )
 
         def first_send() -> None:
             self._mark_started()
             output_emitter.start_segment(segment_id=request_id)
 
-        segment = _Segment(
-            emitter=output_emitter,
-            sample_rate=self._krt.sample_rate,
-            timeout=self._conn_options.timeout,
-            request_id=request_id,
-            incremental=True,
-            on_first_send=first_send,
-        )
+        segment = self._segment(output_emitter, request_id, incremental=True, on_first_send=first_send)
         # Read fresh on every attempt: LiveKit's retry replays the input into a new channel.
         reader = asyncio.create_task(self._read_input(segment), name="krt-stream-input")
         try:
-            await _speak_mapped(segment, self._krt, self._record_acquire)
+            await self._speak(segment)
         finally:
             await utils.aio.gracefully_cancel(reader)
 
-    async def _read_input(self, segment: _Segment) -> None:
+    async def _read_input(self, segment: Segment) -> None:
         async for data in self._input_ch:
             if isinstance(data, self._FlushSentinel):
                 # LiveKit 1.8 speaks one segment per stream: the first flush with text ends it.
@@ -987,12 +410,8 @@ class KrtSynthesizeStream(tts.SynthesizeStream):
             segment.add(data)
         segment.commit()
 
-    def _record_acquire(self) -> None:
-        self._acquire_time = self._krt._pool.last_acquire_time
-        self._connection_reused = self._krt._pool.last_connection_reused
 
-
-class KrtChunkedStream(tts.ChunkedStream):
+class KrtChunkedStream(_SpeaksSegment, tts.ChunkedStream):
     """``synthesize()``: one text, one krt response on a pooled socket."""
 
     def __init__(self, *, tts: KrtTTS, input_text: str, conn_options: APIConnectOptions) -> None:
@@ -1000,25 +419,9 @@ class KrtChunkedStream(tts.ChunkedStream):
         self._krt = tts
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        request_id = utils.shortuuid("krt_")
-        output_emitter.initialize(
-            request_id=request_id,
-            sample_rate=self._krt.sample_rate,
-            num_channels=1,
-            mime_type="audio/pcm",
-        )
-        segment = _Segment(
-            emitter=output_emitter,
-            sample_rate=self._krt.sample_rate,
-            timeout=self._conn_options.timeout,
-            request_id=request_id,
-            incremental=False,
-            on_first_send=lambda: None,
+        segment = self._segment(
+            output_emitter, utils.shortuuid("krt_"), incremental=False, on_first_send=lambda: None
         )
         segment.add(self._input_text)
         segment.commit()
-        await _speak_mapped(segment, self._krt, self._record_acquire)
-
-    def _record_acquire(self) -> None:
-        self._acquire_time = self._krt._pool.last_acquire_time
-        self._connection_reused = self._krt._pool.last_connection_reused
+        await self._speak(segment)

@@ -21,7 +21,8 @@ import pytest
 from livekit.agents import APIConnectOptions, tts
 from livekit.plugins import openai as lk_openai
 
-from tests.integrations.test_livekit import KrtInThread, hear, until
+from tests.integrations.krt_thread import KrtInThread
+from tests.integrations.test_livekit import hear, until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
