@@ -22,6 +22,7 @@ import statistics
 import sys
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
@@ -44,6 +45,18 @@ CHAPTER_SENTENCES = (
     "So she sat on the wall, ate the bread she had bought in town, and waited.",
 )
 DOWNLOAD_TIMEOUT_S = 3600.0
+SETTLE_S = 5.0
+"""Default wait after hanging up on a download: the window in progress then runs to its
+end (seconds, on a slow CPU), and the next figure must not pay for it."""
+
+
+@attrs.frozen
+class Reading:
+    """How each download is read: for ``seconds`` after its first byte, then ``settle``
+    seconds of nothing once it is hung up on."""
+
+    seconds: float
+    settle: float
 
 
 def chapter(chars: int) -> str:
@@ -65,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seconds", type=float, default=20.0, help="how long each download is read (default 20)"
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help=f"seconds to wait after a hang-up (default {SETTLE_S:g})",
+    )
     parser.add_argument("--voice", default="female")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_target_arguments(parser)
@@ -81,10 +100,10 @@ async def reply_first_audible(target: Target, voice: str) -> float:
 
 
 async def download(
-    target: Target, text: str, voice: str, seconds: float, first_byte: trio.Event | None = None
+    target: Target, text: str, voice: str, reading: Reading, first_byte: trio.Event | None = None
 ) -> HttpSpeech:
-    """POST ``text`` and read the body for ``seconds`` after its first byte (or to its
-    end, if sooner), then hang up."""
+    """POST ``text`` and read the body for ``reading.seconds`` after its first byte (or
+    to its end, if sooner), then hang up and let the engine settle."""
     fields = {"model": "kokoro", "input": text, "voice": voice, "response_format": "pcm"}
     answer, started = HttpSpeech(), trio.Event()
 
@@ -98,12 +117,13 @@ async def download(
             await started.wait()
             if first_byte is not None:
                 first_byte.set()
-            await trio.sleep(seconds)
+            await trio.sleep(reading.seconds)
             nursery.cancel_scope.cancel()
     if answer.status != 200 or answer.ttfb is None:
         raise ToolError(f"the download: HTTP {answer.status}: {bytes(answer.body)[:200]!r}")
     if answer.ended_at is None:
         answer.ended_at = trio.current_time()
+        await trio.sleep(reading.settle)
     return answer
 
 
@@ -113,16 +133,18 @@ def audio_per_second(answer: HttpSpeech) -> float:
     return len(answer.body) / PCM_BYTES_PER_SECOND / max(made_in, 1e-9)
 
 
-async def one_round(target: Target, text: str, voice: str, seconds: float, reverse: bool) -> dict[str, float]:
+async def one_round(
+    target: Target, text: str, voice: str, reading: Reading, reverse: bool
+) -> dict[str, float]:
     """Every variant once: the reply alone, a download alone, a short HTTP input, and a
     download with a reply started as soon as its first byte arrives."""
     figures: dict[str, float] = {}
 
     async def alone() -> None:
         figures["reply_alone"] = await reply_first_audible(target, voice)
-        short = await download(target, REPLY, voice, seconds)
+        short = await download(target, REPLY, voice, reading)
         figures["http_short_ttfb"] = short.ttfb or 0.0
-        long = await download(target, text, voice, seconds)
+        long = await download(target, text, voice, reading)
         figures["http_long_ttfb"] = long.ttfb or 0.0
         figures["download_alone"] = audio_per_second(long)
 
@@ -131,7 +153,7 @@ async def one_round(target: Target, text: str, voice: str, seconds: float, rever
         result: list[HttpSpeech] = []
 
         async def run_download() -> None:
-            result.append(await download(target, text, voice, seconds, started))
+            result.append(await download(target, text, voice, reading, started))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_download)
@@ -145,11 +167,11 @@ async def one_round(target: Target, text: str, voice: str, seconds: float, rever
 
 
 async def bench(
-    target: Target, rounds: int, chars: int, seconds: float, voice: str
+    target: Target, rounds: int, chars: int, reading: Reading, voice: str
 ) -> list[dict[str, float]]:
     text = chapter(chars)
     await reply_first_audible(target, voice)  # the first request of a process pays for imports
-    return [await one_round(target, text, voice, seconds, reverse=index % 2 == 1) for index in range(rounds)]
+    return [await one_round(target, text, voice, reading, reverse=index % 2 == 1) for index in range(rounds)]
 
 
 def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -172,14 +194,15 @@ def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    if args.rounds < 1 or args.chars < 1 or args.seconds <= 0:
+    if args.rounds < 1 or args.chars < 1 or args.seconds <= 0 or args.settle < 0:
         print(
             "krt bench downloads: --rounds and --chars must be at least 1, --seconds above 0", file=sys.stderr
         )
         return 2
     target = resolve_target(args, args.env_file)
     try:
-        summary = summarize(trio.run(bench, target, args.rounds, args.chars, args.seconds, args.voice))
+        reading = Reading(args.seconds, args.settle)
+        summary = summarize(trio.run(bench, target, args.rounds, args.chars, reading, args.voice))
     except Exception as exc:
         failure = next((leaf for leaf in leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
         if failure is None:

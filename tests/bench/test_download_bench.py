@@ -36,6 +36,8 @@ async def test_every_figure_is_measured_in_one_run(harness, tmp_path):
             "5000",
             "--seconds",
             "1.5",
+            "--settle",
+            "0.2",
             "--json",
             cwd=tmp_path,
         )
