@@ -45,6 +45,7 @@ CHAPTER_SENTENCES = (
     "So she sat on the wall, ate the bread she had bought in town, and waited.",
 )
 DOWNLOAD_TIMEOUT_S = 3600.0
+MAX_BUSY_RETRIES = 5
 SETTLE_S = 5.0
 """Default wait after hanging up on a download: the window in progress then runs to its
 end (seconds, on a slow CPU), and the next figure must not pay for it."""
@@ -89,14 +90,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
 
 
-async def reply_first_audible(target: Target, voice: str) -> float:
-    """An agent reply over the WebSocket: seconds to its first audible sample."""
+async def reply_first_audible(target: Target, voice: str) -> tuple[float, int]:
+    """An agent reply over the WebSocket: seconds to its first audible sample, and how
+    many times it was refused ``busy`` first (each time sent again when the server said,
+    as a voice agent would; the time counts from the send that was served)."""
+    refusals = 0
     async with connected(target) as client:
-        trace = await client.speak(REPLY, voice=voice)
+        while True:
+            trace = await client.speak(REPLY, voice=voice)
+            if trace.error_code != "busy" or refusals == MAX_BUSY_RETRIES:
+                break
+            refusals += 1
+            await trio.sleep(trace.retry_after or 1.0)
         await client.finish()
     if trace.outcome != "completed" or trace.first_audible is None:
         raise ToolError(f"the reply: {trace.outcome}: {trace.error_code} {trace.error_message}")
-    return trace.first_audible
+    return trace.first_audible, refusals
 
 
 async def download(
@@ -141,7 +150,7 @@ async def one_round(
     figures: dict[str, float] = {}
 
     async def alone() -> None:
-        figures["reply_alone"] = await reply_first_audible(target, voice)
+        figures["reply_alone"], figures["busy_alone"] = await reply_first_audible(target, voice)
         short = await download(target, REPLY, voice, reading)
         figures["http_short_ttfb"] = short.ttfb or 0.0
         long = await download(target, text, voice, reading)
@@ -158,7 +167,8 @@ async def one_round(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_download)
             await started.wait()
-            figures["reply_beside_download"] = await reply_first_audible(target, voice)
+            reply = await reply_first_audible(target, voice)
+            figures["reply_beside_download"], figures["busy_beside_download"] = reply
         figures["download_beside_reply"] = audio_per_second(result[0])
 
     for variant in (beside, alone) if reverse else (alone, beside):
@@ -174,7 +184,7 @@ async def bench(
     return [await one_round(target, text, voice, reading, reverse=index % 2 == 1) for index in range(rounds)]
 
 
-def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
+def summarize(rounds: list[dict[str, float]]) -> dict[str, float | int]:
     def median(key: str) -> float:
         return statistics.median(figures[key] for figures in rounds)
 
@@ -190,6 +200,8 @@ def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
         "http_long_vs_short": round(ratio("http_long_ttfb", "http_short_ttfb"), 3),
         "download_alone_xrt": round(median("download_alone"), 2),
         "download_beside_reply_xrt": round(median("download_beside_reply"), 2),
+        "busy_refusals_alone": int(sum(figures["busy_alone"] for figures in rounds)),
+        "busy_refusals_beside_download": int(sum(figures["busy_beside_download"] for figures in rounds)),
     }
 
 
@@ -229,6 +241,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(
         f"agent reply, first audible:  alone {summary['reply_alone_ms']:>7} ms   beside a download "
         f"{summary['reply_beside_download_ms']:>7} ms   (× {summary['reply_beside_vs_alone']})"
+    )
+    print(
+        f"agent reply, refused busy:   alone {summary['busy_refusals_alone']:>7}      beside a download "
+        f"{summary['busy_refusals_beside_download']:>7}"
     )
     print(
         f"HTTP first byte:             short {summary['http_short_ttfb_ms']:>7} ms   long input "

@@ -49,6 +49,7 @@ async def test_every_figure_is_measured_in_one_run(harness, tmp_path):
     # The fake makes audio at 20 times real time, less what its windows' context costs.
     assert 4 < figures["download_alone_xrt"] <= 20
     assert 0 < figures["download_beside_reply_xrt"] <= 20
+    assert figures["busy_refusals_alone"] == figures["busy_refusals_beside_download"] == 0
 
 
 async def test_a_refused_key_is_one_line(harness, tmp_path):
