@@ -114,6 +114,11 @@ class WindowSizes:
         else:
             self._limit = max(MIN_WINDOW_FRAMES, int(seconds / seconds_per_frame) - 2 * CONTEXT_FRAMES)
 
+    def stay_small(self) -> None:
+        """Keep every window at the first one's size: a background job's (a download's),
+        so a stream arriving while it has the model waits for no more than that."""
+        self._max = self._next
+
     def serve_alone(self, alone: bool) -> None:
         """Whether the next window may be ``ALONE_WINDOW_FACTOR`` times the largest: no other
         stream waits for the model, so a longer window delays no one, and every seam it

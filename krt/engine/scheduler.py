@@ -611,6 +611,7 @@ class Scheduler:
             background=background,
         )
         if background:
+            rendering.windows.stay_small()
             self._background.append(job)
             self._wakeup.set()
         else:
@@ -799,8 +800,9 @@ class Scheduler:
 
         A stream with no other stream active or waiting may take a longer window (see
         ``WindowSizes.serve_alone``): fewer seams, less context decoded. A background job
-        never does: a newcomer arriving during its turn waits for no more than a window
-        of the usual size.
+        never does, and its windows stay at the first window's size
+        (``WindowSizes.stay_small``): a newcomer arriving during its turn waits for no more
+        than that.
         """
         alone = len(self._active) == 1 and not self._waiting
         job.rendering.windows.serve_alone(alone and not job.background)

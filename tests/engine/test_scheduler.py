@@ -24,7 +24,7 @@ from krt.engine.runner import ThreadRunner
 from krt.engine.scheduler import AHEAD_SECONDS, CAPACITY_HEADROOM, JOB_BUFFER_SECONDS
 from krt.errors import SpeechError
 from krt.synth.fake_backend import FakeBackend
-from krt.synth.windows import SAMPLES_PER_FRAME
+from krt.synth.windows import CONTEXT_FRAMES, SAMPLES_PER_FRAME
 from tests.fakes import read_all
 from tests.inline_engine import engine_config, start_engine
 
@@ -333,8 +333,14 @@ async def test_a_background_job_takes_only_turns_no_stream_is_due_for(nursery, a
     owners = backend.owners()
     bravo_first = owners.index("bravo")
     assert set(owners[bravo_first - 2 : bravo_first]) <= {"charlie"}  # it had the engine to itself
-    largest = config.scheduler.quantum_bytes / PCM_BYTES_PER_SECOND
-    background_window = 1.5 * largest * 0.25 * 1.5  # one window of the usual size, context included
+    # The download's windows all stay at a first window's size, so the stream waits for
+    # at most one of those, context included, at the fake's 0.25 s of compute a second.
+    first_window = config.scheduler.priority_quantum_bytes / PCM_BYTES_PER_SECOND
+    frames = [w.stop - w.start for w in backend.windows if w.owner == "charlie"]
+    assert (
+        max(frames) * SAMPLES_PER_FRAME / SAMPLE_RATE <= 1.5 * first_window
+    )  # a segment's end may ride along
+    background_window = (1.5 * first_window + 2 * CONTEXT_FRAMES * SAMPLES_PER_FRAME / SAMPLE_RATE) * 0.25
     first_alone = alone.arrivals[0] - arrived["alpha"]
     assert stream.arrivals[0] - arrived["bravo"] <= first_alone + background_window
     assert stream.stalls() == [] and engine.statistics().stalls == 0
