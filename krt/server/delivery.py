@@ -72,7 +72,9 @@ async def deliver(
                         for words in job.take_words():
                             await sink.words(response, words)
                         await sink.audio(response, batch)
-                job = response.job = following()
+                job = following()
+                if job is not None:
+                    response.job = job  # the read credit goes to the part being spoken
         except SpeechError as error:
             response.fail(error.code)
             await sink.failed(response, error)
