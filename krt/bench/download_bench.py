@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from krt import PCM_BYTES_PER_SECOND
-from krt.client.commands import ToolError, connected, leaves
+from krt.client.commands import ToolError, connected, reportable
 from krt.client.http_speech import HttpSpeech, post_speech
 from krt.client.target import add_target_arguments, resolve_target
 
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         reading = Reading(args.seconds, args.settle)
         summary = summarize(trio.run(bench, target, args.rounds, args.chars, reading, args.voice))
     except Exception as exc:
-        failure = next((leaf for leaf in leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
+        failure = reportable(exc)
         if failure is None:
             raise
         print(f"krt bench downloads: {failure}", file=sys.stderr)

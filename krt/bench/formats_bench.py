@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from krt.client.commands import ToolError, connected, leaves
+from krt.client.commands import ToolError, connected, reportable
 from krt.client.http_speech import REQUEST_TIMEOUT_S, post_speech
 from krt.client.target import add_target_arguments, resolve_target
 from krt.media.codecs import OutputAudio
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         rows = summarize(trio.run(bench, target, args.rounds, args.voice))
     except Exception as exc:
-        failure = next((leaf for leaf in leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
+        failure = reportable(exc)
         if failure is None:
             raise
         print(f"krt bench formats: {failure}", file=sys.stderr)

@@ -37,6 +37,12 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+def reportable(exc: BaseException) -> ToolError | OSError | None:
+    """The failure a tool reports in one line (a refusal, a connection that failed), found
+    inside Trio's exception groups; None for anything else, a bug, which should raise."""
+    return next((leaf for leaf in leaves(exc) if isinstance(leaf, ToolError | OSError)), None)
+
+
 def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
