@@ -32,6 +32,17 @@ def predicted_audio_seconds(text_chars: int, speed: float) -> float:
     return text_chars * AUDIO_SECONDS_PER_CHAR / speed
 
 
+def check_longest_word(words: list[str], limits: SegmentConfig) -> None:
+    """Refuse a word (characters between spaces) over ``MAX_WORD_CHARS``: one "word" of
+    thousands of symbols costs G2P and the model seconds for nothing."""
+    longest = max((len(word) for word in words), default=0)
+    if longest > limits.max_word_chars:
+        raise SpeechError(
+            "too_long",
+            f"input has a word of {longest} characters; the limit is {limits.max_word_chars} (MAX_WORD_CHARS)",
+        )
+
+
 @attrs.frozen
 class Segmenter:
     config: SegmentConfig
@@ -58,12 +69,7 @@ class Segmenter:
                 "too_long",
                 f"input has {len(words)} words; the limit is {config.max_utterance_words} (MAX_UTTERANCE_WORDS)",
             )
-        longest = max(len(word) for word in words)
-        if longest > config.max_word_chars:
-            raise SpeechError(
-                "too_long",
-                f"input has a word of {longest} characters; the limit is {config.max_word_chars} (MAX_WORD_CHARS)",
-            )
+        check_longest_word(words, config)
         seconds = predicted_audio_seconds(len(text), speed)
         if seconds > config.max_utterance_seconds:
             raise SpeechError(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR
+from krt.engine.segmenter import AUDIO_SECONDS_PER_CHAR, check_longest_word
 from krt.errors import SpeechError
 from krt.text.parts import parts
 
@@ -63,12 +63,7 @@ def part_chars(limits: SegmentConfig) -> int:
 def check_words(text: str, limits: SegmentConfig) -> None:
     """Refuse, before anything is spoken, a word no part could take (``MAX_WORD_CHARS``):
     found in part 40, it would cut a download short after minutes of audio."""
-    longest = max((len(word) for word in text.split()), default=0)
-    if longest > limits.max_word_chars:
-        raise SpeechError(
-            "too_long",
-            f"input has a word of {longest} characters; the limit is {limits.max_word_chars} (MAX_WORD_CHARS)",
-        )
+    check_longest_word(text.split(), limits)
 
 
 class SpokenParts:
