@@ -96,6 +96,8 @@ class VoiceCatalog:
     male: str
     stand_ins: Mapping[str, str] = attrs.field(factory=dict)
     """Voice names the weights lack, and what speaks each (see :func:`stand_ins_for`)."""
+    _stood_in: dict[str, str] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+    """Each of ``stand_ins`` resolved to a pack or blend, once, when the catalog is made."""
     _announced: set[str] = attrs.field(factory=set, eq=False, repr=False)
     """Stand-ins already logged: an operator reads each once, not once per request."""
 
@@ -109,7 +111,7 @@ class VoiceCatalog:
                 ) from None
         for name, voice in self.stand_ins.items():
             try:
-                self._resolve_known(voice)
+                self._stood_in[name] = self._resolve_known(voice)
             except SpeechError as exc:
                 raise ModelUnavailableError(
                     f"KOKORO_VOICE_STAND_INS: {name}={voice} cannot be used: {exc.message}"
@@ -121,7 +123,7 @@ class VoiceCatalog:
 
     def stood_in(self) -> dict[str, str]:
         """Each stood-in name and the voice (pack or blend) it is spoken with."""
-        return {name: self._resolve_known(voice) for name, voice in self.stand_ins.items()}
+        return dict(self._stood_in)
 
     @property
     def names(self) -> list[str]:
@@ -145,8 +147,8 @@ class VoiceCatalog:
         """The voice for ``female``/``male``/a name/a blend, a stood-in name as its
         stand-in; SpeechError lists the valid ones."""
         name = (requested or "female").strip()
-        if name in self.stand_ins:
-            resolved = self._resolve_known(self.stand_ins[name])
+        if name in self._stood_in:
+            resolved = self._stood_in[name]
             if name not in self._announced:
                 self._announced.add(name)
                 log.info(
