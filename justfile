@@ -32,7 +32,15 @@ setup:
             {{bin}}/pip install --quiet torch==2.13.0
         fi
     fi
-    {{bin}}/pip install --quiet -e '.[test]'
+    if grep -q "include-system-site-packages = true" {{venv}}/pyvenv.cfg; then
+        # A system torch (a GPU pod's): pip sees it and leaves it be.
+        {{bin}}/pip install --quiet -e '.[test]'
+    else
+        # uv installs the rest in seconds where pip takes minutes (CI's budget); torch is
+        # already in the venv, from pip, which alone finds the CPU build on local disk.
+        {{bin}}/pip install --quiet uv
+        {{bin}}/uv pip install --quiet --python {{bin}}/python -e '.[test]'
+    fi
     touch "$stamp"
 
 # Run the whole test suite on two workers (unit tests on the fake backend, integration tests on the real model).
