@@ -374,6 +374,11 @@ class ServerConfig:
         ),
         _at_least(1),
     )
+    playground: bool = knob(
+        "KRT_PLAYGROUND",
+        True,
+        "Serve the browser playground at `/` (a public page; its WebSocket still needs `API_KEY`).",
+    )
     admin_socket: str = knob(
         "KRT_ADMIN_SOCKET",
         "run/krt-admin.sock",

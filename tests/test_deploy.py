@@ -5,6 +5,7 @@ time, the metrics the autoscaler reads)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -12,6 +13,7 @@ import pytest
 import trio
 import yaml
 
+from krt.server.openai_api import max_body_bytes
 from tests.conftest import make_config
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
@@ -95,3 +97,11 @@ def test_the_validation_catches_a_misspelt_field():
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_nginx_takes_every_body_krt_takes():
+    """A long input krt would speak must not be refused by the proxy in front of it."""
+    shipped = (Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "krt.conf").read_text()
+    [size] = re.findall(r"client_max_body_size (\d+)k;", shipped)
+    most_chars = make_config().server.openai_max_input_chars
+    assert int(size) * 1024 >= max_body_bytes(most_chars)

@@ -7,8 +7,6 @@ nginx is Debian's package, installed here when the machine lacks it (CI starts b
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import trio
 
 from krt.metrics.report import read_records
 from tests.conftest import free_port
+from tests.debian import debian_binary
 from tests.server_harness import WS_PATH
 
 pytestmark = [pytest.mark.trio, pytest.mark.slow]
@@ -29,18 +28,7 @@ KEY = "nginx-test-key"
 
 
 def nginx_binary() -> str:
-    """nginx, installed from Debian's packages if it is missing (root only)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if found:
-        return found
-    if os.geteuid() != 0:
-        pytest.fail("nginx is not installed and this user cannot install it: apt-get install nginx")
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]
-    if subprocess.run(install, env=environment, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=environment, capture_output=True, check=True)
-        subprocess.run(install, env=environment, capture_output=True, check=True)
-    return shutil.which("nginx") or "/usr/sbin/nginx"
+    return debian_binary("nginx", "nginx")
 
 
 def nginx_config(root: Path, port: int, replicas: list[int]) -> Path:
@@ -97,8 +85,10 @@ async def test_a_drained_replica_loses_nothing_behind_nginx(start_krt, nursery, 
             stderr=subprocess.PIPE,
         )
         try:
-            while (await readyz(port)) != 200:  # noqa: ASYNC110  (nginx gives no event to wait on)
+            while (await status_of(port)) != 200:  # noqa: ASYNC110  (nginx gives no event to wait on)
                 await trio.sleep(0.05)
+            # The playground page and its worklet come through the same name.
+            assert [await status_of(port, path) for path in ("/", "/playground/pcm-player.js")] == [200, 200]
             bench = await trio.lowlevel.open_process(
                 [
                     *(sys.executable, "-m", "krt", "--env-file", str(tmp_path / "none.env"), "bench"),
@@ -139,10 +129,10 @@ def records(path: Path) -> list[dict]:
     return read_records(path) if path.exists() else []
 
 
-async def readyz(port: int) -> int:
+async def status_of(port: int, path: str = "/readyz") -> int:
     try:
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-            await stream.send_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             head = await stream.receive_some(64)
     except OSError:
         return 0

@@ -18,7 +18,7 @@ import h11
 import trio
 import trio_websocket
 
-from krt.server import openai_api, prometheus
+from krt.server import openai_api, playground, prometheus
 from krt.server.http import HEAD_TIMEOUT, FrontDoor, ReplayStream, RequestRefused, authorized, header
 from krt.server.openai_schema import ApiError
 from krt.server.outbox import CLOSE_TIMEOUT_S
@@ -87,8 +87,12 @@ async def _route(door: FrontDoor, request: h11.Request, state: ServerState, peer
         except ApiError as error:
             await door.respond(error.status, error.body, error.headers)
         return
+    if state.config.server.playground and playground.route(path):
+        await playground.serve(door, path, key_required=bool(state.config.auth.api_key))
+        return
     if path != WS_PATH:
-        await door.respond(404, {"error": f"no route {path}", "routes": list(ROUTES)})
+        routes = [*ROUTES, playground.PAGE_PATH] if state.config.server.playground else list(ROUTES)
+        await door.respond(404, {"error": f"no route {path}", "routes": routes})
         return
     if request.method != b"GET":
         await door.respond(405, {"error": "this route speaks WebSocket (GET)"}, [("Allow", "GET")])

@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import os
+import re
 
 import pytest
 import trio
@@ -565,3 +566,41 @@ async def test_no_linger_when_the_door_answered_nothing(autojump_clock):
         await door.read_head()
         await door.linger()
     assert trio.current_time() == 0
+
+
+async def test_the_playground_page_and_its_scripts_are_served_with_their_types(server):
+    """What a browser needs to run the page offline: each file from this server, typed
+    (a worklet module must be JavaScript), and a policy that keeps it to this server."""
+    with trio.fail_after(10):
+        status, headers, page = await http_get(server.port, "/")
+        assert status == 200
+        assert headers["content-type"] == "text/html; charset=utf-8"
+        assert "default-src 'self'" in headers["content-security-policy"]
+        assert b'data-key-required="false"' in page
+        linked = [src.decode() for src in re.findall(rb'(?:src|href)="(/playground/[^"]+)"', page)]
+        assert sorted(linked) == ["/playground/playground.css", "/playground/playground.js"]
+        for path in [*linked, "/playground/pcm-player.js"]:
+            status, headers, body = await http_get(server.port, path)
+            assert status == 200 and body, path
+            expected = "text/javascript" if path.endswith(".js") else "text/css"
+            assert headers["content-type"].startswith(expected), path
+        assert b"registerProcessor" in (await http_get(server.port, "/playground/pcm-player.js"))[2]
+        assert (await http_get(server.port, "/playground/nothing.js"))[0] == 404
+        assert (await http_get(server.port, "/", method="POST"))[0] == 405
+
+
+async def test_a_keyed_servers_page_is_public_and_says_a_key_is_needed(keyed_server):
+    with trio.fail_after(10):
+        status, _headers, page = await http_get(keyed_server.port, "/")
+        assert status == 200
+        assert b'data-key-required="true"' in page
+        await assert_refused_with_401(keyed_server)  # the page is public; the socket is not
+
+
+async def test_the_playground_is_off_with_its_knob(nursery, tmp_path):
+    server = await start_server(nursery, tmp_path, KRT_PLAYGROUND="off")
+    with trio.fail_after(10):
+        status, _headers, body = await http_get(server.port, "/")
+        assert status == 404
+        assert "/" not in json.loads(body)["routes"]
+        assert (await http_get(server.port, "/playground/playground.js"))[0] == 404
