@@ -16,6 +16,7 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
+from krt.engine.facade import WARM_UP_TEXT
 from krt.engine.pipeline import SpeechPipeline
 from krt.server.app import main
 from krt.server.state import ServerState
@@ -48,6 +49,7 @@ async def start_server(
     nursery: trio.Nursery,
     tmp_path: Path,
     load: Callable[[Config], Backend] = load_backend,
+    warm_up_text: str = WARM_UP_TEXT,
     **env: str,
 ) -> RunningServer:
     """Start krt on 127.0.0.1, any free port, fake backend unless ``env`` says otherwise;
@@ -65,6 +67,7 @@ async def start_server(
             0,
             handle_signals=False,
             build=lambda config: SpeechPipeline(load(config), config),
+            warm_up_text=warm_up_text,
             task_status=task_status,
         )
     )
@@ -113,8 +116,10 @@ class Harness:
         self.tmp_path = tmp_path
         self.clients: list[Client] = []
 
-    async def server(self, load: Callable[[Config], Backend] = load_backend, **env: str) -> RunningServer:
-        return await start_server(self.nursery, self.tmp_path, load, **env)
+    async def server(
+        self, load: Callable[[Config], Backend] = load_backend, warm_up_text: str = WARM_UP_TEXT, **env: str
+    ) -> RunningServer:
+        return await start_server(self.nursery, self.tmp_path, load, warm_up_text, **env)
 
     async def client(self, server: RunningServer) -> Client:
         client = await Client.connect(self.nursery, server.url)

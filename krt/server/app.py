@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from krt.engine.facade import Engine
+from krt.engine.facade import WARM_UP_TEXT, Engine
 from krt.engine.pipeline import SpeechPipeline
 from krt.metrics.record import MetricsLog
 from krt.server.admin import serve_admin
@@ -51,12 +51,13 @@ async def start_engine(
     nursery: trio.Nursery,
     build: Callable[[Config], SpeechPipeline] = load_pipeline,
     runner: ModelRunner | None = None,
+    warm_up_text: str = WARM_UP_TEXT,
 ) -> None:
     """Build the pipeline off the event loop, warm it, start the engine loop, then say ready."""
     config = state.config
     pipeline = await trio.to_thread.run_sync(build, config)
     engine = Engine(pipeline, config, runner)
-    await engine.warm_up()
+    await engine.warm_up(warm_up_text)
     await nursery.start(engine.run)
     state.engine = engine
     state.ready = True
@@ -93,13 +94,16 @@ async def main(
     handle_signals: bool = True,
     build: Callable[[Config], SpeechPipeline] = load_pipeline,
     runner: ModelRunner | None = None,
+    warm_up_text: str = WARM_UP_TEXT,
     task_status: trio.TaskStatus[tuple[int, ServerState]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until cancelled or drained; ``started`` gets (port, state) once ready.
 
-    ``build`` and ``runner`` are for tests and benches: a pipeline around a backend they
-    made (or already loaded), and the model run inline for virtual time; production loads
-    the configured backend and runs it on a model thread.
+    ``build``, ``runner`` and ``warm_up_text`` are for tests and benches: a pipeline around
+    a backend they made (or already loaded), the model run inline for virtual time, and a
+    shorter warm-up for a backend already warm whose capacity the test does not need
+    measured closely; production loads the configured backend, runs it on a model thread
+    and warms it up on the sentence admission is sized by.
     """
     state = ServerState(config, None, MetricsLog(config.server.metrics_log))
     async with trio.open_nursery() as nursery:
@@ -108,7 +112,7 @@ async def main(
         if handle_signals:
             nursery.start_soon(drain_on_signal, state, nursery.cancel_scope)
         nursery.start_soon(drain_on_request, state, nursery.cancel_scope)
-        await start_engine(state, nursery, build, runner)
+        await start_engine(state, nursery, build, runner, warm_up_text)
         task_status.started((bound, state))
 
 

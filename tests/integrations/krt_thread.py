@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from krt.engine.facade import WARM_UP_TEXT
 from krt.metrics.report import read_records
 from krt.server.drain import drain
+from krt.synth.loading import load_backend
 from tests.server_harness import start_server
 
 if TYPE_CHECKING:
@@ -34,9 +36,16 @@ START_WITHIN = 120.0
 class KrtInThread:
     """A krt server on a loopback port, served by its own Trio run in a daemon thread."""
 
-    def __init__(self, tmp_path: Path, load: Callable[[Config], Backend] | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        load: Callable[[Config], Backend] = load_backend,
+        warm_up_text: str = WARM_UP_TEXT,
+        **env: str,
+    ) -> None:
         self.tmp_path = tmp_path
         self.load = load
+        self.warm_up_text = warm_up_text
         self.env = env
         self.server: RunningServer | None = None
         self._started = threading.Event()
@@ -50,10 +59,9 @@ class KrtInThread:
         self._stop = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                if self.load is None:
-                    self.server = await start_server(nursery, self.tmp_path, **self.env)
-                else:
-                    self.server = await start_server(nursery, self.tmp_path, self.load, **self.env)
+                self.server = await start_server(
+                    nursery, self.tmp_path, self.load, self.warm_up_text, **self.env
+                )
                 self._started.set()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from krt.integrations.endpoint import krt_endpoint
 from krt.integrations.livekit import KrtTTS
 from krt.wire import protocol
 from tests.integrations.krt_thread import KrtInThread, Relay
+from tests.speech_checks import SHORT_WARM_UP
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -511,7 +512,7 @@ def test_the_real_model_speaks_a_sentence_through_krt_tts(
     session's rate, its words in order within it."""
     from tests.speech_checks import assert_sounds_like_speech
 
-    with KrtInThread(tmp_path, load=lambda _config: onnx_pipeline.backend, API_KEY=API_KEY) as real:
+    with KrtInThread(tmp_path, lambda _config: onnx_pipeline.backend, SHORT_WARM_UP, API_KEY=API_KEY) as real:
 
         async def scenario() -> Heard:
             krt_tts = KrtTTS(url=real.url, api_key=API_KEY)

@@ -11,7 +11,12 @@ import trio
 from krt.bench.speech_bench import raw_model_pcm
 from krt.client.http_speech import post_speech
 from krt.server.speech_parts import part_chars
-from tests.speech_checks import MAX_WORD_ERROR_RATE_ABOVE_RAW, PAIRED_SENTENCES, word_error_rate
+from tests.speech_checks import (
+    MAX_WORD_ERROR_RATE_ABOVE_RAW,
+    PAIRED_SENTENCES,
+    SHORT_WARM_UP,
+    word_error_rate,
+)
 
 pytestmark = [pytest.mark.trio, pytest.mark.integration]
 
@@ -24,7 +29,10 @@ async def test_a_long_input_in_parts_is_heard_as_well_as_the_raw_model(harness, 
     with trio.fail_after(600):
         # Parts of 50 characters (MAX_UTTERANCE_TOKENS / 8): a sentence a part.
         server = await harness.server(
-            lambda _config: onnx_pipeline.backend, KRT_BACKEND="onnx", MAX_UTTERANCE_TOKENS="400"
+            lambda _config: onnx_pipeline.backend,
+            SHORT_WARM_UP,
+            KRT_BACKEND="onnx",
+            MAX_UTTERANCE_TOKENS="400",
         )
         assert (
             max(map(len, SENTENCES))
