@@ -53,6 +53,11 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
 ]
 SAMPLE_RATE = 24000
+SILENT = (
+    "window.playground.player?.type === 'progress' && window.playground.player.buffered === 0"
+    " && window.playground.player.peak === 0"
+)
+"""The worklet's last report: nothing buffered, and nothing but silence played since the one before."""
 
 
 @contextlib.contextmanager
@@ -166,8 +171,15 @@ async def test_stop_cancels_the_response_and_the_player_falls_silent_at_once(ser
         page.click("#stop")
         wait(page, "window.playground.responses.p1.ended === 'canceled'")
         # The worklet's next report after the clear: nothing buffered, nothing played.
-        wait(page, "window.playground.player?.buffered === 0 && window.playground.player?.peak === 0")
-        return {"p1": response(page, "p1"), "events": events(page), "status": page.inner_text("#status")}
+        wait(page, SILENT)
+        first = {"p1": response(page, "p1"), "events": events(page), "status": page.inner_text("#status")}
+        # A short reply is made whole long before it is heard: Stop still silences it.
+        speak(page, SENTENCE)
+        wait(page, "window.playground.responses.p2?.ended === 'completed'")
+        wait(page, "window.playground.responses.p2.lit.length >= 2")
+        page.click("#stop")
+        wait(page, f"window.playground.responses.p2.playedAtClear !== undefined && {SILENT}")
+        return {**first, "p2": response(page, "p2"), "after": page.inner_text("#status")}
 
     seen = await in_browser(server.port, scenario)
     stopped = seen["p1"]
@@ -181,6 +193,10 @@ async def test_stop_cancels_the_response_and_the_player_falls_silent_at_once(ser
     assert stopped["lit"] == list(range(len(stopped["lit"])))
     assert len(stopped["lit"]) < len(stopped["words"]) or len(stopped["words"]) < len(LONG_TEXT.split())
     assert seen["status"] == "Stopped."
+    made = seen["p2"]
+    assert made["playedAtClear"] - made["playedAtStop"] <= made["largestDelta"]
+    assert made["playedAtClear"] < made["samples"] and not made["heardAll"]
+    assert seen["after"] == "Stopped."
 
 
 async def test_a_second_text_queues_or_barges_in_as_the_user_chose(server):
@@ -189,8 +205,9 @@ async def test_a_second_text_queues_or_barges_in_as_the_user_chose(server):
         speak(page, "Got it.")  # queue, the default: spoken after the first
         wait(page, "window.playground.responses.p2?.heardAll === true")
         page.check("#barge")
-        speak(page, LONG_TEXT)
-        wait(page, "window.playground.responses.p3?.lit.length >= 1")
+        speak(page, SENTENCE)  # made whole at once: barging in must still cut it off
+        wait(page, "window.playground.responses.p3?.ended === 'completed'")
+        wait(page, "window.playground.responses.p3.lit.length >= 1")
         speak(page, "Sorry, let me stop there.")
         wait(page, "window.playground.responses.p4?.heardAll === true")
         return {name: response(page, name) for name in ("p1", "p2", "p3", "p4")}
@@ -203,8 +220,7 @@ async def test_a_second_text_queues_or_barges_in_as_the_user_chose(server):
         seen["p1"]["samples"] / SAMPLE_RATE * 1000
     )
     # Barged in: the third was cut off by the fourth, which was heard whole.
-    assert seen["p3"]["ended"] == "canceled"
-    assert seen["p3"]["played"] < seen["p3"]["samples"] or not seen["p3"].get("heardAll")
+    assert seen["p3"]["playedAtClear"] < seen["p3"]["samples"] and not seen["p3"]["heardAll"]
     assert seen["p4"]["ended"] == "completed" and seen["p4"]["played"] == seen["p4"]["samples"]
 
 
@@ -242,3 +258,39 @@ async def test_the_page_decodes_g711_as_ffmpeg_does(server):
     for law, samples in decoded.items():
         reference, _rate = decode(bytes(range(256)), OutputAudio(law, 8000))
         assert np.array_equal(np.asarray(samples, dtype=np.float32), reference), law
+
+
+async def test_a_double_click_an_emoji_and_an_input_with_nothing_to_say(server):
+    """A double-click on a fresh page opens one socket and speaks twice, in order; words
+    after an emoji are lit where they are (krt counts code points, JavaScript UTF-16
+    units); and text with no words ends at once with a message, not "Speaking…"."""
+    text = "Great news 🎉🎉 your order shipped today."
+
+    def scenario(page: Page) -> dict[str, Any]:
+        page.fill("#key", KEY)
+        page.fill("#text", text)
+        page.fill("#speed", "2")
+        page.dblclick("#speak")
+        wait(page, "window.playground.responses.p2?.heardAll === true")
+        shown = page.evaluate(
+            "() => [...document.querySelectorAll('#words .word')].map((span) => span.textContent)"
+        )
+        spoken = {name: response(page, name) for name in ("p1", "p2")}
+        speak(page, "...")
+        wait(page, "window.playground.responses.p3?.done === true")
+        return {**spoken, "shown": shown, "p3": response(page, "p3"), "status": page.inner_text("#status")}
+
+    seen = await in_browser(server.port, scenario)
+    assert sum("session open" in line for line in server.lines) == 1
+    for name in ("p1", "p2"):
+        assert seen[name]["heardAll"] and seen[name]["played"] == seen[name]["samples"] > 0
+    assert (
+        seen["p2"]["firstSoundMs"] + seen["p2"]["sentAt"] > seen["p1"]["sentAt"] + seen["p1"]["firstSoundMs"]
+    )
+    assert (
+        seen["shown"]
+        == [word["text"] for word in seen["p2"]["words"]]
+        == ["Great", "news", "your", "order", "shipped", "today"]
+    )
+    assert seen["p3"]["samples"] == 0 and seen["p3"]["ended"] == "completed"
+    assert seen["status"] == "Nothing to say in that."

@@ -39,8 +39,7 @@ class PcmPlayer extends AudioWorkletProcessor {
       span.end = this.writeAt;
       span.received += message.samples.length;
     } else if (message.type === "end") {
-      const span = this.spans.find((each) => each.id === message.id);
-      if (span) span.ended = true;
+      for (const span of this.spans) if (span.id === message.id) span.ended = true;
     } else if (message.type === "clear") {
       const playing = this.spans[0];
       this.port.postMessage({
@@ -69,10 +68,21 @@ class PcmPlayer extends AudioWorkletProcessor {
     let size = this.ring.length;
     while (size < needed) size *= 2;
     const ring = new Float32Array(size);
-    for (let index = this.readAt; index < this.writeAt; index++) {
-      ring[index % size] = this.ring[index % this.ring.length];
-    }
+    const from = this.readAt % this.ring.length;
+    const count = this.writeAt - this.readAt;
+    const first = this.ring.subarray(from, Math.min(this.ring.length, from + count));
+    const wrapped = this.ring.subarray(0, count - first.length);
+    // Copied to the same absolute indexes in the bigger ring, which may wrap there too.
+    this.copyInto(ring, this.readAt, first);
+    this.copyInto(ring, this.readAt + first.length, wrapped);
     this.ring = ring;
+  }
+
+  copyInto(ring, at, samples) {
+    const start = at % ring.length;
+    const head = Math.min(samples.length, ring.length - start);
+    ring.set(samples.subarray(0, head), start);
+    ring.set(samples.subarray(head), 0);
   }
 
   process(inputs, outputs) {

@@ -13,10 +13,12 @@ window.playground = figures;
 
 let socket = null;
 let socketKey = null;
+let socketSerial = 0; // which socket a response was sent on: a close ends only its own
 let sessionReady = null; // a promise of the session.updated for the settings below
 let sessionSettings = "";
 let audio = null; // {context, player, rate}
 let sequence = 0;
+let speaking = Promise.resolve(); // Speaks run one after another: one socket, one context
 
 function setStatus(text, kind = "") {
   const status = $("status");
@@ -125,13 +127,19 @@ function socketUrl(key) {
 function openSocket(key) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(socketUrl(key));
+    const serial = ++socketSerial;
     let opened = false;
-    ws.onopen = () => { opened = true; resolve(ws); };
+    ws.onopen = () => { opened = true; resolve({ ws, serial }); };
     ws.onmessage = (event) => received(JSON.parse(event.data));
     ws.onclose = (event) => {
-      if (socket === ws) { socket = null; sessionReady = null; }
+      const current = socket === ws;
+      if (current) {
+        socket = null;
+        sessionSettings = "";
+        figures.awaitSession?.reject(new Error("The connection closed before the session was set up."));
+      }
       if (!opened) reject(new Error("refused"));
-      else closed(event);
+      else closed(event, serial, current);
     };
   });
 }
@@ -152,14 +160,15 @@ async function refusal(key) {
   return "Could not open a WebSocket to the server.";
 }
 
-function closed(event) {
+function closed(event, serial, current) {
+  for (const id of figures.order) {
+    const response = figures.responses[id];
+    if (response.socket === serial && !response.ended) finish(id, "closed");
+  }
+  if (!current) return; // a socket the page had already replaced
   const why = event.code === 1012
     ? "The server is restarting (1012); the next Speak reconnects."
     : `The connection closed (${event.code}${event.reason ? `: ${event.reason}` : ""}).`;
-  for (const id of figures.order) {
-    const response = figures.responses[id];
-    if (!response.ended) finish(id, "closed");
-  }
   setStatus(why, event.code === 1000 || event.code === 1012 ? "" : "error");
 }
 
@@ -168,11 +177,14 @@ async function ensureSession(wanted) {
   if (!socket || socketKey !== key) {
     if (socket) socket.close(1000);
     socket = null;
+    let opened = null;
     try {
-      socket = await openSocket(key);
+      opened = await openSocket(key);
     } catch (error) {
       throw new Error(await refusal(key));
     }
+    socket = opened.ws;
+    socketSerial = opened.serial;
     socketKey = key;
     sessionSettings = "";
   }
@@ -194,8 +206,13 @@ function send(event) {
 
 // ---- responses -----------------------------------------------------------------------
 
-function active() {
-  return figures.order.filter((id) => !figures.responses[id].ended);
+function live() {
+  // Still to be heard: neither played out, nor stopped, nor ended with nothing to play.
+  return figures.order.filter((id) => !figures.responses[id].done);
+}
+
+function speakNext() {
+  speaking = speaking.then(speak);
 }
 
 async function speak() {
@@ -205,9 +222,10 @@ async function speak() {
   const key = $("key").value.trim();
   if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
   const session = JSON.stringify({ format: wanted.format, rate: wanted.rate });
-  if (active().length && ($("barge").checked || session !== sessionSettings)) {
+  if (live().length && ($("barge").checked || session !== sessionSettings)) {
     stop(); // barge in; or the audio settings change, which queued responses cannot follow
   }
+  const queued = live().length > 0;
   try {
     await ensureAudio(wanted.rate);
     await ensureSession(wanted);
@@ -217,31 +235,48 @@ async function speak() {
   }
   const id = `p${++sequence}`;
   figures.responses[id] = {
-    id, text, words: [], lit: [], format: wanted.format, sentAt: performance.now(),
-    firstAudioMs: null, firstSoundMs: null, samples: 0, largestDelta: 0, played: 0, stalledSeconds: 0, ended: null,
+    id, text, words: [], lit: [], format: wanted.format, sentAt: performance.now(), socket: socketSerial,
+    firstAudioMs: null, firstSoundMs: null, samples: 0, largestDelta: 0, played: 0, stalledSeconds: 0,
+    ended: null, done: false, heardAll: false,
   };
   figures.order.push(id);
   send({ type: "response.create", response_id: id, input: text, voice: wanted.voice,
          speed: wanted.speed, timestamps: true });
-  setStatus(active().length > 1 ? "Queued after what is speaking." : "Speaking…");
-  show(id);
+  setStatus(queued ? "Queued after what is speaking." : "Speaking…");
+  if (!queued) show(id); // a queued one is shown when it starts to play
 }
 
 function stop() {
-  const ids = active();
+  // Everything still to be heard falls silent now; what the server is still making is
+  // canceled (a response it has finished making is only dropped from the player).
+  const ids = live();
+  if (!ids.length) return;
+  let canceling = false;
   for (const id of ids) {
-    send({ type: "response.cancel", response: id });
-    figures.responses[id].stopping = true;
-    figures.responses[id].playedAtStop = figures.responses[id].played;
+    const response = figures.responses[id];
+    response.playedAtStop = response.played;
+    response.done = true;
+    if (!response.ended && !response.stopping && socket && response.socket === socketSerial) {
+      send({ type: "response.cancel", response: id });
+      response.stopping = true;
+      canceling = true;
+    }
   }
   if (audio) audio.player.port.postMessage({ type: "clear" });
-  if (ids.length) setStatus("Stopping…");
+  for (const span of $("words").querySelectorAll(".word.now")) span.classList.remove("now");
+  setStatus(canceling ? "Stopping…" : "Stopped.");
 }
 
 function finish(id, how) {
   const response = figures.responses[id];
   if (!response || response.ended) return;
   response.ended = how;
+  if (!response.samples && !response.done) {
+    // Nothing was played, so the player will never report it done.
+    response.done = true;
+    response.heardAll = how === "completed";
+    if (how === "completed" && !live().length) setStatus("Nothing to say in that.");
+  }
   if (audio) audio.player.port.postMessage({ type: "end", id });
   render(id);
 }
@@ -272,16 +307,23 @@ function received(event) {
       break;
     case "response.canceled":
       finish(event.response, "canceled");
-      if (!active().length) setStatus("Stopped.");
+      if (!figures.order.some((id) => figures.responses[id].stopping && !figures.responses[id].ended)) {
+        setStatus("Stopped.");
+      }
       break;
     case "response.error":
       finish(event.response, "error");
       setStatus(`${event.code}: ${event.message}`, "error");
       break;
     case "error":
-      figures.awaitSession?.reject?.(new Error(event.error.message));
+      if (event.error.event_type === "response.cancel" && event.error.code === "unknown_response") {
+        break; // it had ended already: nothing left to stop
+      }
+      if (event.error.event_type === "session.update") {
+        sessionSettings = "";
+        figures.awaitSession?.reject(new Error(`${event.error.code}: ${event.error.message}`));
+      }
       setStatus(`${event.error.code}: ${event.error.message}`, "error");
-      if (event.error.event_type === "session.update") sessionSettings = "";
       break;
     default:
       break;
@@ -296,6 +338,7 @@ function heard(message) {
     response.playedAtClear = message.played;
     return;
   }
+  if (figures.showing !== response.id && !response.done) show(response.id); // its turn to play
   if (message.type === "audible") {
     response.firstSoundMs = performance.now() - response.sentAt + 1000 * message.after
       + 1000 * (audio.context.outputLatency || 0);
@@ -306,9 +349,10 @@ function heard(message) {
   response.playerReceived = message.received;
   response.stalledSeconds = message.stalled;
   light(response, (1000 * message.played) / audio.rate);
-  if (message.done && response.ended === "completed") {
-    response.heardAll = true;
-    if (!active().length) setStatus("Done.");
+  if (message.done) {
+    response.done = true;
+    response.heardAll = response.ended === "completed";
+    if (response.heardAll && !live().length) setStatus("Done.");
   }
   render(response.id);
 }
@@ -325,17 +369,20 @@ function showWords(response) {
   if (figures.showing !== response.id) return;
   const words = $("words");
   words.replaceChildren();
+  // krt's offsets count code points (Python's str), not JavaScript's UTF-16 units.
+  const chars = Array.from(response.text);
+  const slice = (start, end) => chars.slice(start, end).join("");
   let at = 0;
   response.words.forEach((word, index) => {
-    words.append(response.text.slice(at, word.char_start));
+    words.append(slice(at, word.char_start));
     const span = document.createElement("span");
     span.className = "word" + (response.lit.includes(index) ? " spoken" : "");
     span.dataset.index = index;
-    span.textContent = response.text.slice(word.char_start, word.char_end);
+    span.textContent = slice(word.char_start, word.char_end);
     words.append(span);
     at = word.char_end;
   });
-  words.append(response.text.slice(at));
+  words.append(slice(at));
 }
 
 function light(response, playedMs) {
@@ -366,10 +413,12 @@ function render(id) {
   $("first-audio").textContent = seconds(response.firstAudioMs);
   $("first-sound").textContent = seconds(response.firstSoundMs);
   $("audio-seconds").textContent = `${(response.samples / audio.rate).toFixed(2)} s`;
-  $("stalls").textContent = response.stalledSeconds > 0
+  $("stalls").textContent = response.stalledSeconds >= 0.005
     ? `${response.stalledSeconds.toFixed(2)} s` : "none";
-  $("state").textContent = response.ended === "completed" && !response.heardAll ? "all made, playing"
-    : response.ended === "canceled" ? "stopped" : response.ended ?? "speaking";
+  $("state").textContent = response.playedAtStop !== undefined ? "stopped"
+    : response.heardAll ? "completed"
+    : response.ended === "completed" ? "all made, playing"
+    : response.ended ?? "speaking";
 }
 
 // ---- wiring --------------------------------------------------------------------------
@@ -377,12 +426,14 @@ function render(id) {
 function start() {
   if (document.body.dataset.keyRequired === "true") $("key-section").hidden = false;
   $("key").value = sessionStorage.getItem(KEY_STORE) ?? "";
-  $("speed").addEventListener("input", () => { $("speed-value").textContent = `${$("speed").value}×`; });
-  $("speak").addEventListener("click", speak);
+  const speed = () => { $("speed-value").textContent = `${$("speed").value}×`; };
+  speed(); // a reload may restore the slider, not its label
+  $("speed").addEventListener("input", speed);
+  $("speak").addEventListener("click", speakNext);
   $("stop").addEventListener("click", stop);
-  $("key-section").addEventListener("submit", (event) => { event.preventDefault(); speak(); });
+  $("key-section").addEventListener("submit", (event) => { event.preventDefault(); speakNext(); });
   $("text").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) speak();
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) speakNext();
   });
   loadVoices();
 }
