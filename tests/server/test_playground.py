@@ -156,10 +156,15 @@ async def test_the_page_speaks_a_sentence_as_it_comes_and_lights_each_word_as_it
     assert spoken["lit"] == list(range(len(words)))
     assert all(lit >= word["start_ms"] for lit, word in zip(spoken["litAtMs"], words, strict=True))
     assert spoken["litAtMs"] == sorted(spoken["litAtMs"])
-    # The figures krt measures, shown: first audio before first sound, nothing stalled.
+    # The figures krt measures, shown: first audio before first sound, and the stalls the
+    # worklet heard. The player starts on the first delta (a 20 ms primer), so on a loaded
+    # machine the next may come a few milliseconds late: heard, and shown, but brief.
     assert 0 < spoken["firstAudioMs"] <= spoken["firstSoundMs"]
     assert seen["figures"]["first-audio"] == f"{math.floor(spoken['firstAudioMs'] + 0.5)} ms"  # JS rounding
-    assert seen["figures"]["stalls"] == "none"
+    assert spoken["stalledSeconds"] < 0.25
+    assert seen["figures"]["stalls"] == (
+        "none" if spoken["stalledSeconds"] < 0.005 else f"{spoken['stalledSeconds']:.2f} s"
+    )
     assert [event["type"] for event in seen["events"]][:2] == ["session.updated", "response.created"]
     assert (ARTIFACTS / "playground-mid-sentence.png").stat().st_size > 10_000
 
