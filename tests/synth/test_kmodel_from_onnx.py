@@ -56,8 +56,10 @@ def _two_threads() -> None:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kokoro-cache")
+def cache_dir(model_cache_dir: Path) -> Path:
+    """The test session's model cache, where the torch backend's tests find the same
+    checkpoint: one conversion (13 s on two cores) per test worker, not two."""
+    return model_cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +234,9 @@ def test_second_call_reuses_the_cached_checkpoint(
     assert again == checkpoint
     assert again.stat().st_mtime_ns == built_at
     assert not [record for record in caplog.records if "built" in record.getMessage()]
-    assert sorted(path.name for path in cache_dir.iterdir()) == sorted(
-        [onnx_path.name, CHECKPOINT_NAME, CHECKPOINT_NAME + STAMP_SUFFIX]
-    )  # no temp files left behind
+    names = {path.name for path in cache_dir.iterdir()}
+    assert {onnx_path.name, CHECKPOINT_NAME, CHECKPOINT_NAME + STAMP_SUFFIX} <= names
+    assert not [name for name in names if name.endswith(".partial")]  # no temp files left behind
 
 
 def _flip_bytes_mid_file(path: Path) -> None:
