@@ -8,7 +8,7 @@
 //               {type: "clear"}      drop everything buffered: Stop and barge-in
 // Messages out: {type: "progress", …}  every REPORT_EVERY quanta while anything changes
 //               {type: "audible", id}  the response's first audible sample just played
-//               {type: "cleared", id, played, dropped}  the buffer is empty: silence
+//               {type: "cleared", id, played}  the buffer is empty: silence
 //                                    from the next quantum (128 samples) on
 
 const AUDIBLE = 10 ** (-50 / 20); // krt's threshold: a sample above -50 dBFS is heard
@@ -44,8 +44,7 @@ class PcmPlayer extends AudioWorkletProcessor {
       const playing = this.spans[0];
       this.port.postMessage({
         type: "cleared", id: playing ? playing.id : null, buffered: 0,
-        played: playing ? Math.min(this.readAt, playing.end) - playing.start : 0,
-        dropped: this.writeAt - this.readAt,
+        played: playing ? this.played(playing) : 0,
       });
       this.readAt = this.writeAt;
       this.spans = [];
@@ -55,11 +54,7 @@ class PcmPlayer extends AudioWorkletProcessor {
   write(samples) {
     const buffered = this.writeAt - this.readAt;
     if (buffered + samples.length > this.ring.length) this.grow(buffered + samples.length);
-    const size = this.ring.length;
-    const at = this.writeAt % size;
-    const first = Math.min(samples.length, size - at);
-    this.ring.set(samples.subarray(0, first), at);
-    this.ring.set(samples.subarray(first), 0);
+    this.copyInto(this.ring, this.writeAt, samples);
     this.writeAt += samples.length;
   }
 
@@ -116,15 +111,21 @@ class PcmPlayer extends AudioWorkletProcessor {
       this.readAt += count;
       written += count;
     }
-    if (++this.quanta % REPORT_EVERY === 0 && this.spans.length) this.report(this.spans[0], false);
-    else if (this.quanta % REPORT_EVERY === 0) this.idle();
+    if (++this.quanta % REPORT_EVERY === 0) {
+      if (this.spans.length) this.report(this.spans[0], false);
+      else this.idle();
+    }
     return true;
+  }
+
+  played(span) {
+    return Math.min(this.readAt, span.end) - span.start;
   }
 
   report(span, done) {
     this.port.postMessage({
       type: "progress", id: span.id, done,
-      played: Math.min(this.readAt, span.end) - span.start, received: span.received,
+      played: this.played(span), received: span.received,
       stalled: span.stalled / sampleRate, buffered: this.writeAt - this.readAt, peak: this.peak,
     });
     this.peak = 0;

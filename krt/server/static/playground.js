@@ -13,8 +13,9 @@ window.playground = figures;
 
 let socket = null;
 let socketKey = null;
-let socketSerial = 0; // which socket a response was sent on: a close ends only its own
+let socketSerial = 0; // the latest socket's: a close ends only its own socket's responses
 let sessionReady = null; // a promise of the session.updated for the settings below
+let sessionWaiter = null; // its resolve and reject
 let sessionSettings = "";
 let audio = null; // {context, player, rate}
 let sequence = 0;
@@ -129,14 +130,14 @@ function openSocket(key) {
     const ws = new WebSocket(socketUrl(key));
     const serial = ++socketSerial;
     let opened = false;
-    ws.onopen = () => { opened = true; resolve({ ws, serial }); };
+    ws.onopen = () => { opened = true; resolve(ws); };
     ws.onmessage = (event) => received(JSON.parse(event.data));
     ws.onclose = (event) => {
       const current = socket === ws;
       if (current) {
         socket = null;
         sessionSettings = "";
-        figures.awaitSession?.reject(new Error("The connection closed before the session was set up."));
+        sessionWaiter?.reject(new Error("The connection closed before the session was set up."));
       }
       if (!opened) reject(new Error("refused"));
       else closed(event, serial, current);
@@ -177,27 +178,29 @@ async function ensureSession(wanted) {
   if (!socket || socketKey !== key) {
     if (socket) socket.close(1000);
     socket = null;
-    let opened = null;
     try {
-      opened = await openSocket(key);
+      socket = await openSocket(key); // one Speak at a time: socketSerial is now this socket's
     } catch (error) {
       throw new Error(await refusal(key));
     }
-    socket = opened.ws;
-    socketSerial = opened.serial;
     socketKey = key;
     sessionSettings = "";
   }
-  const session = JSON.stringify({ format: wanted.format, rate: wanted.rate });
+  const session = audioSession(wanted);
   if (session !== sessionSettings) {
     sessionSettings = session;
-    sessionReady = new Promise((resolve, reject) => { figures.awaitSession = { resolve, reject }; });
+    sessionReady = new Promise((resolve, reject) => { sessionWaiter = { resolve, reject }; });
     send({
       type: "session.update",
       session: { audio: { format: wanted.format, sample_rate: wanted.rate }, timestamps: true },
     });
   }
   return sessionReady;
+}
+
+function audioSession(wanted) {
+  // What of the settings belongs to the session (voice and speed go with each response).
+  return JSON.stringify({ format: wanted.format, rate: wanted.rate });
 }
 
 function send(event) {
@@ -221,8 +224,7 @@ async function speak() {
   const wanted = settings();
   const key = $("key").value.trim();
   if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
-  const session = JSON.stringify({ format: wanted.format, rate: wanted.rate });
-  if (live().length && ($("barge").checked || session !== sessionSettings)) {
+  if (live().length && ($("barge").checked || audioSession(wanted) !== sessionSettings)) {
     stop(); // barge in; or the audio settings change, which queued responses cannot follow
   }
   const queued = live().length > 0;
@@ -235,7 +237,7 @@ async function speak() {
   }
   const id = `p${++sequence}`;
   figures.responses[id] = {
-    id, text, words: [], lit: [], format: wanted.format, sentAt: performance.now(), socket: socketSerial,
+    id, text, words: [], lit: [], litAtMs: [], format: wanted.format, sentAt: performance.now(), socket: socketSerial,
     firstAudioMs: null, firstSoundMs: null, samples: 0, largestDelta: 0, played: 0, stalledSeconds: 0,
     ended: null, done: false, heardAll: false,
   };
@@ -287,7 +289,7 @@ function received(event) {
   switch (event.type) {
     case "session.updated":
       figures.session = event.session;
-      figures.awaitSession?.resolve(event.session);
+      sessionWaiter?.resolve(event.session);
       break;
     case "response.output_audio.timestamps":
       if (response) { response.words.push(...event.words); showWords(response); }
@@ -321,7 +323,7 @@ function received(event) {
       }
       if (event.error.event_type === "session.update") {
         sessionSettings = "";
-        figures.awaitSession?.reject(new Error(`${event.error.code}: ${event.error.message}`));
+        sessionWaiter?.reject(new Error(`${event.error.code}: ${event.error.message}`));
       }
       setStatus(`${event.error.code}: ${event.error.message}`, "error");
       break;
@@ -390,7 +392,6 @@ function light(response, playedMs) {
   response.words.forEach((word, index) => {
     if (word.start_ms <= playedMs && !response.lit.includes(index)) {
       response.lit.push(index);
-      response.litAtMs = response.litAtMs || [];
       response.litAtMs.push(playedMs);
     }
   });
